@@ -1,0 +1,1 @@
+"""Client side: torch-free contract, Triton gRPC, search, service, CLI."""

@@ -1,0 +1,1 @@
+"""Export: torch/open_clip model -> ONNX -> verified -> Triton model repository."""
