@@ -1,0 +1,73 @@
+"""spec -> torch model -> ONNX -> verify -> manifest -> Triton model repository."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from lenscope.client import contract
+from lenscope.client.manifest import CheckpointInfo, Manifest, compute_model_hash
+from lenscope.client.modelspec import load_spec
+from lenscope.export.model import build_model, sha256_file
+from lenscope.export.onnx_export import export_onnx
+from lenscope.export.repository import RepositorySettings, write_repository
+from lenscope.export.verify import verify
+
+DEFAULT_SPEC = Path(__file__).parent / "specs" / "lenscope-tiny.json"
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("lenscope", "torch", "open_clip_torch", "onnx", "onnxruntime", "numpy", "pillow", "nvidia-pytriton"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def default_vocab() -> Path:
+    import open_clip.tokenizer
+
+    return Path(open_clip.tokenizer.default_bpe())
+
+
+def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_repository/cpu"),
+                 settings: RepositorySettings = RepositorySettings(), onnx_dir: Path | None = None,
+                 log: Callable[[str], None] = print) -> Manifest:
+    """Export and verify a model, then write its repository. Raises VerificationError on mismatch."""
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)
+    log(f"building {spec.name} ({spec.architecture}) from {spec_path}")
+    model = build_model(spec, spec_path.parent)
+    n_params = sum(p.numel() for p in model.clip.parameters())
+    log(f"  {n_params / 1e6:.2f}M parameters; weights: {model.checkpoint or f'seeded init (seed {spec.init_seed})'}")
+    with tempfile.TemporaryDirectory(prefix="lenscope-onnx-") as tmp:
+        work = Path(onnx_dir) if onnx_dir else Path(tmp)
+        paths = export_onnx(model, work)
+        log("  exported ONNX: " + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in paths.values()))
+        report = verify(model, paths)
+        for name, checks in report.towers.items():
+            log(f"  verified {name}: " + "; ".join(
+                f"batch {c.batch} max|diff| {c.max_abs_diff:.2e} min cos {c.min_cosine:.7f}" for c in checks))
+        onnx_sha = {name: sha256_file(p) for name, p in paths.items()}
+        manifest = Manifest(
+            model_hash=compute_model_hash(spec, model.checkpoint_sha256, onnx_sha),
+            spec=spec,
+            profile=settings.profile,
+            weights="checkpoint" if model.checkpoint else "seeded-init",
+            checkpoint=CheckpointInfo(file=model.checkpoint.name, sha256=model.checkpoint_sha256) if model.checkpoint else None,
+            heads_trained=model.heads_trained,
+            onnx_sha256=onnx_sha,
+            verification=report.model_dump(),
+            tool_versions=tool_versions(),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            extras={"parameters": n_params, "repository_settings": settings.model_dump()},
+        )
+        write_repository(Path(out), manifest, paths, default_vocab(), settings)
+    log(f"wrote {settings.profile} repository {out} (model hash {manifest.model_hash}); manifest {Path(out) / contract.MANIFEST_FILE}")
+    return manifest

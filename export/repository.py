@@ -1,0 +1,240 @@
+"""Write a Triton model repository from exported graphs and a manifest, for the cpu or gpu profile.
+
+Every config is a typed object validated before anything touches disk; the repository is written
+into a temporary sibling and swapped in, so a failed export never leaves half a repository behind.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from lenscope.client import contract
+from lenscope.client.contract import Tensor
+from lenscope.client.manifest import Manifest
+from lenscope.export.triton_config import (
+    DynamicBatching,
+    EnsembleStep,
+    InstanceGroup,
+    ModelConfig,
+    QueuePolicy,
+    TensorConfig,
+    TensorRTAccelerator,
+    Warmup,
+    WarmupInput,
+    render,
+)
+
+BACKENDS_DIR = Path(__file__).parent / "backends"
+
+
+class RepositorySettings(BaseModel):
+    """Serving knobs. Defaults suit a small CPU box; the gpu profile raises batch sizes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: Literal["cpu", "gpu"] = "cpu"
+    # gpu only: onnxruntime backend with the TensorRT execution provider (fp16), plain CUDA
+    # onnxruntime, or prebuilt TensorRT engines from `lenscope model build-trt`.
+    gpu_backend: Literal["onnxruntime-trt", "onnxruntime", "tensorrt_plan"] = "onnxruntime-trt"
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_queue_delay_microseconds: int = Field(500, ge=0, le=100_000)
+    max_queue_size: int = Field(128, ge=1)
+    queue_timeout_microseconds: int = Field(2_000_000, ge=1)
+    preprocess_instances: int = Field(2, ge=1, le=64)
+    tokenizer_instances: int = Field(1, ge=1, le=64)
+    encoder_instances: int = Field(1, ge=1, le=64)
+    intra_op_threads: int = Field(1, ge=1, le=64)
+    dynamic_batching: bool = True
+
+
+def _batching(s: RepositorySettings) -> DynamicBatching | None:
+    if not s.dynamic_batching:
+        return None
+    return DynamicBatching(
+        max_queue_delay_microseconds=s.max_queue_delay_microseconds,
+        queue_policy=QueuePolicy(max_queue_size=s.max_queue_size, default_timeout_microseconds=s.queue_timeout_microseconds),
+    )
+
+
+def _warmup_input(t: Tensor, source: str = "zero", file: str | None = None) -> WarmupInput:
+    return WarmupInput(name=t.name, data_type=t.dtype, dims=t.dims, source=source, input_data_file=file)
+
+
+def _python_model(name: str, sig: contract.Signature, s: RepositorySettings, instances: int,
+                  params: dict[str, str], warmup: Warmup, labels: dict[str, str] | None = None) -> ModelConfig:
+    labels = labels or {}
+    return ModelConfig(
+        name=name, backend="python", max_batch_size=s.max_batch_size,
+        inputs=tuple(TensorConfig.of(t) for t in sig.inputs),
+        outputs=tuple(TensorConfig.of(t, labels.get(t.name)) for t in sig.outputs),
+        dynamic_batching=_batching(s), instance_group=InstanceGroup(kind="KIND_CPU", count=instances),
+        warmup=(warmup,), parameters=params,
+    )
+
+
+def _encoder_model(name: str, sig: contract.Signature, s: RepositorySettings, onnx_file: str,
+                   labels: dict[str, str] | None = None) -> ModelConfig:
+    """An ONNX graph: python+onnxruntime on cpu; onnxruntime (TRT EP) or tensorrt_plan on gpu."""
+    labels = labels or {}
+    warm = Warmup(name="zeros", batch_size=1, inputs=tuple(_warmup_input(t) for t in sig.inputs))
+    common = dict(
+        name=name, max_batch_size=s.max_batch_size,
+        inputs=tuple(TensorConfig.of(t) for t in sig.inputs),
+        outputs=tuple(TensorConfig.of(t, labels.get(t.name)) for t in sig.outputs),
+        dynamic_batching=_batching(s), warmup=(warm,),
+    )
+    if s.profile == "cpu":
+        return ModelConfig(backend="python", instance_group=InstanceGroup(kind="KIND_CPU", count=s.encoder_instances),
+                           parameters={"onnx_file": onnx_file, "intra_op_threads": str(s.intra_op_threads)}, **common)
+    gpu = InstanceGroup(kind="KIND_GPU", count=s.encoder_instances)
+    if s.gpu_backend == "tensorrt_plan":
+        return ModelConfig(platform="tensorrt_plan", instance_group=gpu, default_model_filename=contract.TRT_PLAN, **common)
+    trt = TensorRTAccelerator(precision_mode="FP16") if s.gpu_backend == "onnxruntime-trt" else None
+    return ModelConfig(backend="onnxruntime", instance_group=gpu, tensorrt=trt,
+                       default_model_filename="model.onnx", **common)
+
+
+def _ensemble(name: str, sig: contract.Signature, s: RepositorySettings, steps: tuple[EnsembleStep, ...],
+              manifest_json: str, labels: dict[str, str] | None = None) -> ModelConfig:
+    labels = labels or {}
+    return ModelConfig(
+        name=name, platform="ensemble", max_batch_size=s.max_batch_size,
+        inputs=tuple(TensorConfig.of(t) for t in sig.inputs),
+        outputs=tuple(TensorConfig.of(t, labels.get(t.name)) for t in sig.outputs),
+        ensemble_steps=steps, parameters={"manifest": manifest_json},
+    )
+
+
+def build_configs(manifest: Manifest, s: RepositorySettings) -> dict[str, ModelConfig]:
+    """All model configs for a manifest; raises on anything Triton would reject."""
+    d = manifest.dimensions()
+    sigs = contract.signatures(d)
+    spec = manifest.spec
+    attr_labels = {contract.attribute_output(a.name): contract.attribute_label_file(a.name) for a in spec.attributes}
+    attr_names = [contract.attribute_output(a.name) for a in spec.attributes]
+    manifest_json = manifest.model_dump_json()
+
+    image_steps = [
+        EnsembleStep(model_name=contract.IMAGE_PREPROCESS, input_map={contract.IMAGE: contract.IMAGE},
+                     output_map={contract.PIXEL_VALUES: contract.PIXEL_VALUES}),
+        EnsembleStep(model_name=contract.IMAGE_ENCODER, input_map={contract.PIXEL_VALUES: contract.PIXEL_VALUES},
+                     output_map={contract.EMBEDDING: contract.EMBEDDING}),
+    ]
+    if attr_names:
+        image_steps.append(EnsembleStep(model_name=contract.ATTRIBUTE_HEADS, input_map={contract.EMBEDDING: contract.EMBEDDING},
+                                        output_map={n: n for n in attr_names}))
+    text_steps = (
+        EnsembleStep(model_name=contract.TEXT_TOKENIZER, input_map={contract.TEXT: contract.TEXT},
+                     output_map={contract.INPUT_IDS: contract.INPUT_IDS}),
+        EnsembleStep(model_name=contract.TEXT_ENCODER, input_map={contract.INPUT_IDS: contract.INPUT_IDS},
+                     output_map={contract.EMBEDDING: contract.EMBEDDING}),
+    )
+    configs = {
+        contract.IMAGE_PREPROCESS: _python_model(
+            contract.IMAGE_PREPROCESS, sigs[contract.IMAGE_PREPROCESS], s, s.preprocess_instances,
+            {"preprocess": spec.preprocess.model_dump_json(), "limits": spec.limits.model_dump_json()},
+            Warmup(name="sample_image", inputs=(_warmup_input(contract.image_bytes(), "file", WARMUP_IMAGE),)),
+        ),
+        contract.TEXT_TOKENIZER: _python_model(
+            contract.TEXT_TOKENIZER, sigs[contract.TEXT_TOKENIZER], s, s.tokenizer_instances,
+            {"vocab_file": contract.BPE_VOCAB_FILE, "context_length": str(spec.context_length),
+             "max_text_chars": str(spec.limits.max_text_chars)},
+            Warmup(name="sample_text", inputs=(_warmup_input(contract.text_bytes(), "file", WARMUP_TEXT),)),
+        ),
+        contract.IMAGE_ENCODER: _encoder_model(contract.IMAGE_ENCODER, sigs[contract.IMAGE_ENCODER], s, contract.IMAGE_ONNX),
+        contract.TEXT_ENCODER: _encoder_model(contract.TEXT_ENCODER, sigs[contract.TEXT_ENCODER], s, contract.TEXT_ONNX),
+        contract.EMBED_IMAGE: _ensemble(contract.EMBED_IMAGE, sigs[contract.EMBED_IMAGE], s, tuple(image_steps), manifest_json, attr_labels),
+        contract.EMBED_TEXT: _ensemble(contract.EMBED_TEXT, sigs[contract.EMBED_TEXT], s, text_steps, manifest_json),
+    }
+    if attr_names:
+        configs[contract.ATTRIBUTE_HEADS] = _encoder_model(
+            contract.ATTRIBUTE_HEADS, sigs[contract.ATTRIBUTE_HEADS], s, contract.HEADS_ONNX, attr_labels)
+    return configs
+
+
+WARMUP_IMAGE = "sample_image"
+WARMUP_TEXT = "sample_text"
+
+
+def _length_prefixed(data: bytes) -> bytes:
+    """Triton's raw encoding of one TYPE_STRING element: uint32 little-endian length + bytes."""
+    return struct.pack("<I", len(data)) + data
+
+
+def _warmup_image_bytes(size: int) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: RepositorySettings,
+                 vocab_path: Path, plans: dict[str, Path] | None) -> dict[str, bytes | Path]:
+    """Relative path inside the model directory -> bytes to write or file to copy."""
+    files: dict[str, bytes | Path] = {}
+    if name == contract.IMAGE_PREPROCESS:
+        files["1/model.py"] = BACKENDS_DIR / "image_preprocess.py"
+        files[f"warmup/{WARMUP_IMAGE}"] = _length_prefixed(_warmup_image_bytes(manifest.spec.preprocess.image_size))
+    elif name == contract.TEXT_TOKENIZER:
+        files["1/model.py"] = BACKENDS_DIR / "text_tokenizer.py"
+        files[f"1/{contract.BPE_VOCAB_FILE}"] = vocab_path
+        files[f"warmup/{WARMUP_TEXT}"] = _length_prefixed(b"a red floral summer dress")
+    elif name in onnx_paths:
+        if s.profile == "cpu":
+            files["1/model.py"] = BACKENDS_DIR / "onnx_runner.py"
+            files[f"1/{onnx_paths[name].name}"] = onnx_paths[name]
+        elif s.gpu_backend == "tensorrt_plan":
+            if not plans or name not in plans:
+                raise FileNotFoundError(f"{name}: no TensorRT engine; run 'lenscope model build-trt' first")
+            files[f"1/{contract.TRT_PLAN}"] = plans[name]
+        else:
+            files["1/model.onnx"] = onnx_paths[name]
+    else:  # ensembles: Triton still wants a version directory
+        files["1/.keep"] = b""
+    if name in (contract.ATTRIBUTE_HEADS, contract.EMBED_IMAGE):
+        for a in manifest.spec.attributes:
+            files[contract.attribute_label_file(a.name)] = ("\n".join(a.labels) + "\n").encode()
+    return files
+
+
+def write_repository(out: Path, manifest: Manifest, onnx_paths: dict[str, Path], vocab_path: Path,
+                     settings: RepositorySettings = RepositorySettings(), plans: dict[str, Path] | None = None) -> Path:
+    """Validate every config, write into a sibling temp dir, then swap it in place of `out`."""
+    configs = build_configs(manifest, settings)
+    rendered = {name: render(cfg) for name, cfg in configs.items()}
+    files = {name: _model_files(name, manifest, onnx_paths, settings, vocab_path, plans) for name in configs}
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, text in rendered.items():
+        model_dir = tmp / name
+        model_dir.mkdir()
+        (model_dir / "config.pbtxt").write_text(text)
+        for rel, content in files[name].items():
+            dest = model_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, dest)
+            else:
+                dest.write_bytes(content)
+    (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json() + "\n")
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+    return out
