@@ -1,5 +1,91 @@
+"""`lenscope <noun> <verb>`: one console entry point.
+
+Torch is imported only inside the `model` commands, so serving and searching start without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
-app = typer.Typer()
-@app.command()
-def version():
-    print("0.1.0")
+from rich.console import Console
+
+from lenscope.client.cli_serve import serve_app
+
+app = typer.Typer(help="Lenscope: visual product search on Triton.", no_args_is_help=True, add_completion=False)
+model_app = typer.Typer(help="Export, verify and build models.", no_args_is_help=True, add_completion=False)
+app.add_typer(model_app, name="model")
+app.add_typer(serve_app, name="serve")
+
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@model_app.command("export")
+def model_export(
+    spec: Optional[Path] = typer.Option(None, help="Model spec (JSON/YAML). Default: the shipped lenscope-tiny."),
+    out: Path = typer.Option(Path("model_repository/cpu"), help="Where to write the Triton model repository."),
+    profile: str = typer.Option("cpu", help="cpu (python backend + onnxruntime) | gpu (onnxruntime/TensorRT backends)."),
+    gpu_backend: str = typer.Option("onnxruntime-trt", help="gpu profile: onnxruntime-trt | onnxruntime | tensorrt_plan."),
+    max_batch_size: int = typer.Option(32, help="max_batch_size of every model."),
+    queue_delay_us: int = typer.Option(500, help="Dynamic batching max_queue_delay_microseconds."),
+    encoder_instances: int = typer.Option(1, help="Instances of each encoder model."),
+    intra_op_threads: int = typer.Option(1, help="cpu profile: onnxruntime threads per encoder instance."),
+    onnx_dir: Optional[Path] = typer.Option(None, help="Keep the exported ONNX files here (for build-trt)."),
+) -> None:
+    """Export the spec's towers to ONNX, verify them against torch, write the repository."""
+    from pydantic import ValidationError
+
+    from lenscope.client.modelspec import SpecError
+    from lenscope.export.pipeline import DEFAULT_SPEC, export_model
+    from lenscope.export.repository import RepositorySettings
+    from lenscope.export.verify import VerificationError
+
+    try:
+        settings = RepositorySettings(
+            profile=profile, gpu_backend=gpu_backend, max_batch_size=max_batch_size,
+            max_queue_delay_microseconds=queue_delay_us, encoder_instances=encoder_instances,
+            intra_op_threads=intra_op_threads,
+        )
+        export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=console.print)
+    except ValidationError as err:
+        _fail(f"invalid option: {err}")
+    except (SpecError, VerificationError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+@model_app.command("build-trt")
+def model_build_trt(
+    onnx_dir: Path = typer.Option(..., exists=True, file_okay=False, help="ONNX files from `model export --onnx-dir`."),
+    out: Path = typer.Option(..., help="Where to write the gpu repository with TensorRT engines."),
+    spec: Optional[Path] = typer.Option(None, help="Model spec the ONNX files came from."),
+    fp16: bool = typer.Option(True, help="Build fp16 engines."),
+    max_batch_size: int = typer.Option(32, help="Largest batch the engines accept."),
+) -> None:
+    """Build TensorRT engines (needs a GPU and the `tensorrt` package) and write a tensorrt_plan repository."""
+    from lenscope.export.trt import TensorRTUnavailable, build_trt_repository
+
+    try:
+        build_trt_repository(onnx_dir, out, spec, fp16=fp16, max_batch_size=max_batch_size, log=console.print)
+    except (TensorRTUnavailable, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+@app.command("demo")
+def demo(
+    repository: Path = typer.Option(Path("model_repository/cpu"), help="Model repository (exported if missing)."),
+    reexport: bool = typer.Option(False, help="Export again even if the repository exists."),
+) -> None:
+    """Export the default model, start Triton, embed images and texts over gRPC, print similarities."""
+    from lenscope.client.demo import run_demo
+
+    run_demo(repository, reexport=reexport, console=console)
+
+
+if __name__ == "__main__":
+    app()

@@ -146,7 +146,7 @@ class TritonEmbedder:
 
     def _call(self, fn):
         @retry(retry=retry_if_exception(_retryable), stop=stop_after_attempt(self.config.retries),
-               wait=wait_exponential_jitter(initial=0.05, max=0.5), reraise=True)
+               wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05), reraise=True)
         def attempt():
             try:
                 return fn()
