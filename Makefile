@@ -1,0 +1,32 @@
+# Two entry points on a fresh machine: `make demo` and `make test` (both set everything up first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lenscope-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all test-slow clean
+
+# --no-deps from a fully pinned lock: no resolver may swap the CPU torch for a multi-GB CUDA build.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/lenscope demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) model_repository/cpu model_repository/gpu .pytest_cache

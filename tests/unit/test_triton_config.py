@@ -1,0 +1,147 @@
+"""Typed Triton configs: validated before writing, rendered through Triton's own protobuf schema,
+and parsed back to the same structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+from pydantic import ValidationError
+
+from lenscope.client import contract
+from lenscope.client.manifest import Manifest
+from lenscope.client.modelspec import load_spec
+from lenscope.client.triton import model_config_pb2
+from lenscope.export.repository import RepositorySettings, build_configs
+from lenscope.export.triton_config import (
+    DynamicBatching,
+    EnsembleStep,
+    ModelConfig,
+    QueuePolicy,
+    TensorConfig,
+    Warmup,
+    WarmupInput,
+    parse,
+    render,
+)
+
+SPEC = load_spec(Path(__file__).parents[2] / "export" / "specs" / "lenscope-tiny.json")
+
+
+def fake_manifest(profile: str = "cpu") -> Manifest:
+    return Manifest(model_hash="0123456789abcdef", spec=SPEC, profile=profile, weights="seeded-init",
+                    heads_trained=False, onnx_sha256={}, verification={}, tool_versions={}, created_at="now")
+
+
+def as_dict(text: str) -> dict:
+    return json_format.MessageToDict(parse(text), preserving_proto_field_name=True)
+
+
+def test_every_model_of_the_design_is_configured() -> None:
+    configs = build_configs(fake_manifest(), RepositorySettings())
+    assert set(configs) == set(contract.ALL_MODELS)
+
+
+@pytest.mark.parametrize("name", contract.ALL_MODELS)
+def test_cpu_configs_round_trip(name: str) -> None:
+    cfg = build_configs(fake_manifest(), RepositorySettings())[name]
+    d = as_dict(render(cfg))
+    assert d["name"] == name
+    assert d["max_batch_size"] == 32
+    sig = contract.signatures(fake_manifest().dimensions())[name]
+    assert [i["name"] for i in d["input"]] == [t.name for t in sig.inputs]
+    assert [o["name"] for o in d["output"]] == [t.name for t in sig.outputs]
+    for o, t in zip(d["output"], sig.outputs):
+        assert o["data_type"] == t.dtype and [int(x) for x in o["dims"]] == list(t.dims)
+    if name in contract.ENSEMBLES:
+        assert d["platform"] == "ensemble"
+        assert "dynamic_batching" not in d and "model_warmup" not in d
+        assert d["parameters"]["manifest"]["string_value"].startswith("{")
+    else:
+        assert d["backend"] == "python"
+        db = d["dynamic_batching"]
+        assert db["max_queue_delay_microseconds"] == "500"
+        pol = db["default_queue_policy"]
+        assert pol["max_queue_size"] == 128
+        # REJECT is the enum's zero value, so check the parsed message rather than the dict.
+        proto_pol = parse(render(cfg)).dynamic_batching.default_queue_policy
+        assert proto_pol.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+        assert pol["default_timeout_microseconds"] == "2000000"
+        assert d["instance_group"][0]["kind"] == "KIND_CPU"
+        assert d["model_warmup"], f"{name} has no warm-up"
+
+
+def test_attribute_outputs_carry_label_files() -> None:
+    d = as_dict(render(build_configs(fake_manifest(), RepositorySettings())[contract.ATTRIBUTE_HEADS]))
+    assert {o["name"]: o["label_filename"] for o in d["output"]} == {
+        "ATTR_CATEGORY": "labels_category.txt", "ATTR_COLOR": "labels_color.txt", "ATTR_PATTERN": "labels_pattern.txt"}
+
+
+def test_ensemble_steps_wire_the_pipeline() -> None:
+    d = as_dict(render(build_configs(fake_manifest(), RepositorySettings())[contract.EMBED_IMAGE]))
+    steps = d["ensemble_scheduling"]["step"]
+    assert [s["model_name"] for s in steps] == [contract.IMAGE_PREPROCESS, contract.IMAGE_ENCODER, contract.ATTRIBUTE_HEADS]
+    assert steps[1]["input_map"] == {"PIXEL_VALUES": "PIXEL_VALUES"}
+    assert set(steps[2]["output_map"]) == {"ATTR_CATEGORY", "ATTR_COLOR", "ATTR_PATTERN"}
+
+
+def test_gpu_profile_onnxruntime_with_tensorrt_fp16() -> None:
+    configs = build_configs(fake_manifest("gpu"), RepositorySettings(profile="gpu", max_batch_size=64))
+    d = as_dict(render(configs[contract.IMAGE_ENCODER]))
+    assert d["backend"] == "onnxruntime" and d["default_model_filename"] == "model.onnx"
+    assert d["instance_group"][0]["kind"] == "KIND_GPU"
+    acc = d["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]
+    assert acc["name"] == "tensorrt" and acc["parameters"]["precision_mode"] == "FP16"
+    assert as_dict(render(configs[contract.IMAGE_PREPROCESS]))["backend"] == "python"
+
+
+def test_gpu_profile_tensorrt_plan() -> None:
+    configs = build_configs(fake_manifest("gpu"), RepositorySettings(profile="gpu", gpu_backend="tensorrt_plan"))
+    d = as_dict(render(configs[contract.TEXT_ENCODER]))
+    assert d["platform"] == "tensorrt_plan" and d["default_model_filename"] == contract.TRT_PLAN
+    assert "backend" not in d
+
+
+def _tensor(name: str) -> TensorConfig:
+    return TensorConfig(name=name, data_type="TYPE_FP32", dims=(4,))
+
+
+def test_ensemble_dataflow_is_checked() -> None:
+    with pytest.raises(ValidationError, match="'MISSING' is not produced earlier"):
+        ModelConfig(name="e", platform="ensemble", max_batch_size=8, inputs=(_tensor("A"),), outputs=(_tensor("B"),),
+                    ensemble_steps=(EnsembleStep(model_name="m", input_map={"X": "MISSING"}, output_map={"Y": "B"}),))
+    with pytest.raises(ValidationError, match="'B' is produced by no step"):
+        ModelConfig(name="e", platform="ensemble", max_batch_size=8, inputs=(_tensor("A"),), outputs=(_tensor("B"),),
+                    ensemble_steps=(EnsembleStep(model_name="m", input_map={"X": "A"}, output_map={"Y": "C"}),))
+
+
+def test_invalid_configs_name_the_field() -> None:
+    with pytest.raises(ValidationError, match="exactly one of backend / platform"):
+        ModelConfig(name="m", max_batch_size=8, inputs=(_tensor("A"),), outputs=(_tensor("B"),))
+    with pytest.raises(ValidationError, match="warmup 'w': unknown input 'Z'"):
+        ModelConfig(name="m", backend="python", max_batch_size=8, inputs=(_tensor("A"),), outputs=(_tensor("B"),),
+                    warmup=(Warmup(name="w", inputs=(WarmupInput(name="Z", data_type="TYPE_FP32", dims=(4,)),)),))
+    with pytest.raises(ValidationError, match="batch_size 16 > max_batch_size"):
+        ModelConfig(name="m", backend="python", max_batch_size=8, inputs=(_tensor("A"),), outputs=(_tensor("B"),),
+                    warmup=(Warmup(name="w", batch_size=16, inputs=(WarmupInput(name="A", data_type="TYPE_FP32", dims=(4,)),)),))
+    with pytest.raises(ValidationError, match="tensor names must be unique"):
+        ModelConfig(name="m", backend="python", max_batch_size=8, inputs=(_tensor("A"),), outputs=(_tensor("A"),))
+    with pytest.raises(ValidationError, match="max_queue_size"):
+        DynamicBatching(queue_policy=QueuePolicy(max_queue_size=0))
+    with pytest.raises(ValidationError, match="input_data_file is required"):
+        WarmupInput(name="A", data_type="TYPE_STRING", dims=(1,), source="file")
+
+
+def test_unknown_data_type_is_rejected_by_the_triton_schema() -> None:
+    from lenscope.export.triton_config import ConfigError, to_proto
+
+    cfg = ModelConfig(name="m", backend="python", max_batch_size=8,
+                      inputs=(TensorConfig(name="A", data_type="TYPE_FLOAT99", dims=(4,)),), outputs=(_tensor("B"),))
+    with pytest.raises(ConfigError, match="model 'm'.*TYPE_FLOAT99"):
+        to_proto(cfg)
+
+
+def test_no_dynamic_batching_when_disabled() -> None:
+    configs = build_configs(fake_manifest(), RepositorySettings(dynamic_batching=False))
+    assert "dynamic_batching" not in as_dict(render(configs[contract.IMAGE_ENCODER]))
