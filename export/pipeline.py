@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
@@ -69,5 +70,8 @@ def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_reposit
             extras={"parameters": n_params, "repository_settings": settings.model_dump()},
         )
         write_repository(Path(out), manifest, paths, default_vocab(), settings)
+        if onnx_dir:  # everything `lenscope model build-trt` needs, next to the graphs
+            shutil.copyfile(default_vocab(), work / contract.BPE_VOCAB_FILE)
+            (work / contract.MANIFEST_FILE).write_text(manifest.to_json() + "\n")
     log(f"wrote {settings.profile} repository {out} (model hash {manifest.model_hash}); manifest {Path(out) / contract.MANIFEST_FILE}")
     return manifest

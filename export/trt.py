@@ -1,0 +1,97 @@
+"""`lenscope model build-trt`: TensorRT engines (fp16) from the exported ONNX graphs, written as a
+gpu-profile repository with `tensorrt_plan` encoders.
+
+Needs an NVIDIA GPU and the `tensorrt` Python package (pip `tensorrt`, or the NGC TensorRT /
+Triton images). Engines are specific to the GPU model and TensorRT version they were built with,
+so build them on (or for) the serving GPU; the manifest records both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from lenscope.client import contract
+from lenscope.client.manifest import load_manifest
+from lenscope.export.repository import RepositorySettings, write_repository
+
+ONNX_FILES = {
+    contract.IMAGE_ENCODER: contract.IMAGE_ONNX,
+    contract.TEXT_ENCODER: contract.TEXT_ONNX,
+    contract.ATTRIBUTE_HEADS: contract.HEADS_ONNX,
+}
+
+
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+def _tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as err:
+        raise TensorRTUnavailable(
+            "the 'tensorrt' package is not installed (pip install tensorrt, on a machine with an NVIDIA GPU); "
+            "alternatively export with --profile gpu --gpu-backend onnxruntime-trt and let Triton build engines"
+        ) from err
+    return trt
+
+
+def build_engine(onnx_path: Path, plan_path: Path, max_batch_size: int, fp16: bool = True,
+                 workspace_bytes: int = 1 << 30) -> Path:
+    """Parse the ONNX graph and serialise an engine with a dynamic-batch optimisation profile."""
+    trt = _tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        item = tuple(inp.shape)[1:]
+        opt = max(1, min(8, max_batch_size))
+        profile.set_shape(inp.name, (1, *item), (opt, *item), (max_batch_size, *item))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_bytes(bytes(plan))
+    return plan_path
+
+
+def build_trt_repository(onnx_dir: Path, out: Path, spec: Path | None = None, fp16: bool = True,
+                         max_batch_size: int = 32, log: Callable[[str], None] = print) -> Path:
+    """Engines for every exported graph, then a gpu repository whose encoders are tensorrt_plan."""
+    trt = _tensorrt()
+    manifest = load_manifest(onnx_dir)  # written next to the graphs by `model export --onnx-dir`
+    if spec is not None:
+        from lenscope.client.modelspec import load_spec
+
+        if load_spec(spec) != manifest.spec:
+            raise FileNotFoundError(f"{onnx_dir} was exported from a different spec than {spec}")
+    onnx_paths, plans = {}, {}
+    for name, file in ONNX_FILES.items():
+        path = Path(onnx_dir) / file
+        if not path.is_file():
+            if name == contract.ATTRIBUTE_HEADS and not manifest.spec.attributes:
+                continue
+            raise FileNotFoundError(f"{path} is missing; run 'lenscope model export --onnx-dir {onnx_dir}'")
+        onnx_paths[name] = path
+        plans[name] = build_engine(path, Path(onnx_dir) / "plans" / name / contract.TRT_PLAN, max_batch_size, fp16)
+        log(f"  built TensorRT engine for {name} ({plans[name].stat().st_size / 1e6:.1f} MB, fp16={fp16})")
+    settings = RepositorySettings(profile="gpu", gpu_backend="tensorrt_plan", max_batch_size=max_batch_size)
+    manifest = manifest.model_copy(update={
+        "profile": "gpu",
+        "extras": {**manifest.extras, "tensorrt": {"version": trt.__version__, "fp16": fp16, "max_batch_size": max_batch_size}},
+    })
+    write_repository(Path(out), manifest, onnx_paths, Path(onnx_dir) / contract.BPE_VOCAB_FILE, settings, plans)
+    log(f"wrote gpu repository {out} with tensorrt_plan encoders")
+    return Path(out)
