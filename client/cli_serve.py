@@ -1,0 +1,133 @@
+"""``lenscope serve ...``: run serving processes in the foreground.
+
+``lenscope serve triton`` runs the tritonserver shipped in ``nvidia-pytriton`` on CPU (see
+:mod:`lenscope.client.tritonserver`), streams its log to stdout, and turns SIGTERM / SIGINT into a
+graceful Triton shutdown, exiting with the server's own exit code: what a container entrypoint or a
+process supervisor expects.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Optional
+
+import typer
+
+from lenscope.client.tritonserver import (
+    TritonServer,
+    TritonServerConfig,
+    TritonServerError,
+)
+
+serve_app = typer.Typer(
+    help="Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@serve_app.callback()
+def _serve() -> None:
+    """Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly)."""
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's exit status as a shell would report it (killed by signal N -> 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+_stdout_lock = threading.Lock()
+
+
+def _echo(line: str) -> None:
+    with _stdout_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+@serve_app.command("triton")
+def triton(
+    model_repository: Path = typer.Option(
+        ..., "--model-repository", exists=True, file_okay=False, dir_okay=True, resolve_path=True,
+        help="Triton model repository (as written by `lenscope model export`).",
+    ),
+    http_port: int = typer.Option(8000, help="HTTP/REST port (also serves /v2/health/ready)."),
+    grpc_port: int = typer.Option(8001, help="gRPC port (what the search service talks to)."),
+    metrics_port: int = typer.Option(8002, help="Prometheus metrics port (/metrics)."),
+    host: str = typer.Option("127.0.0.1", help="Listen address for all three; 0.0.0.0 in a container."),
+    log_verbose: int = typer.Option(0, min=0, help="Triton --log-verbose level."),
+    exit_timeout_secs: int = typer.Option(
+        10, min=0, help="How long Triton waits for in-flight requests on shutdown."
+    ),
+    ready_timeout: float = typer.Option(120.0, min=1.0, help="Seconds to wait for readiness."),
+    model_control_mode: str = typer.Option("none", help="none | poll | explicit"),
+    load_model: Optional[list[str]] = typer.Option(
+        None, help="With --model-control-mode explicit: model to load at startup (repeatable)."
+    ),
+    grpc_restricted_protocol: Optional[str] = typer.Option(
+        None, help="Triton's '<protocols>:<header>=<value>', e.g. 'model-repository:admin-key=S'."
+    ),
+    log_file: Optional[Path] = typer.Option(
+        None, help="Also keep the server log here (default: a temporary file)."
+    ),
+) -> None:
+    """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT."""
+    try:
+        config = TritonServerConfig(
+            model_repository=model_repository,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            host=host,
+            log_verbose=log_verbose,
+            exit_timeout_secs=exit_timeout_secs,
+            model_control_mode=model_control_mode,  # type: ignore[arg-type]
+            load_models=tuple(load_model or ()),
+            grpc_restricted_protocol=grpc_restricted_protocol,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    server = TritonServer(config, log_path=log_file, log_sink=_echo)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():  # second signal: stop waiting for a graceful exit
+            _echo(f"lenscope: {signal.Signals(signum).name} again, killing tritonserver\n")
+            server.kill()
+            return
+        stopping.set()
+        _echo(f"lenscope: {signal.Signals(signum).name} received, stopping tritonserver\n")
+        server.terminate()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            server.start()
+        except TritonServerError as exc:
+            typer.echo(f"lenscope: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        if stopping.is_set():  # a signal arrived while launching
+            server.terminate()
+        try:
+            seconds = server.wait_ready(ready_timeout)
+        except TritonServerError as exc:
+            if stopping.is_set():
+                raise typer.Exit(_exit_code(server.wait())) from exc
+            typer.echo(f"lenscope: {exc}", err=True)
+            code = server.stop()
+            raise typer.Exit(_exit_code(code) or 1) from exc
+        _echo(
+            f"lenscope: tritonserver ready in {seconds:.1f}s (pid {server.pid}, log {server.log_path})\n"
+            + "".join(f"lenscope:   {name:<8}{url}\n" for name, url in server.urls.items())
+        )
+        raise typer.Exit(_exit_code(server.wait()))
+    finally:
+        if server.is_running():  # an unexpected error in this function: do not orphan the server
+            server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
