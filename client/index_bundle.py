@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib
+import io
 import json
 import logging
 import os
@@ -46,6 +47,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "bundle.json"
 METADATA_FILE = "metadata.sqlite"
 INDEX_DIR = "index"
+ATTACHMENTS_DIR = "attachments"
+_ATTACHMENT_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 VERSIONS_DIR = "versions"
 CURRENT_LINK = "current"
 TMP_SUFFIX = ".tmp"
@@ -136,6 +139,20 @@ class IndexBundle:
             raise ModelVersionMismatch(
                 self.manifest.model_manifest_hash, model_manifest_hash, f"index bundle {self.version}"
             )
+
+    def attachment_path(self, name: str) -> Path | None:
+        """A file stored with the bundle (checksummed like every other file), or None."""
+        path = self.path / ATTACHMENTS_DIR / name
+        return path if path.is_file() else None
+
+    def read_attachment(self, name: str) -> bytes | None:
+        path = self.attachment_path(name)
+        return path.read_bytes() if path else None
+
+    def load_array(self, name: str) -> np.ndarray | None:
+        """A numpy array attachment, memory-mapped read-only (e.g. title embeddings by row id)."""
+        path = self.attachment_path(name + ".npy")
+        return np.load(path, mmap_mode="r") if path else None
 
     def close(self) -> None:
         self.metadata.close()
@@ -390,6 +407,20 @@ class BundleWriter:
             self.commit()
         else:
             self.abort()
+
+    def attach(self, name: str, data: bytes) -> Path:
+        """Store a file with this build (calibration, fusion weights, ...): checksummed, swapped atomically."""
+        if not _ATTACHMENT_NAME.match(name):
+            raise ValueError(f"attachment name {name!r} must match {_ATTACHMENT_NAME.pattern}")
+        path = self.path / ATTACHMENTS_DIR / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def attach_array(self, name: str, array: np.ndarray) -> Path:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+        return self.attach(name + ".npy", buf.getvalue())
 
     def commit(self) -> str:
         """Save, checksum, fsync, verify, rename into place, switch `current`, collect old versions."""

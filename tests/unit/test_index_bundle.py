@@ -270,3 +270,29 @@ def test_writer_killed_mid_publish_leaves_current_serving(tmp_path, stage):
         assert bundle.version == new and bundle.manifest.counts.vectors == 500
     manifest = json.loads((store.versions_dir / new / "bundle.json").read_text())
     assert manifest["counts"] == {"vectors": 500, "products": 500}
+
+
+def test_attachments_are_published_and_checksummed(tmp_path: Path) -> None:
+    from lenscope.client.faiss_index import FaissIndex
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(20, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = BundleStore(tmp_path / "root")
+    index = FaissIndex(8)
+    index.add(np.arange(20), vecs)
+    with store.writer(model_manifest_hash="m1", index=index) as w:
+        w.metadata.insert_many([{"row_id": i, "product_id": f"p{i}", "title": f"t{i}", "image_path": f"{i}.png"} for i in range(20)])
+        w.attach("calibration.json", b'{"x": 1}')
+        w.attach_array("title_vectors", vecs[::-1])
+        with pytest.raises(ValueError, match="attachment name"):
+            w.attach("../escape", b"")
+    with store.open_current(expected_model_hash="m1") as bundle:
+        assert bundle.read_attachment("calibration.json") == b'{"x": 1}'
+        np.testing.assert_array_equal(bundle.load_array("title_vectors"), vecs[::-1])
+        assert bundle.read_attachment("absent.json") is None and bundle.load_array("absent") is None
+        path = bundle.attachment_path("calibration.json")
+    path.chmod(0o644)
+    path.write_bytes(b'{"x": 2}')
+    with pytest.raises(BundleError, match="calibration.json"):
+        store.open_current(expected_model_hash="m1", fallback=False)
