@@ -11,12 +11,14 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from lenscope.client.cli_search import search_command
 from lenscope.client.cli_serve import serve_app
 
 app = typer.Typer(help="Lenscope: visual product search on Triton.", no_args_is_help=True, add_completion=False)
 model_app = typer.Typer(help="Export, verify and build models.", no_args_is_help=True, add_completion=False)
 app.add_typer(model_app, name="model")
 app.add_typer(serve_app, name="serve")
+app.command("search")(search_command)
 
 console = Console()
 

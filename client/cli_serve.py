@@ -131,3 +131,30 @@ def triton(
             server.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@serve_app.command("search")
+def search_service(
+    index_root: Path = typer.Option(..., "--index-root", exists=True, file_okay=False, help="Index root (from `lenscope index build`)."),
+    triton: str = typer.Option("127.0.0.1:8001", "--triton", envvar="LENSCOPE_TRITON_URL", help="Triton gRPC host:port."),
+    grpc_port: Optional[int] = typer.Option(None, help="gRPC port (default: LENSCOPE_GRPC_PORT or 50051)."),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (default: LENSCOPE_METRICS_PORT or 9464)."),
+    host: Optional[str] = typer.Option(None, help="Listen address (default: LENSCOPE_HOST or 127.0.0.1)."),
+) -> None:
+    """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT."""
+    from lenscope.client.search import open_engine
+    from lenscope.client.service import serve
+    from lenscope.client.service_settings import ServiceSettings
+
+    overrides = {k: v for k, v in {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host}.items() if v is not None}
+    settings = ServiceSettings(**overrides)
+    engine = open_engine(triton, str(index_root))
+    running = serve(engine, settings)
+    _echo(f"lenscope: search service on {settings.host}:{running.port} (metrics :{running.metrics_port}), "
+          f"model {engine.model_hash}, index {engine.index_version}\n")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    running.stop()
+    engine.close()

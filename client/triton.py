@@ -8,12 +8,13 @@ UNAVAILABLE (server down or restarting) is retried, because every other failure 
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 from tritonclient.grpc import model_config_pb2  # noqa: F401  (re-exported for the config writer)
 from tritonclient.utils import InferenceServerException
 
@@ -137,15 +138,23 @@ class TritonEmbedder:
         inp.set_data_from_numpy(np.array([[item]], dtype=object))
         req_out = [grpcclient.InferRequestedOutput(o) for o in outputs]
         try:
-            res = self._call(lambda: self._client.infer(model, [inp], outputs=req_out, client_timeout=timeout))
+            end = time.monotonic() + timeout  # retries share one deadline, never extend it
+            res = self._call(lambda: self._client.infer(model, [inp], outputs=req_out,
+                                                        client_timeout=max(0.001, end - time.monotonic())),
+                             budget_s=timeout)
         except TritonError as err:
             return EmbedResult(error=err)
         emb = res.as_numpy(contract.EMBEDDING)[0]
         attrs = {o: res.as_numpy(o)[0] for o in outputs if o != contract.EMBEDDING}
         return EmbedResult(embedding=emb, attributes=attrs)
 
-    def _call(self, fn):
-        @retry(retry=retry_if_exception(_retryable), stop=stop_after_attempt(self.config.retries),
+    def _call(self, fn, budget_s: float | None = None):
+        """Run fn, retrying UNAVAILABLE with jittered backoff, never past `budget_s` (the deadline)."""
+        stop = stop_after_attempt(self.config.retries)
+        if budget_s is not None:
+            stop = stop | stop_after_delay(budget_s)
+
+        @retry(retry=retry_if_exception(_retryable), stop=stop,
                wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05), reraise=True)
         def attempt():
             try:
