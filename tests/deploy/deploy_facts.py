@@ -11,6 +11,7 @@ what no Python module can state: Triton's own HTTP paths, flags and Prometheus m
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -63,13 +64,17 @@ TABLE = {
             "lenscope_search_inflight_requests": "gauge",
             "lenscope_ann_recall_at_k": "gauge",
         },
-        # Settings the deployment sets that ServiceSettings does not (yet) define: the engine's
-        # (Triton address, index location) and the large-catalog mode's.
+        # Settings the deployment sets that ServiceSettings does not define: the Triton address
+        # (read by `lenscope serve search --triton`, envvar) and the large-catalog mode's (not
+        # read by the code yet: the Milvus backend is still to come).
         "env_outside_service_settings": (
-            "LENSCOPE_TRITON_URL", "LENSCOPE_INDEX_DIR", "LENSCOPE_VECTOR_BACKEND", "LENSCOPE_MILVUS_URI",
-            "LENSCOPE_MILVUS_TOKEN",
+            "LENSCOPE_TRITON_URL", "LENSCOPE_VECTOR_BACKEND", "LENSCOPE_MILVUS_URI", "LENSCOPE_MILVUS_TOKEN",
         ),
         "triton_url": "triton:8001",
+        # `lenscope serve search`: the index location is an option without an environment variable.
+        "cli": ("serve", "search"),
+        "index_root_option": "--index-root",
+        "triton_url_envvar": "LENSCOPE_TRITON_URL",
     },
 }
 
@@ -142,6 +147,16 @@ def facts() -> Facts:
         search["health_service"] = SERVICE_NAME
         search["metrics"] = _metric_kinds(ServiceMetrics)
         sources["search health + metrics"] = "python:lenscope.client.service"
+
+    try:
+        from lenscope.client.cli_serve import search_service
+    except ImportError:
+        sources["search command line"] = "table"
+    else:
+        options = {name: p.default for name, p in inspect.signature(search_service).parameters.items()}
+        search["index_root_option"] = options["index_root"].param_decls[0]
+        search["triton_url_envvar"] = options["triton"].envvar
+        sources["search command line"] = "python:lenscope.client.cli_serve.search_service"
 
     return Facts(triton=triton, search=search, sources=sources)
 

@@ -106,7 +106,8 @@ def test_table_agrees_with_python(known):
     print("fact sources:", known.sources)
     for key in ("http_port", "grpc_port", "metrics_port", "models", "ensembles"):
         assert known.triton[key] == TABLE["triton"][key], key
-    for key in ("grpc_port", "metrics_port", "health_service", "env_prefix", "metrics"):
+    for key in ("grpc_port", "metrics_port", "health_service", "env_prefix", "metrics", "index_root_option",
+                "triton_url_envvar"):
         assert known.search[key] == TABLE["search"][key], key
 
 
@@ -219,7 +220,13 @@ def test_search_ports_and_probes(overlays, overlay, known):
     # Startup and liveness must not follow Triton's health (see the comment in the manifest).
     for probe in ("startupProbe", "livenessProbe"):
         assert ports[c[probe]["tcpSocket"]["port"]] == s["grpc_port"], probe
-    assert c["args"] == ["serve", "search"]
+    index_root = f"{s['index_root_option']}=/index"
+    assert c["args"] == [*s["cli"], index_root]
+    # /index holds the bundle: the fetch-index emptyDir, or baked into the image (cpu-demo)
+    spec = pod_spec(overlays[overlay], "lenscope-search")
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    fetched = any(i["args"][-1] == "/index" for i in spec.get("initContainers", []))
+    assert ("/index" in mounts) == fetched
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -231,7 +238,7 @@ def test_search_settings(overlays, overlay, known):
     assert int(env["LENSCOPE_GRPC_PORT"]) == s["grpc_port"]
     assert int(env["LENSCOPE_METRICS_PORT"]) == s["metrics_port"]
     assert env["LENSCOPE_HOST"] == "0.0.0.0"  # the service defaults to 127.0.0.1
-    assert env["LENSCOPE_TRITON_URL"] == s["triton_url"]
+    assert env[s["triton_url_envvar"]] == s["triton_url"]
     prefix = s["env_prefix"]
     assert all(k.startswith(prefix) for k in env if k not in ("HOME",)), env
 

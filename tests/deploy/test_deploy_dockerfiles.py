@@ -201,11 +201,11 @@ def test_search_image(overlays, known):
     assert exposed == {s["grpc_port"], s["metrics_port"]}
     entrypoint = exec_form(runtime.all("ENTRYPOINT")[-1])
     cmd = exec_form(runtime.all("CMD")[-1])
-    assert entrypoint + cmd == ["lenscope", "serve", "search"]
+    assert entrypoint + cmd == ["lenscope", *s["cli"], f"{s['index_root_option']}=/index"]
     healthcheck = runtime.all("HEALTHCHECK")[-1]
     assert f"127.0.0.1:{s['grpc_port']}" in healthcheck and s["health_service"] in healthcheck
     baked = stage(stages, "baked")
-    assert "LENSCOPE_INDEX_DIR=/index" in baked.all("ENV")
+    assert shlex.split(baked.all("COPY")[-1])[-1] == "/index"
 
     for overlay in OVERLAYS:
         deployment = next(
