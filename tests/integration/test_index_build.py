@@ -1,0 +1,119 @@
+"""`lenscope index build` through a real tritonserver: a generated catalog with a few broken rows and
+images is indexed, every row is accounted for, and the published bundle serves the model it was built
+with (self-retrieval, calibration, title vectors)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from lenscope.client import index_cli
+from lenscope.client.calibration import load_calibration
+from lenscope.client.catalog_gen import generate_catalog
+from lenscope.client.index_bundle import BundleStore
+from lenscope.client.index_calibration import NO_TEXT_TITLE
+from lenscope.client.indexing import IndexBuildConfig, build_index
+from lenscope.client.manifest import Manifest
+from lenscope.client.triton import ClientConfig, TritonEmbedder
+
+pytestmark = pytest.mark.integration
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def broken_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 generated products; 2 corrupt catalog images, 1 missing, and one bad row appended."""
+    root = tmp_path_factory.mktemp("catalog")
+    paths = generate_catalog(root, N, seed=3, image_size=64)
+    png = (root / "images/catalog/p000004.png").read_bytes()
+    (root / "images/catalog/p000004.png").write_bytes(png[: len(png) // 2])  # truncated PNG
+    (root / "images/catalog/p000009.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # PNG magic, no image
+    (root / "images/catalog/p000014.png").unlink()
+    with open(paths.catalog, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"product_id": "bad-row", "title": "x", "image": "images/catalog/p000000.png",
+                            "category": "mug", "color": "red", "pattern": "solid", "split": "holdout"}) + "\n")
+    return paths.catalog
+
+
+@pytest.fixture(scope="module")
+def built(broken_catalog: Path, triton, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("index")
+    with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=32)) as emb:
+        report = build_index(IndexBuildConfig(catalog=broken_catalog, index_root=root, batch_size=16, concurrency=2,
+                                              progress=False), emb)
+    return root, report
+
+
+def test_counts_and_rejects(built) -> None:
+    _, report = built
+    assert report.rows_read == N + 1
+    assert report.indexed == N - 3
+    assert report.rejected_by_reason == {"image_rejected": 2, "invalid_row": 1, "missing_image": 1}
+    assert report.photos_skipped_by_reason == {}
+    rejects = [json.loads(t) for t in report.rejects_path.read_text().splitlines()]
+    by_pid = {r["product_id"]: r for r in rejects}
+    assert set(by_pid) == {"p000004", "p000009", "p000014", "bad-row"}
+    assert "corrupt" in by_pid["p000004"]["message"] and by_pid["p000004"]["reason"] == "image_rejected"
+    assert by_pid["p000014"]["reason"] == "missing_image" and by_pid["bad-row"]["line"] == N + 1
+    assert "split" in by_pid["bad-row"]["message"]
+    assert report.rows_per_s > 0
+    print(f"\nindexing throughput through Triton: {report.rows_per_s:.1f} rows/s "
+          f"({report.indexed} rows, image + photo + title each, embed {report.seconds['embed']:.2f}s)")
+
+
+def test_bundle_serves_the_model_that_built_it(built, embedder: TritonEmbedder, manifest: Manifest,
+                                               broken_catalog: Path) -> None:
+    root, report = built
+    assert report.model_hash == manifest.model_hash == embedder.manifest()["model_hash"]
+    with BundleStore(root).open_current(expected_model_hash=manifest.model_hash) as b:
+        ids = b.metadata.row_ids()
+        products = b.metadata.get(ids)
+        assert ids.tolist() == list(range(N - 3))
+        assert [p.product_id for p in products][:5] == ["p000000", "p000001", "p000002", "p000003", "p000005"]
+        # a catalog image, embedded again, finds its own product first
+        for rid in (0, 20, N - 4):
+            image = (broken_catalog.parent / products[rid].image_path).read_bytes()
+            (res,) = embedder.embed_images([image])
+            hit = b.index.search(res.embedding[None].astype(np.float32), 3)
+            assert hit.ids[0, 0] == rid and hit.scores[0, 0] > 0.999
+        titles = b.load_array("title_vectors")
+        (t,) = embedder.embed_texts([products[7].title])
+        np.testing.assert_allclose(titles[7], t.embedding, atol=1e-5)
+        photos = b.load_array("photo_vectors")
+        assert photos.shape == titles.shape == (N - 3, manifest.embed_dim) and np.isfinite(photos).all()
+        for name, labels in manifest.labels.items():
+            probs = b.load_array(f"attr_probs_{name}")
+            assert probs.shape == (N - 3, len(labels))
+            np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+        cal = load_calibration(b.attachment_path("calibration.json"))
+        assert cal.model_hash == manifest.model_hash
+        assert set(cal.pairs) == {"text_image", "image_title", "image_image"}
+        xs = np.linspace(-1, 1, 401)
+        for pair in cal.pairs:
+            assert np.all(np.diff(cal.apply(pair, xs)) >= 0), pair
+        info = json.loads(b.read_attachment("index_info.json"))
+        assert info["counts"]["indexed"] == N - 3 and info["calibration"]["notes"]["text_title"] == NO_TEXT_TITLE
+        assert "modality_gap_vs_image_image" in info["calibration"]
+        assert info["catalog"]["path"] == str(broken_catalog.resolve())
+        assert b.read_attachment("fusion.json") is not None
+
+
+def test_cli_stops_with_exit_3_when_triton_is_unreachable(broken_catalog: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = typer.Typer()
+    app.command()(index_cli.index_build_command)
+    res = CliRunner().invoke(app, ["--catalog", str(broken_catalog), "--index-root", str(tmp_path / "idx"),
+                                   "--triton", f"127.0.0.1:{port}", "--timeout", "1", "--no-progress"])
+    assert res.exit_code == 3, res.output
+    assert "UNAVAILABLE" in res.output and "resume" in res.output
+    assert BundleStore(tmp_path / "idx").current_version() is None
