@@ -13,12 +13,19 @@ from rich.console import Console
 
 from lenscope.client.cli_search import search_command
 from lenscope.client.cli_serve import serve_app
+from lenscope.client.index_cli import catalog_generate_command, index_build_command
 
 app = typer.Typer(help="Lenscope: visual product search on Triton.", no_args_is_help=True, add_completion=False)
 model_app = typer.Typer(help="Export, verify and build models.", no_args_is_help=True, add_completion=False)
 app.add_typer(model_app, name="model")
 app.add_typer(serve_app, name="serve")
 app.command("search")(search_command)
+index_app = typer.Typer(help="Build and inspect search indexes.", no_args_is_help=True, add_completion=False)
+index_app.command("build")(index_build_command)
+app.add_typer(index_app, name="index")
+catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", no_args_is_help=True, add_completion=False)
+catalog_app.command("generate")(catalog_generate_command)
+app.add_typer(catalog_app, name="catalog")
 
 console = Console()
 

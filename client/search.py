@@ -152,7 +152,7 @@ class SearchEngine:
         _check_deadline(deadline, "retrieval")
 
         raw = self._raw_signals(emb, matched)
-        calibrated = {name: self._calibrate(name, s) for name, s in raw.items()}
+        calibrated = {name: self._calibrate(name, s) for name, s in raw.items() if self._usable(name)}
         signals: dict[str, np.ndarray | None] = dict(calibrated)
         if emb.attributes and self._label_codes:
             probs = {a: emb.attributes[contract.attribute_output(a)] for a in self._label_codes}
@@ -250,6 +250,11 @@ class SearchEngine:
             if titles is not None:
                 raw["text_title"] = titles @ emb.text
         return {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
+
+    def _usable(self, signal: str) -> bool:
+        """A raw cosine never sits next to calibrated probabilities: with a calibration set, a
+        signal whose modality pair was not fitted is left out of fusion (it is still reported raw)."""
+        return self.calibration is None or SIGNAL_PAIR[signal] in self.calibration.pairs
 
     def _calibrate(self, signal: str, scores: np.ndarray) -> np.ndarray:
         pair = SIGNAL_PAIR[signal]

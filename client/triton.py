@@ -66,6 +66,20 @@ class ClientConfig:
     root_certificates: str | None = None
     private_key: str | None = None
     certificate_chain: str | None = None
+    max_reconnect_backoff_ms: int = 1000
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+def _channel_args(config: "ClientConfig") -> list[tuple[str, int]]:
+    """gRPC's default reconnect backoff grows to 120 s: after a Triton restart the channel would
+    stay down long after the server is back. Cap it so recovery takes about a second."""
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", config.max_reconnect_backoff_ms),
+    ]
 
 
 class TritonEmbedder:
@@ -79,6 +93,7 @@ class TritonEmbedder:
             root_certificates=config.root_certificates,
             private_key=config.private_key,
             certificate_chain=config.certificate_chain,
+            channel_args=_channel_args(config),
         )
         self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="triton")
         self._attr_outputs: list[str] | None = None
