@@ -90,10 +90,10 @@ def demo(
     repository: Path = typer.Option(Path("model_repository/cpu"), help="Model repository (exported if missing)."),
     reexport: bool = typer.Option(False, help="Export again even if the repository exists."),
 ) -> None:
-    """Export the default model, start Triton, embed images and texts over gRPC, print similarities."""
+    """Export the default model, index the bundled catalog through Triton, serve search, run queries."""
     from lenscope.client.demo import run_demo
 
-    run_demo(repository, reexport=reexport, console=console)
+    run_demo(repository, reexport=reexport, console=Console(width=max(console.width, 150)))
 
 
 if __name__ == "__main__":

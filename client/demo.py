@@ -1,47 +1,27 @@
-"""`lenscope demo`: the whole serving path on the embedded default model, no GPU, no network.
+"""`lenscope demo`: the whole product on the embedded default, no GPU, no network.
 
-Export (if needed) -> start the real tritonserver -> embed images and texts through the ensembles
-over gRPC -> print the image/text similarity matrix and predicted attributes.
+Export the default model (if needed) -> generate the bundled catalog (if needed) -> start the real
+tritonserver -> build the index through it -> start the gRPC search service -> run image, text and
+mixed queries over gRPC exactly as a frontend would -> print hits, score breakdowns and facets.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+import grpc
 from rich.console import Console
-from rich.table import Table
 
 from lenscope.client import contract
+from lenscope.client.api import search_pb2, search_pb2_grpc
+from lenscope.client.catalog import read_catalog
+from lenscope.client.cli_search import render
 from lenscope.client.manifest import load_manifest
-from lenscope.client.triton import ClientConfig, TritonEmbedder
 from lenscope.client.tritonserver import start_server
 
-DEMO_ITEMS = [
-    ("red", (200, 30, 40), "circle"),
-    ("blue", (30, 60, 200), "square"),
-    ("yellow", (235, 210, 40), "triangle"),
-    ("green", (40, 160, 60), "circle"),
-]
-DEMO_TEXTS = ["a red t-shirt", "a blue handbag", "yellow sneakers", "green floral dress"]
-
-
-def demo_image(rgb: tuple[int, int, int], shape: str, size: int = 128) -> bytes:
-    img = Image.new("RGB", (size, size), (235, 235, 230))
-    draw = ImageDraw.Draw(img)
-    box = (size // 5, size // 5, size * 4 // 5, size * 4 // 5)
-    if shape == "circle":
-        draw.ellipse(box, fill=rgb)
-    elif shape == "square":
-        draw.rectangle(box, fill=rgb)
-    else:
-        draw.polygon([(size // 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=rgb)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+DEMO_PRODUCTS = 600
+DEMO_SEED = 0
 
 
 def ensure_repository(repository: Path, reexport: bool, console: Console) -> None:
@@ -51,54 +31,80 @@ def ensure_repository(repository: Path, reexport: bool, console: Console) -> Non
         export_model(out=repository, log=console.print)
 
 
-def run_demo(repository: Path, reexport: bool = False, console: Console | None = None) -> dict:
-    console = console or Console()
+def ensure_catalog(workdir: Path, console: Console) -> Path:
+    from lenscope.client.catalog_gen import generate_catalog
+
+    catalog = workdir / "catalog" / "catalog.jsonl"
+    if not catalog.is_file():
+        console.print(f"[bold]catalog[/] generating {DEMO_PRODUCTS} products (seed {DEMO_SEED}) in {catalog.parent}")
+        catalog = generate_catalog(catalog.parent, DEMO_PRODUCTS, seed=DEMO_SEED).catalog
+    return catalog
+
+
+def demo_queries(catalog: Path) -> list[tuple[str, search_pb2.SearchRequest]]:
+    """A photo query (a user photo of a test product), a text query, a mixed one, and a filtered one."""
+    rows = read_catalog(catalog).rows
+    probe = next(r for r in rows if r.split == "test" and r.photo)
+    photo = (catalog.parent / probe.photo).read_bytes()
+    text = f"{probe.color} {probe.category}"
+    return [
+        (f"photo of {probe.product_id} ({probe.title})", search_pb2.SearchRequest(image=photo, top_k=5, explain=True)),
+        (f"text {text!r}", search_pb2.SearchRequest(text=text, top_k=5)),
+        (f"photo + text {probe.pattern!r}", search_pb2.SearchRequest(image=photo, text=probe.pattern, top_k=5)),
+        (f"text 'bag' filtered to color={probe.color}",
+         search_pb2.SearchRequest(text="bag", top_k=5, filters=[search_pb2.Filter(facet="color", values=[probe.color])])),
+    ]
+
+
+def run_demo(repository: Path, reexport: bool = False, console: Console | None = None,
+             workdir: Path = Path(".lenscope/demo")) -> list[search_pb2.SearchResponse]:
+    from lenscope.client.index_bundle import BundleStore
+    from lenscope.client.indexing import IndexBuildConfig, build_index
+    from lenscope.client.search import SearchSettings, open_engine
+    from lenscope.client.service import serve
+    from lenscope.client.service_settings import ServiceSettings
+    from lenscope.client.triton import ClientConfig, TritonEmbedder
+
+    console = console or Console(width=160)
     t0 = time.perf_counter()
     ensure_repository(repository, reexport, console)
     manifest = load_manifest(repository)
     console.print(f"[bold]model[/] {manifest.spec.name} hash {manifest.model_hash} weights={manifest.weights}")
-    log_path = repository.parent / "tritonserver.log"
+    catalog = ensure_catalog(workdir, console)
+    index_root = workdir / "index"
+    log_path = workdir / "tritonserver.log"
+    responses = []
     with start_server(repository, log_path=log_path) as server:
         console.print(f"[bold]tritonserver[/] ready: grpc {server.grpc_url}, metrics {server.metrics_url} (log {log_path})")
-        with TritonEmbedder(ClientConfig(url=server.grpc_url, timeout_s=10.0)) as client:
-            served = client.manifest()
-            if served["model_hash"] != manifest.model_hash:
-                raise RuntimeError(f"server runs model {served['model_hash']}, expected {manifest.model_hash}")
-            images = [demo_image(rgb, shape) for _, rgb, shape in DEMO_ITEMS]
-            t_img = time.perf_counter()
-            img_res = client.embed_images(images)
-            t_txt = time.perf_counter()
-            txt_res = client.embed_texts(DEMO_TEXTS)
-            t_end = time.perf_counter()
-    for r in [*img_res, *txt_res]:
-        if not r.ok:
-            raise RuntimeError(f"embedding failed: {r.error}")
-    img_emb = np.stack([r.embedding for r in img_res])
-    txt_emb = np.stack([r.embedding for r in txt_res])
-    sims = img_emb @ txt_emb.T
-
-    table = Table(title="cosine similarity: image (rows) x text (columns), served by tritonserver over gRPC")
-    table.add_column("image")
-    for t in DEMO_TEXTS:
-        table.add_column(t, justify="right")
-    for (name, _, shape), row in zip(DEMO_ITEMS, sims):
-        table.add_row(f"{name} {shape}", *(f"{v:+.3f}" for v in row))
-    console.print(table)
-
-    labels = manifest.labels
-    attrs = Table(title="attribute heads (top label, probability)")
-    attrs.add_column("image")
-    for a in labels:
-        attrs.add_column(a)
-    for (name, _, shape), r in zip(DEMO_ITEMS, img_res):
-        cells = []
-        for a, labs in labels.items():
-            p = r.attributes[contract.attribute_output(a)]
-            cells.append(f"{labs[int(np.argmax(p))]} ({p.max():.2f})")
-        attrs.add_row(f"{name} {shape}", *cells)
-    console.print(attrs)
-    console.print(
-        f"embedding dim {img_emb.shape[1]}; {len(images)} images in {1000 * (t_txt - t_img):.1f} ms, "
-        f"{len(DEMO_TEXTS)} texts in {1000 * (t_end - t_txt):.1f} ms; demo total {time.perf_counter() - t0:.1f} s"
-    )
-    return {"similarity": sims, "image_embeddings": img_emb, "text_embeddings": txt_emb}
+        store = BundleStore(index_root)
+        current = None
+        if store.current_version():
+            try:
+                current = store.open_current(expected_model_hash=manifest.model_hash)
+                current.close()
+            except Exception:  # noqa: BLE001 - any unusable index is rebuilt below
+                current = None
+        if current is None:
+            with TritonEmbedder(ClientConfig(url=server.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
+                report = build_index(IndexBuildConfig(catalog=catalog, index_root=index_root, progress=False), emb)
+            console.print(f"[bold]index[/] built {report.indexed} products ({report.rejected} rejected) "
+                          f"at {report.rows_per_s:.0f} rows/s -> {report.bundle_path}")
+        engine = open_engine(server.grpc_url, str(index_root), SearchSettings(default_deadline_s=5.0), triton_timeout_s=5.0)
+        service_log = open(workdir / "search-service.log", "a", encoding="utf-8")  # JSON lines, kept off the tables
+        running = serve(engine, ServiceSettings(grpc_port=0, metrics_port=0, default_deadline_s=5.0), log_stream=service_log)
+        console.print(f"[bold]search service[/] grpc 127.0.0.1:{running.port}, metrics :{running.metrics_port}, "
+                      f"index {engine.index_version}")
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = search_pb2_grpc.SearchServiceStub(channel)
+                for title, request in demo_queries(catalog):
+                    console.rule(f"[bold]{title}")
+                    response = stub.Search(request, timeout=10)
+                    render(response, console)
+                    responses.append(response)
+        finally:
+            running.stop(0.5)
+            engine.close()
+            service_log.close()
+    console.print(f"demo done in {time.perf_counter() - t0:.1f} s; try: lenscope serve triton / serve search / search")
+    return responses
