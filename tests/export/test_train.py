@@ -92,6 +92,19 @@ def test_heads_on_frozen_embeddings_leave_clip_bit_identical(spec, catalog, trai
         assert torch.equal(a.towers()[0](x), b.towers()[0](x))
 
 
+def test_fresh_heads_refit_after_a_spec_change_keeps_clip(spec, catalog, trained, tmp_path) -> None:
+    mlp = spec.model_copy(update={"head_hidden_dim": 16})
+    cfg = TrainConfig(epochs=0, heads_epochs=2, **{**FAST, "heads": "frozen"})
+    with pytest.raises(TrainError, match="heads weights do not match"):
+        train(mlp, catalog, tmp_path / "m.pt", cfg, init_checkpoint=trained.checkpoint, progress=False)
+    cfg = cfg.model_copy(update={"fresh_heads": True})
+    result = train(mlp, catalog, tmp_path / "m.pt", cfg, init_checkpoint=trained.checkpoint, progress=False)
+    before, after = state(trained.checkpoint, "clip"), state(result.checkpoint, "clip")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert result.meta["init_checkpoint"] == str(trained.checkpoint.resolve())
+    assert build_model(mlp.model_copy(update={"checkpoint": str(result.checkpoint)})).heads_trained
+
+
 @pytest.mark.parametrize("strategy, frozen, trained_prefix", [
     ("frozen_text", ("token_embedding.", "transformer.", "text_projection", "ln_final."), "visual."),
     ("frozen_image", ("visual.",), "transformer."),
