@@ -149,9 +149,19 @@ def _load_state(module: nn.Module, state: dict, path: Path, part: str) -> None:
         raise SpecError(f"checkpoint {path}: {part} weights do not match the spec's architecture: {err}") from None
 
 
-def save_checkpoint(model: LoadedModel, path: Path, extra: dict | None = None) -> None:
-    """A lenscope checkpoint: open_clip state dict + heads state dict (+ training metadata)."""
-    payload = {"clip": model.clip.state_dict(), "heads": model.heads.state_dict(), "meta": extra or {}}
+def save_checkpoint(model: LoadedModel, path: Path, extra: dict | None = None, half: bool = False) -> None:
+    """A lenscope checkpoint: open_clip state dict + heads state dict (+ training metadata).
+
+    Heads are written only when trained, so untrained heads never reload as `heads_trained`.
+    `half` stores floating tensors as fp16 (half the size, for committing the shipped model);
+    loading casts them back to fp32, and export verification then compares like with like.
+    """
+    def state(module: nn.Module) -> dict:
+        sd = module.state_dict()
+        return {k: v.half() if half and v.is_floating_point() else v for k, v in sd.items()}
+
+    payload = {"clip": state(model.clip), "heads": state(model.heads) if model.heads_trained else None,
+               "meta": extra or {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)

@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     augment: bool = True
     heads: HeadsMode = "frozen"
     attribute_weight: float = Field(0.1, ge=0, description="weight of the attribute loss in joint mode")
-    heads_epochs: int = Field(30, ge=1)
+    heads_epochs: int = Field(60, ge=1)
     heads_lr: float = Field(1e-2, gt=0)
     heads_batch_size: int = Field(256, ge=2)
     precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast: ~1.5x faster on CPU")
@@ -91,6 +91,7 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="stop early (smoke runs, tests)")
     fresh_heads: bool = Field(False, description="ignore the init checkpoint's heads (after changing the spec's "
                                                  "attributes or head_hidden_dim); the CLIP weights still load")
+    save_fp16: bool = Field(True, description="store weights as fp16: half the size; loads back as fp32")
     monitor_every: int = Field(1, ge=0, description="R@K on the val split every N epochs and at the end; 0 = off")
 
     @model_validator(mode="after")
@@ -551,7 +552,7 @@ def train(
                         "torch": str(torch.__version__), "open_clip": str(open_clip.__version__),
                         "python": platform.python_version(), "machine": platform.machine()},
     }
-    save_checkpoint(model, out, extra=meta)
+    save_checkpoint(model, out, extra=meta, half=cfg.save_fp16)
     return TrainResult(out, meta, model)
 
 

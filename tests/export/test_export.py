@@ -24,7 +24,7 @@ pytestmark = pytest.mark.export
 
 @pytest.fixture(scope="module")
 def tiny():
-    return build_model(load_spec(DEFAULT_SPEC))
+    return build_model(load_spec(DEFAULT_SPEC), DEFAULT_SPEC.parent)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,11 @@ def test_onnx_matches_torch(tiny, onnx_paths, batch: int) -> None:
 
 
 def test_verification_failure_stops_with_numbers(tiny, onnx_paths) -> None:
-    spec = tiny.spec.model_copy(update={"init_seed": 1})  # same architecture, other weights
-    other = build_model(spec)
+    other = build_model(tiny.spec, DEFAULT_SPEC.parent)  # same architecture, weights nudged
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in other.clip.visual.parameters():
+            p.add_(1e-2 * torch.randn(p.shape, generator=gen))
     with pytest.raises(VerificationError) as err:
         verify(other, onnx_paths)
     msg = str(err.value)
@@ -76,7 +79,8 @@ def test_export_writes_manifest_with_verification_inside_tolerance(tmp_path: Pat
     manifest = export_model(out=out, log=lambda _m: None)
     on_disk = load_manifest(out)
     assert on_disk.model_hash == manifest.model_hash and len(on_disk.model_hash) == 16
-    assert on_disk.weights == "seeded-init" and on_disk.checkpoint is None
+    assert on_disk.weights == "checkpoint" and on_disk.heads_trained
+    assert on_disk.checkpoint.sha256 == sha256_file(DEFAULT_SPEC.parent / load_spec(DEFAULT_SPEC).checkpoint)
     for name in (contract.IMAGE_ENCODER, contract.TEXT_ENCODER, contract.ATTRIBUTE_HEADS):
         checks = on_disk.verification["towers"][name]
         assert [c["batch"] for c in checks] == [1, 7]
@@ -101,7 +105,7 @@ def test_lenscope_checkpoint_round_trip(tiny, tmp_path: Path) -> None:
     ckpt = tmp_path / "tiny.pt"
     save_checkpoint(tiny, ckpt, {"note": "test"})
     data = json.loads(DEFAULT_SPEC.read_text())
-    data["checkpoint"] = "tiny.pt"
+    data["checkpoint"] = "tiny.pt"  # relative to the spec file written below
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(data))
     loaded = build_model(load_spec(spec_file), tmp_path)

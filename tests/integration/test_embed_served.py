@@ -86,8 +86,9 @@ def test_image_embeddings_equal_onnxruntime_and_torch(embedder: TritonEmbedder, 
 
     torch = pytest.importorskip("torch")
     from lenscope.export.model import build_model
+    from lenscope.export.pipeline import DEFAULT_SPEC
 
-    image_tower, _, _ = build_model(spec).towers()
+    image_tower, _, _ = build_model(spec, DEFAULT_SPEC.parent).towers()
     with torch.no_grad():
         ref_torch = image_tower(torch.from_numpy(pixels)).numpy()
     assert _max_diff(got, ref_torch) <= TORCH_TOL
@@ -105,8 +106,9 @@ def test_text_embeddings_equal_onnxruntime_and_torch(embedder: TritonEmbedder, e
 
     torch = pytest.importorskip("torch")
     from lenscope.export.model import build_model, open_clip_tokenize
+    from lenscope.export.pipeline import DEFAULT_SPEC
 
-    _, text_tower, _ = build_model(spec).towers()
+    _, text_tower, _ = build_model(spec, DEFAULT_SPEC.parent).towers()
     with torch.no_grad():
         ref_torch = text_tower(open_clip_tokenize(spec, TEXTS)).numpy()
     assert _max_diff(got, ref_torch) <= TORCH_TOL
