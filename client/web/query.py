@@ -1,0 +1,133 @@
+"""A page's query: what the search form, the facet checkboxes and the URL carry, checked before
+anything is sent to the search service.
+
+Parameters (the same in the query string of ``GET /`` and the form of ``POST /search``):
+
+- ``q``: query text;
+- ``image``: an uploaded photo (form only);
+- ``like``: a catalog image path: "search with this image" (read from the catalog, never uploaded);
+- ``f``: ``facet:value``, repeatable: values of one facet are OR-ed, facets AND-ed (the API's filters);
+- ``k``: number of results.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from PIL import Image
+
+from lenscope.client.api import search_pb2
+from lenscope.client.web.backend import SearchFailure
+from lenscope.client.web.settings import MiB, WebSettings
+
+ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO"}
+ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF or BMP"
+
+
+def _bad(message: str, code: str = "bad_request", status: int = 400, title: str = "Invalid search") -> SearchFailure:
+    return SearchFailure(status, title, message, code)
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    text: str = ""
+    like: str = ""
+    filters: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    top_k: int = 24
+    upload_name: str = ""  # file name of an uploaded photo, when there is one
+    _selected: frozenset[tuple[str, str]] = field(default=frozenset(), repr=False, compare=False)
+
+    @property
+    def has_input(self) -> bool:
+        return bool(self.text or self.like or self.upload_name)
+
+    def is_selected(self, facet: str, value: str) -> bool:
+        return (facet, value) in self._selected
+
+    def to_request(self, image: bytes | None) -> search_pb2.SearchRequest:
+        request = search_pb2.SearchRequest(
+            filters=[search_pb2.Filter(facet=f, values=list(v)) for f, v in self.filters], top_k=self.top_k
+        )
+        if image is not None:
+            request.image = image
+            request.explain = True  # the attributes the model sees in the photo, shown above the results
+        if self.text:
+            request.text = self.text
+        return request
+
+    def query_string(self) -> str:
+        """The URL query of this page (an uploaded photo cannot travel in a URL, so it is left out)."""
+        params: list[tuple[str, str]] = []
+        if self.text:
+            params.append(("q", self.text))
+        if self.like:
+            params.append(("like", self.like))
+        params += [("f", f"{facet}:{value}") for facet, values in self.filters for value in values]
+        params.append(("k", str(self.top_k)))
+        return urlencode(params)
+
+
+def parse_filters(exprs: Iterable[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``["color:red", "color:blue", "category:dress"]`` -> ``(("color", ("red", "blue")), ("category", ("dress",)))``."""
+    grouped: dict[str, list[str]] = {}
+    for expr in exprs:
+        facet, sep, value = expr.partition(":")
+        facet, value = facet.strip(), value.strip()
+        if not sep or not facet or not value:
+            raise _bad(f"filter {expr!r} must look like facet:value")
+        values = grouped.setdefault(facet, [])
+        if value not in values:
+            values.append(value)
+    return tuple((f, tuple(v)) for f, v in grouped.items())
+
+
+def parse_query(
+    text: str | None, like: str | None, filters: Iterable[str], top_k: str | None, settings: WebSettings,
+    upload_name: str = "",
+) -> PageQuery:
+    parsed = parse_filters(filters)
+    k = settings.top_k
+    if top_k not in (None, ""):
+        try:
+            k = int(top_k)
+        except ValueError:
+            raise _bad(f"k must be a number of results, not {top_k!r}") from None
+        if not 1 <= k <= settings.max_top_k:
+            raise _bad(f"k must be between 1 and {settings.max_top_k}")
+    return PageQuery(
+        text=(text or "").strip(), like=(like or "").strip(), filters=parsed, top_k=k, upload_name=upload_name,
+        _selected=frozenset((f, v) for f, values in parsed for v in values),
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / MiB:.1f} MB" if n >= MiB // 10 else f"{n / 1024:.1f} KB"
+
+
+def too_large(size: int, settings: WebSettings) -> SearchFailure:
+    return _bad(f"The photo is {_mb(size)}; the limit is {_mb(settings.max_upload_bytes)}. "
+                "Use a smaller or more compressed photo.", "too_large", 413, "Photo too large")
+
+
+def check_upload(data: bytes, filename: str, settings: WebSettings, size: int | None = None) -> bytes:
+    """The photo's bytes if they are a readable image within the size limit; else a SearchFailure.
+    ``size``: the upload's full size when ``data`` was read only up to just over the limit."""
+    if len(data) > settings.max_upload_bytes:
+        raise too_large(max(len(data), size or 0), settings)
+    name = filename or "The upload"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            img.verify()  # headers and checksums, without decoding every pixel
+    except Image.DecompressionBombError:
+        raise _bad(f"{name!r} has too many pixels to search with.", "too_many_pixels", 413, "Photo too large") from None
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image
+        raise _bad(f"{name!r} is not an image. Upload a {ACCEPTED_NAMES} photo.", "not_an_image", 415,
+                   "Not an image") from None
+    if fmt not in ACCEPTED_FORMATS:
+        raise _bad(f"{name!r} is a {fmt} image; upload a {ACCEPTED_NAMES} photo.", "unsupported_image", 415,
+                   "Unsupported image type")
+    return data
