@@ -85,6 +85,49 @@ def model_build_trt(
         _fail(str(err))
 
 
+@model_app.command("train")
+def model_train(
+    spec: Optional[Path] = typer.Option(None, help="Model spec. Default: the shipped lenscope-tiny."),
+    catalog: Optional[Path] = typer.Option(None, help="Catalog (JSONL/CSV). Default: generate the bundled 6,000-product catalog (seed 0)."),
+    out: Path = typer.Option(Path(".lenscope/train/model.pt"), help="Checkpoint to write (export/weights/lenscope-tiny.pt replaces the shipped one)."),
+    init_checkpoint: Optional[Path] = typer.Option(None, help="Start from this lenscope/open_clip checkpoint (fine-tune). Default: the seeded init."),
+    epochs: int = typer.Option(28, help="Contrastive epochs (28 = the shipped recipe)."),
+    strategy: str = typer.Option("full", help="full | frozen_text | frozen_image | last_n"),
+    last_n_blocks: int = typer.Option(1, help="With strategy last_n: trainable blocks per tower."),
+    heads: str = typer.Option("frozen", help="none | frozen (heads on frozen embeddings) | joint (multi-task)."),
+    batch_size: int = typer.Option(128),
+    seed: int = typer.Option(0),
+) -> None:
+    """Contrastive (CLIP) training, CPU-capable; the defaults reproduce the shipped lenscope-tiny."""
+    from pydantic import ValidationError
+
+    from lenscope.client.modelspec import SpecError, load_spec
+    from lenscope.export.pipeline import DEFAULT_SPEC
+    from lenscope.export.train import TrainConfig, TrainError, train
+
+    spec_path = spec or DEFAULT_SPEC
+    try:
+        model_spec = load_spec(spec_path).model_copy(update={"checkpoint": None})  # never resume silently
+        cfg = TrainConfig(epochs=epochs, strategy=strategy, last_n_blocks=last_n_blocks, heads=heads,
+                          batch_size=batch_size, seed=seed)
+    except (SpecError, ValidationError) as err:
+        _fail(str(err))
+    if catalog is None:
+        from lenscope.client.catalog_gen import generate_catalog
+
+        catalog = Path(".lenscope/train-catalog/catalog.jsonl")
+        if not catalog.is_file():
+            console.print("generating the bundled catalog (6,000 products, seed 0) ...")
+            catalog = generate_catalog(catalog.parent, 6000, seed=0, progress=True).catalog
+    try:
+        result = train(model_spec, catalog, out, cfg, spec_dir=Path(spec_path).parent, init_checkpoint=init_checkpoint)
+    except (TrainError, SpecError) as err:
+        _fail(str(err))
+    timing = result.meta.get("timing", {})
+    console.print(f"wrote {result.checkpoint} ({result.checkpoint.stat().st_size / 1e6:.1f} MB) "
+                  f"in {timing.get('total_s', 0):.0f} s; point a spec's checkpoint at it and run 'lenscope model export'")
+
+
 @app.command("demo")
 def demo(
     repository: Path = typer.Option(Path("model_repository/cpu"), help="Model repository (exported if missing)."),
