@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lenscope-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all test-slow clean
+.PHONY: setup browser demo test test-all test-slow clean
 
 # --no-deps from a fully pinned lock: no resolver may swap the CPU torch for a multi-GB CUDA build.
 $(STAMP): requirements.lock pyproject.toml
@@ -19,13 +19,17 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/lenscope demo
 
-test: setup
+# The browser test drives Debian's chromium (installed once, needs root + apt on a fresh machine).
+browser:
+	bash scripts/install-browser.sh
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup browser
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 clean:

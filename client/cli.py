@@ -13,11 +13,13 @@ from rich.console import Console
 
 from lenscope.client.cli_search import search_command
 from lenscope.client.cli_serve import serve_app
+from lenscope.client.cli_web import serve_web_command
 from lenscope.client.index_cli import catalog_generate_command, index_build_command
 
 app = typer.Typer(help="Lenscope: visual product search on Triton.", no_args_is_help=True, add_completion=False)
 model_app = typer.Typer(help="Export, verify and build models.", no_args_is_help=True, add_completion=False)
 app.add_typer(model_app, name="model")
+serve_app.command("web")(serve_web_command)
 app.add_typer(serve_app, name="serve")
 app.command("search")(search_command)
 index_app = typer.Typer(help="Build and inspect search indexes.", no_args_is_help=True, add_completion=False)
