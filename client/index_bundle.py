@@ -58,6 +58,7 @@ LOCK_FILE = ".publish.lock"
 # e.g. pymilvus is only required by deployments that use the Milvus backend.
 INDEX_BACKENDS: dict[str, str] = {
     "faiss": "lenscope.client.faiss_index:FaissIndex",
+    "milvus": "lenscope.client.milvus_index:MilvusIndex",
 }
 
 
