@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lenscope.client.durable_files import atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -385,11 +386,7 @@ def fit_calibration_set(
 
 def save_calibration(cal: CalibrationSet, path: str | Path) -> Path:
     """Write JSON atomically (temp file + rename): a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(cal.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(path), cal.model_dump_json(indent=2) + "\n")
 
 
 def load_calibration(path: str | Path) -> CalibrationSet:

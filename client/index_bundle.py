@@ -19,7 +19,6 @@ records the model manifest hash and opening it for another model is refused, not
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib
 import io
@@ -38,6 +37,7 @@ from typing import Any, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lenscope.client.durable_files import fsync_dir, fsync_tree, try_lock, unlock
 from lenscope.client.metadata_store import MetadataStore, MetadataStoreError, Product
 from lenscope.client.vector_index import IndexFormatError, VectorIndex
 
@@ -343,7 +343,7 @@ class BundleStore:
                 shutil.rmtree(self.versions_dir / version, ignore_errors=True)
                 removed.append(version)
         if removed:
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
         return removed
 
     def _remove_debris(self) -> list[str]:
@@ -364,7 +364,7 @@ class BundleStore:
         tmp_link = self.root / f".{CURRENT_LINK}.{os.getpid()}.{secrets.token_hex(4)}"
         os.symlink(os.path.join(VERSIONS_DIR, bundle_id), tmp_link)
         os.replace(tmp_link, self.root / CURRENT_LINK)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
 
 class BundleWriter:
@@ -394,7 +394,7 @@ class BundleWriter:
             self.path.mkdir()
             self.metadata = MetadataStore.create(self.path / METADATA_FILE)
         except BaseException:
-            _release_lock(self._lock_fd)
+            unlock(self._lock_fd)
             raise
         self._done = False
 
@@ -431,11 +431,11 @@ class BundleWriter:
             self.metadata.close()
             self.index.save(self.path / INDEX_DIR)
             manifest = self._write_manifest()
-            _fsync_tree(self.path)
+            fsync_tree(self.path)
             self._verify(manifest)
             final = self.store.versions_dir / self._id
             os.rename(self.path, final)
-            _fsync_dir(self.store.versions_dir)
+            fsync_dir(self.store.versions_dir)
             self.store._switch_current(self._id)
         except BaseException:
             self.abort()
@@ -446,7 +446,7 @@ class BundleWriter:
             for version in self.store.collect_garbage():
                 log.info("removed old index version %s", version)
         finally:
-            _release_lock(self._lock_fd)
+            unlock(self._lock_fd)
         return self._id
 
     def abort(self) -> None:
@@ -459,7 +459,7 @@ class BundleWriter:
         except Exception:  # noqa: BLE001 - already closed or broken; the directory goes anyway
             pass
         shutil.rmtree(self.path, ignore_errors=True)
-        _release_lock(self._lock_fd)
+        unlock(self._lock_fd)
 
     def _write_manifest(self) -> BundleManifest:
         files = {
@@ -537,39 +537,9 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory of a build to disk before it is renamed into view."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
 def _acquire_lock(path: Path) -> int:
     """Exclusive publish lock; the kernel drops it when the holder dies, so a killed writer never wedges it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        os.close(fd)
-        raise BundleError(f"another index publish holds {path}; wait for it to finish") from err
+    fd = try_lock(path)
+    if fd is None:
+        raise BundleError(f"another index publish holds {path}; wait for it to finish")
     return fd
-
-
-def _release_lock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

@@ -18,11 +18,9 @@ changed on disk since (size/mtime fingerprint), or that fails to load, is embedd
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lenscope.client.durable_files import atomic_write, try_lock, unlock
 from lenscope.client.index_embedder import EmbeddedChunk
 from lenscope.client.index_reader import Reject
 
@@ -47,25 +46,6 @@ def work_key(catalog_sha256: str, model_hash: str, splits: Iterable[str] | None)
     if splits is not None:
         key += "-" + hashlib.sha256(",".join(sorted(splits)).encode()).hexdigest()[:8]
     return key
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write, fsync, rename over `path`, fsync the directory: readers see the old file or the new one."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class WorkDirBusy(RuntimeError):
@@ -101,7 +81,7 @@ class WorkDir:
         try:
             return cls._open_locked(path, lock_fd, catalog, catalog_sha256, model_hash, splits, chunk_size, n_rows)
         except BaseException:
-            _unlock(lock_fd)
+            unlock(lock_fd)
             raise
 
     @classmethod
@@ -195,7 +175,7 @@ class WorkDir:
     def close(self) -> None:
         """Release the lock, keeping the checkpoints (an interrupted build)."""
         if self._lock_fd is not None:
-            _unlock(self._lock_fd)
+            unlock(self._lock_fd)
             self._lock_fd = None
 
     def remove(self) -> None:
@@ -216,21 +196,11 @@ class WorkDir:
 
 def _lock(path: Path) -> int:
     """Exclusive, non-blocking; the kernel drops it when the holder dies, so a SIGKILLed job never wedges it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_lock(path)
+    if fd is None:
         raise WorkDirBusy(f"another index build of the same catalog and model is running (it holds {path}); "
-                          "wait for it or stop it first") from None
+                          "wait for it or stop it first")
     return fd
-
-
-def _unlock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def _read_state(path: Path) -> dict | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .durable_files import atomic_write_text
 from .calibration import fit_logistic, sigmoid
 
 SCHEMA_VERSION = 1
@@ -98,11 +98,7 @@ def load_weights(path: str | Path) -> FusionWeights:
 
 def save_weights(weights: FusionWeights, path: str | Path) -> Path:
     """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(weights.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(path), weights.model_dump_json(indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
