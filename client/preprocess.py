@@ -228,6 +228,25 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return out
 
 
+def check_resize_budget(image: Image.Image, cfg: PreprocessConfig, limits: InputLimits) -> None:
+    """Refuse images whose *resized* size would exceed the pixel limit.
+
+    The short-side resize happens before the crop (as in open_clip), so a tiny 30000 x 1 strip
+    becomes 1,920,000 x 64 pixels (~1.2 GB) in memory: a memory-amplification attack that the
+    decoded-size limit alone does not catch.
+    """
+    new_w, new_h = _resized_size(*image.size, cfg)
+    if new_w * new_h > limits.max_image_pixels:
+        w, h = image.size
+        raise ImageInputError(
+            "extreme_aspect_ratio",
+            f"image is {w}x{h}: its aspect ratio would need a {new_w}x{new_h} intermediate image "
+            f"(over the limit of {limits.max_image_pixels} pixels); crop it closer to the product",
+        )
+
+
 def preprocess_bytes(data: bytes, cfg: PreprocessConfig, limits: InputLimits) -> np.ndarray:
     """decode_image + preprocess: what the Triton model runs per request."""
-    return preprocess(decode_image(data, limits), cfg)
+    image = decode_image(data, limits)
+    check_resize_budget(image, cfg, limits)
+    return preprocess(image, cfg)

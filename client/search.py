@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lenscope.client import contract
@@ -34,6 +35,8 @@ from lenscope.client.search_models import (
 )
 from lenscope.client.triton import EmbedResult, TritonEmbedder, TritonError
 from lenscope.client.vector_index import RecallMonitor
+
+_log = structlog.get_logger("lenscope.search")
 
 CALIBRATION_ATTACHMENT = "calibration.json"
 FUSION_ATTACHMENT = "fusion.json"
@@ -128,7 +131,7 @@ class SearchEngine:
         t0 = time.perf_counter()
         deadline = t0 + (q.deadline_s or self.settings.default_deadline_s)
         filters, facet_names = self._validate(q)
-        self._refresh_model_hash()
+        self._refresh_model_hash(budget_s=(deadline - time.perf_counter()) * self.settings.triton_share)
         if self._served_hash != self.model.model_hash:
             raise ModelVersionMismatch(self.model.model_hash, self._served_hash, "Triton (query embeddings)")
         timings: dict[str, float] = {}
@@ -197,16 +200,19 @@ class SearchEngine:
                 raise UnknownFacetError(f, self._facets)
         return filters, list(q.facets) or list(self._facets)
 
-    def _refresh_model_hash(self, force: bool = False) -> None:
+    def _refresh_model_hash(self, force: bool = False, budget_s: float | None = None) -> None:
+        """Re-read the served model's hash every model_check_interval_s, within the query's budget."""
         now = time.monotonic()
         if not force and now - self._checked_at < self.settings.model_check_interval_s:
+            return
+        if budget_s is not None and budget_s <= 0:
             return
         with self._lock:
             self._checked_at = now
         try:
-            self._served_hash = self.embedder.manifest()["model_hash"]
+            self._served_hash = self.embedder.manifest(timeout_s=budget_s)["model_hash"]
         except TritonError:
-            pass  # unreachable now: the embed call will say UNAVAILABLE with its own message
+            pass  # unreachable or slow now: the embed call reports it with the query's own deadline
 
     def _embed(self, q: SearchQuery, deadline: float) -> _Embedded:
         budget = (deadline - time.perf_counter()) * self.settings.triton_share
@@ -294,7 +300,9 @@ def _unwrap(results: list[EmbedResult], what: str) -> EmbedResult:
         raise DeadlineExceeded(f"embedding the {what} query took longer than the deadline allows")
     if err.status == "INVALID_ARGUMENT":
         raise QueryError(f"{what} rejected: {err.message}")
-    raise BackendUnavailable(f"Triton could not embed the {what} query ({err.status}): {err.message}")
+    # The raw gRPC error names Triton's address: log it, tell the caller only what failed.
+    _log.warning("triton_embed_failed", what=what, status=err.status, error=err.message)
+    raise BackendUnavailable(f"Triton could not embed the {what} query ({err.status}); the embedding backend is unreachable or failing")
 
 
 def _load_model(bundle: IndexBundle, name: str, cls):
@@ -326,5 +334,14 @@ def open_engine(triton_url: str, index_root: str, settings: SearchSettings = Sea
     except TritonError as err:
         embedder.close()
         raise BackendUnavailable(f"Triton at {triton_url} did not answer: {err}") from err
-    bundle = BundleStore(index_root).open_current(expected_model_hash=served)
-    return SearchEngine(embedder, bundle, settings)
+    try:
+        bundle = BundleStore(index_root).open_current(expected_model_hash=served)
+    except BaseException:
+        embedder.close()
+        raise
+    try:
+        return SearchEngine(embedder, bundle, settings)
+    except BaseException:
+        bundle.close()
+        embedder.close()
+        raise

@@ -36,10 +36,12 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import IO, Any, Protocol
+import ssl
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -368,6 +370,22 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def close(self) -> None:
         self._engine.shutdown(wait=False, cancel_futures=True)
 
+    def SearchBytes(self, data: bytes, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+        """Parse the request ourselves: grpcio's own deserializer answers bad bytes (e.g. non-UTF-8
+        in a string field) with an opaque INTERNAL that the service never sees, logs or counts."""
+        try:
+            request = search_pb2.SearchRequest.FromString(data)
+        except DecodeError as err:
+            request_id = _request_id(context)
+            message = (f"request is not a valid {SERVICE_NAME.rsplit('.', 1)[0]}.SearchRequest "
+                       f"(string fields must be UTF-8): {err}")
+            self._metrics.observe(grpc.StatusCode.INVALID_ARGUMENT, None)
+            self._log.warning("search", code="INVALID_ARGUMENT", request_id=request_id, image_bytes=None,
+                              text_chars=None, message=message)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        return self.Search(request, context)
+
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
         started = time.perf_counter()
         request_id = _request_id(context)
@@ -511,6 +529,12 @@ def _server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
         ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     except OSError as err:
         raise ServiceStartError(f"cannot read TLS material: {err}") from err
+    try:  # grpc reports a bad pair only as "Failed to bind": check it here, with a useful message
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, ValueError) as err:
+        raise ServiceStartError(
+            f"TLS certificate {settings.tls_cert} and key {settings.tls_key} are unusable or do not match: {err}"
+        ) from err
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
@@ -531,7 +555,11 @@ def serve(
         ],
         maximum_concurrent_rpcs=settings.handler_threads + settings.max_queued_rpcs,
     )
-    search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "Search": grpc.unary_unary_rpc_method_handler(
+            servicer.SearchBytes, request_deserializer=None,
+            response_serializer=search_pb2.SearchResponse.SerializeToString),
+    }),))
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=futures.ThreadPoolExecutor(1, thread_name_prefix="lenscope-health-watch"),

@@ -115,10 +115,11 @@ class TritonEmbedder:
         except InferenceServerException:
             return False
 
-    def manifest(self) -> dict:
+    def manifest(self, timeout_s: float | None = None) -> dict:
         """The export manifest the server's ensemble carries (config parameter `manifest`)."""
+        timeout = self.config.timeout_s if timeout_s is None else timeout_s
         cfg = self._call(lambda: self._client.get_model_config(contract.EMBED_IMAGE, as_json=True,
-                                                               client_timeout=self.config.timeout_s))
+                                                               client_timeout=timeout), budget_s=timeout)
         params = cfg["config"].get("parameters", {})
         raw = params.get("manifest", {}).get("string_value")
         if not raw:

@@ -165,16 +165,7 @@ def test_whole_corpus_gets_its_declared_status(service, triton, capsys) -> None:
     _AFTER_FIRST_PASS["threads"] = threading.active_count()
 
 
-KNOWN_ISSUES = [c for c in CASES if c.known_issue]
 _AFTER_FIRST_PASS: dict[str, int] = {}
-
-
-@pytest.mark.xfail(strict=True, reason="product bugs the corpus found (see each case's known_issue); when they "
-                   "are fixed this XPASSes: drop `known_issue`/`today` from those cases and this marker")
-def test_known_issue_cases_get_the_status_they_should(service) -> None:
-    _, _, channel = service
-    wrong = [f"{c.name}: {p}" for c in KNOWN_ISSUES if (p := _verdict(c, *_send(channel, c)))]
-    assert not wrong, "\n".join(wrong)
 
 
 def test_second_pass_leaves_no_threads_behind(service, triton, capsys) -> None:

@@ -367,8 +367,6 @@ def test_search_path_works_without_the_key(locked_triton: TritonServer, index_ro
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known issue: UNAVAILABLE details carry Triton's raw gRPC error, including "
-                   "its address (e.g. 'ipv4:127.0.0.1:8001: Failed to connect to remote host')")
 def test_unavailable_details_do_not_disclose_triton_address(engine) -> None:
     from lenscope.client.tritonserver import free_port
 

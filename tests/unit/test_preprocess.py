@@ -278,3 +278,21 @@ def test_preprocess_bytes():
     np.testing.assert_array_equal(preprocess_bytes(data, cfg, LIMITS), preprocess(decode_image(data, LIMITS), cfg))
     with pytest.raises(ImageInputError):
         preprocess_bytes(b"", cfg, LIMITS)
+
+
+def test_extreme_aspect_ratio_is_refused_before_the_resize_allocates() -> None:
+    """A 172-byte 30000 x 1 PNG would resize (short side -> 64) to 1,920,000 x 64 px (~1.2 GB)."""
+    import io as _io
+
+    from lenscope.client.modelspec import InputLimits, PreprocessConfig
+    from lenscope.client.preprocess import ImageInputError, preprocess_bytes
+
+    cfg, limits = PreprocessConfig(image_size=64), InputLimits()
+    strip = _io.BytesIO()
+    Image.new("RGB", (30_000, 1), (10, 120, 200)).save(strip, format="PNG")
+    with pytest.raises(ImageInputError) as err:
+        preprocess_bytes(strip.getvalue(), cfg, limits)
+    assert err.value.reason == "extreme_aspect_ratio" and "1920000x64" in str(err.value)
+    wide = _io.BytesIO()
+    Image.new("RGB", (30_000, 10), (10, 120, 200)).save(wide, format="PNG")  # 192000 x 64: fine
+    assert preprocess_bytes(wide.getvalue(), cfg, limits).shape == (3, 64, 64)
