@@ -49,6 +49,18 @@ def _echo(line: str) -> None:
         sys.stdout.flush()
 
 
+def _grpc_tls_args(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path]) -> tuple[str, ...]:
+    """Triton 2.51's gRPC SSL flags (names checked against `tritonserver --help`)."""
+    if cert is None and key is None and client_ca is None:
+        return ()
+    if cert is None or key is None:
+        raise ValueError("--grpc-tls-cert and --grpc-tls-key go together")
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+    if client_ca is not None:
+        args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={client_ca}"]
+    return tuple(args)
+
+
 @serve_app.command("triton")
 def triton(
     model_repository: Path = typer.Option(
@@ -74,6 +86,9 @@ def triton(
     log_file: Optional[Path] = typer.Option(
         None, help="Also keep the server log here (default: a temporary file)."
     ),
+    grpc_tls_cert: Optional[Path] = typer.Option(None, help="Serve gRPC over TLS with this certificate (PEM)."),
+    grpc_tls_key: Optional[Path] = typer.Option(None, help="Private key for --grpc-tls-cert (PEM)."),
+    grpc_tls_client_ca: Optional[Path] = typer.Option(None, help="Require client certificates signed by this CA (mutual TLS)."),
 ) -> None:
     """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT."""
     try:
@@ -88,6 +103,7 @@ def triton(
             model_control_mode=model_control_mode,  # type: ignore[arg-type]
             load_models=tuple(load_model or ()),
             grpc_restricted_protocol=grpc_restricted_protocol,
+            extra_args=_grpc_tls_args(grpc_tls_cert, grpc_tls_key, grpc_tls_client_ca),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -140,15 +156,24 @@ def search_service(
     grpc_port: Optional[int] = typer.Option(None, help="gRPC port (default: LENSCOPE_GRPC_PORT or 50051)."),
     metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (default: LENSCOPE_METRICS_PORT or 9464)."),
     host: Optional[str] = typer.Option(None, help="Listen address (default: LENSCOPE_HOST or 127.0.0.1)."),
+    triton_ca: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_CA", help="Talk TLS to Triton, trusting this CA (PEM)."),
+    triton_cert: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_CERT", help="Client certificate for mutual TLS to Triton."),
+    triton_key: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_KEY", help="Client key for mutual TLS to Triton."),
 ) -> None:
     """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT."""
     from lenscope.client.search import open_engine
     from lenscope.client.service import serve
     from lenscope.client.service_settings import ServiceSettings
+    from lenscope.client.triton import ClientConfig
 
     overrides = {k: v for k, v in {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host}.items() if v is not None}
     settings = ServiceSettings(**overrides)
-    engine = open_engine(triton, str(index_root))
+    tls = {}
+    if triton_ca is not None:
+        tls = dict(ssl=True, root_certificates=str(triton_ca),
+                   certificate_chain=str(triton_cert) if triton_cert else None,
+                   private_key=str(triton_key) if triton_key else None)
+    engine = open_engine(triton, str(index_root), client_config=ClientConfig(url=triton, timeout_s=2.0, **tls))
     running = serve(engine, settings)
     _echo(f"lenscope: search service on {settings.host}:{running.port} (metrics :{running.metrics_port}), "
           f"model {engine.model_hash}, index {engine.index_version}\n")

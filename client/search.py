@@ -316,7 +316,8 @@ __all__ = ["SearchEngine", "SearchSettings", "FacetError"]
 
 
 def open_engine(triton_url: str, index_root: str, settings: SearchSettings = SearchSettings(),
-                triton_timeout_s: float = 2.0, faiss_threads: int = 1) -> SearchEngine:
+                triton_timeout_s: float = 2.0, faiss_threads: int = 1,
+                client_config: "ClientConfig | None" = None) -> SearchEngine:
     """Connect to Triton, open the published index bundle built by Triton's model, build the engine.
 
     FAISS runs single-threaded: the service parallelises across requests, and OpenMP threads
@@ -328,7 +329,8 @@ def open_engine(triton_url: str, index_root: str, settings: SearchSettings = Sea
     from lenscope.client.triton import ClientConfig
 
     faiss.omp_set_num_threads(faiss_threads)
-    embedder = TritonEmbedder(ClientConfig(url=triton_url, timeout_s=triton_timeout_s))
+    # client_config carries TLS / mutual-TLS material for the channel to Triton
+    embedder = TritonEmbedder(client_config or ClientConfig(url=triton_url, timeout_s=triton_timeout_s))
     try:
         served = embedder.manifest()["model_hash"]
     except TritonError as err:
