@@ -40,3 +40,29 @@ def embedder(triton: TritonServer) -> TritonEmbedder:
     client = TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0))
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def make_index(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory):
+    """Factory: a generated catalog of n products (seed) indexed through the session's Triton.
+
+    Cached per (n, seed, batch_size), so modules that need the same catalog share one build.
+    """
+    from lenscope.client.catalog_gen import generate_catalog
+    from lenscope.client.indexing import IndexBuildConfig, build_index
+
+    built: dict[tuple[int, int, int], tuple[Path, Path]] = {}
+
+    def make(n: int, seed: int, batch_size: int = 16) -> tuple[Path, Path]:
+        key = (n, seed, batch_size)
+        if key not in built:
+            root = tmp_path_factory.mktemp(f"stack-{n}-{seed}")
+            catalog = generate_catalog(root / "catalog", n, seed=seed, image_size=64).catalog
+            with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
+                report = build_index(IndexBuildConfig(catalog=catalog, index_root=root / "index", batch_size=batch_size,
+                                                      concurrency=2, progress=False), emb)
+            assert report.indexed == n, report
+            built[key] = (catalog, root / "index")
+        return built[key]
+
+    return make

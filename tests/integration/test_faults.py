@@ -40,7 +40,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
 from lenscope.client.catalog import read_catalog
-from lenscope.client.catalog_gen import generate_catalog
 from lenscope.client.index_bundle import BundleCorrupt, BundleError, BundleStore
 from lenscope.client.index_checkpoint import WORK_DIR
 from lenscope.client.indexing import KILL_HOOK_ENV, IndexBuildConfig, build_index
@@ -58,18 +57,13 @@ QUERY = "red t-shirt"
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_catalog(tmp_path_factory.mktemp("catalog"), N, seed=5, image_size=64).catalog
+def catalog(make_index) -> Path:
+    return make_index(N, 5, BATCH)[0]
 
 
 @pytest.fixture(scope="module")
-def index_root(catalog: Path, triton, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("index")
-    with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
-        report = build_index(IndexBuildConfig(catalog=catalog, index_root=root, batch_size=BATCH, concurrency=2,
-                                              progress=False), emb)
-    assert report.indexed == N
-    return root
+def index_root(make_index) -> Path:
+    return make_index(N, 5, BATCH)[1]
 
 
 def _inflight(running) -> float:

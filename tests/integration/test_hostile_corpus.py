@@ -20,12 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog_gen import generate_catalog
-from lenscope.client.indexing import IndexBuildConfig, build_index
-from lenscope.client.search import SearchSettings, open_engine
-from lenscope.client.service import serve
-from lenscope.client.service_settings import ServiceSettings
-from lenscope.client.triton import ClientConfig, TritonEmbedder
+from stack import running_service
 
 pytestmark = pytest.mark.integration
 
@@ -47,30 +42,19 @@ CASES = corpus.build_corpus(seed=0)
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_catalog(tmp_path_factory.mktemp("catalog"), N, seed=21, image_size=64).catalog
+def catalog(make_index) -> Path:
+    return make_index(N, 21)[0]
 
 
 @pytest.fixture(scope="module")
-def index_root(catalog: Path, triton, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("index")
-    with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
-        report = build_index(IndexBuildConfig(catalog=catalog, index_root=root, batch_size=16, concurrency=2,
-                                              progress=False), emb)
-    assert report.indexed == N
-    return root
+def index_root(make_index) -> Path:
+    return make_index(N, 21)[1]
 
 
 @pytest.fixture(scope="module")
 def service(triton, index_root: Path):
-    engine = open_engine(triton.grpc_url, str(index_root), SearchSettings(default_deadline_s=10.0),
-                         triton_timeout_s=10.0)
-    running = serve(engine, ServiceSettings(grpc_port=0, metrics_port=0, default_deadline_s=10.0))
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    yield engine, running, channel
-    channel.close()
-    running.stop(0.5)
-    engine.close()
+    with running_service(triton.grpc_url, index_root) as svc:
+        yield svc
 
 
 def _say(capsys: pytest.CaptureFixture[str], text: str) -> None:

@@ -14,16 +14,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
 from lenscope.client.catalog import read_catalog
-from lenscope.client.catalog_gen import generate_catalog
 from lenscope.client.faiss_index import FaissIndex
 from lenscope.client.index_bundle import BundleStore, ModelVersionMismatch
-from lenscope.client.indexing import IndexBuildConfig, build_index
-from lenscope.client.search import SearchEngine, SearchSettings, open_engine
+from lenscope.client.search import SearchSettings, open_engine
 from lenscope.client.search_models import BackendUnavailable, SearchQuery
 from lenscope.client.service import serve
 from lenscope.client.service_settings import ServiceSettings
-from lenscope.client.triton import ClientConfig, TritonEmbedder
 from lenscope.client.tritonserver import TritonServer, TritonServerConfig, free_ports
+from stack import running_service
 
 pytestmark = pytest.mark.integration
 
@@ -31,29 +29,24 @@ N = 80
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_catalog(tmp_path_factory.mktemp("catalog"), N, seed=11, image_size=64).catalog
+def stack(make_index) -> tuple[Path, Path]:
+    return make_index(N, 11)
 
 
 @pytest.fixture(scope="module")
-def index_root(catalog: Path, triton, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("index")
-    with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
-        report = build_index(IndexBuildConfig(catalog=catalog, index_root=root, batch_size=16, concurrency=2,
-                                              progress=False), emb)
-    assert report.indexed == N
-    return root
+def catalog(stack) -> Path:
+    return stack[0]
+
+
+@pytest.fixture(scope="module")
+def index_root(stack) -> Path:
+    return stack[1]
 
 
 @pytest.fixture(scope="module")
 def service(triton, index_root: Path):
-    engine = open_engine(triton.grpc_url, str(index_root), SearchSettings(default_deadline_s=10.0), triton_timeout_s=10.0)
-    running = serve(engine, ServiceSettings(grpc_port=0, metrics_port=0, default_deadline_s=10.0))
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    yield engine, running, channel
-    channel.close()
-    running.stop(0.5)
-    engine.close()
+    with running_service(triton.grpc_url, index_root) as svc:
+        yield svc
 
 
 def _stub(channel) -> search_pb2_grpc.SearchServiceStub:

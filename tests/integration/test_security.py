@@ -30,9 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog_gen import generate_catalog
 from lenscope.client.index_bundle import BundleStore
-from lenscope.client.indexing import IndexBuildConfig, build_index
 from lenscope.client.search import SearchEngine, SearchSettings, open_engine
 from lenscope.client.service import ServiceStartError, serve
 from lenscope.client.service_settings import ServiceSettings
@@ -137,13 +135,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def index_root(triton, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    catalog = generate_catalog(tmp_path_factory.mktemp("catalog"), N, seed=9, image_size=64).catalog
-    root = tmp_path_factory.mktemp("index")
-    with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
-        assert build_index(IndexBuildConfig(catalog=catalog, index_root=root, batch_size=12, concurrency=2,
-                                             progress=False), emb).indexed == N
-    return root
+def index_root(make_index) -> Path:
+    return make_index(N, 9, 12)[1]
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,10 @@ from pathlib import Path
 import pytest
 
 from lenscope.client.catalog import CatalogRow, read_catalog
-from lenscope.client.catalog_gen import generate_catalog
-from lenscope.client.indexing import IndexBuildConfig, build_index
 from lenscope.client.search import SearchSettings, open_engine
 from lenscope.client.service import serve
 from lenscope.client.service_settings import ServiceSettings
-from lenscope.client.triton import ClientConfig, TritonEmbedder
-from lenscope.client.tritonserver import TritonServer, free_ports, start_server
+from lenscope.client.tritonserver import TritonServer, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -54,26 +51,8 @@ K = 48  # >= N: every product comes back, so "is P among the results" is determi
 
 
 @pytest.fixture(scope="module")
-def exported_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lenscope.export.pipeline import export_model
-
-    out = tmp_path_factory.mktemp("repo") / "cpu"
-    export_model(out=out, log=lambda _msg: None)
-    return out
-
-
-@pytest.fixture(scope="module")
-def triton(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> TritonServer:
-    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    server = start_server(exported_repo, log_path=log, ready_timeout=120)
-    yield server
-    code = server.stop()
-    assert code == 0, f"tritonserver exited {code}; log tail:\n{server.log_tail(40)}"
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_catalog(tmp_path_factory.mktemp("catalog"), N, seed=11, image_size=64).catalog
+def catalog(make_index) -> Path:
+    return make_index(N, 11)[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +61,8 @@ def rows(catalog: Path) -> list[CatalogRow]:
 
 
 @pytest.fixture(scope="module")
-def index_root(catalog: Path, triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("index")
-    with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
-        report = build_index(IndexBuildConfig(catalog=catalog, index_root=root, batch_size=16, concurrency=2,
-                                              progress=False), emb)
-    assert report.indexed == N
-    return root
+def index_root(make_index) -> Path:
+    return make_index(N, 11)[1]
 
 
 @pytest.fixture(scope="module")
