@@ -16,8 +16,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)
 
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/lenscope demo
+	$(VENV)/bin/lenscope demo $(DEMO_ARGS)
 
 # The browser test drives Debian's chromium (installed once, needs root + apt on a fresh machine).
 browser:

@@ -134,11 +134,15 @@ def model_train(
 def demo(
     repository: Path = typer.Option(Path("model_repository/cpu"), help="Model repository (exported if missing)."),
     reexport: bool = typer.Option(False, help="Export again even if the repository exists."),
+    web: bool = typer.Option(True, help="After the queries, serve the web demo on top of the stack."),
+    web_port: int = typer.Option(8080, help="Web demo port."),
+    web_seconds: float = typer.Option(0.0, help="Stop the web demo after this many seconds (0 = at Ctrl-C)."),
 ) -> None:
     """Export the default model, index the bundled catalog through Triton, serve search, run queries."""
     from lenscope.client.demo import run_demo
 
-    run_demo(repository, reexport=reexport, console=Console(width=max(console.width, 150)))
+    run_demo(repository, reexport=reexport, console=Console(width=max(console.width, 150)),
+             web_port=web_port if web else None, web_seconds=web_seconds)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,37 @@ def demo_queries(catalog: Path) -> list[tuple[str, search_pb2.SearchRequest]]:
     ]
 
 
+def serve_web_until(search_target: str, catalog: Path, port: int, seconds: float, console: Console) -> None:
+    """The web demo on top of the running service; prints its URL, then serves until Ctrl-C
+    (or for `seconds`, when > 0: scripted runs)."""
+    import threading
+
+    import uvicorn
+
+    from lenscope.client.web import WebSettings, create_app
+
+    app = create_app(WebSettings(search_target=search_target, catalog_root=catalog))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="web-demo", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    if not server.started:
+        console.print(f"[bold red]web demo could not start on port {port}[/] (in use? pass --web-port)")
+        return
+    console.print(f"[bold green]web demo: http://127.0.0.1:{port}/[/]  (photo or text search, facets; "
+                  + ("Ctrl-C to stop)" if seconds <= 0 else f"stopping in {seconds:.0f} s)"))
+    try:
+        thread.join(None if seconds <= 0 else seconds)
+    except KeyboardInterrupt:
+        pass
+    server.should_exit = True
+    thread.join(10)
+
+
 def run_demo(repository: Path, reexport: bool = False, console: Console | None = None,
-             workdir: Path = Path(".lenscope/demo")) -> list[search_pb2.SearchResponse]:
+             workdir: Path = Path(".lenscope/demo"), web_port: int | None = None,
+             web_seconds: float = 0.0) -> list[search_pb2.SearchResponse]:
     from lenscope.client.index_bundle import BundleStore
     from lenscope.client.indexing import IndexBuildConfig, build_index
     from lenscope.client.search import SearchSettings, open_engine
@@ -102,6 +131,8 @@ def run_demo(repository: Path, reexport: bool = False, console: Console | None =
                     response = stub.Search(request, timeout=10)
                     render(response, console)
                     responses.append(response)
+            if web_port is not None:
+                serve_web_until(f"127.0.0.1:{running.port}", catalog, web_port, web_seconds, console)
         finally:
             running.stop(0.5)
             engine.close()
