@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from lenscope.client.cli_eval import eval_command, fit_fusion_command
 from lenscope.client.cli_search import search_command
 from lenscope.client.cli_serve import serve_app
 from lenscope.client.cli_web import serve_web_command
@@ -22,6 +23,11 @@ app.add_typer(model_app, name="model")
 serve_app.command("web")(serve_web_command)
 app.add_typer(serve_app, name="serve")
 app.command("search")(search_command)
+app.command("eval")(eval_command)
+rerank_app = typer.Typer(help="Fit fusion weights and calibration from labelled queries.", no_args_is_help=True,
+                         add_completion=False)
+rerank_app.command("fit")(fit_fusion_command)
+app.add_typer(rerank_app, name="rerank")
 index_app = typer.Typer(help="Build and inspect search indexes.", no_args_is_help=True, add_completion=False)
 index_app.command("build")(index_build_command)
 app.add_typer(index_app, name="index")

@@ -115,7 +115,8 @@ def run_demo(repository: Path, reexport: bool = False, console: Console | None =
                 current = None
         if current is None:
             with TritonEmbedder(ClientConfig(url=server.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
-                report = build_index(IndexBuildConfig(catalog=catalog, index_root=index_root, progress=False), emb)
+                report = build_index(IndexBuildConfig(catalog=catalog, index_root=index_root, progress=False,
+                                                      use_shipped_fit=True), emb)
             console.print(f"[bold]index[/] built {report.indexed} products ({report.rejected} rejected) "
                           f"at {report.rows_per_s:.0f} rows/s -> {report.bundle_path}")
         engine = open_engine(server.grpc_url, str(index_root), SearchSettings(default_deadline_s=5.0), triton_timeout_s=5.0)

@@ -43,6 +43,10 @@ def index_build_command(
     concurrency: int = typer.Option(4, min=1, max=64, help="Chunks embedded concurrently."),
     timeout: float = typer.Option(30.0, min=0.1, help="Per-request deadline to Triton, seconds."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (JSONL). Default: <index-root>/rejects.jsonl."),
+    calibration: Optional[Path] = typer.Option(
+        None, help="Calibration JSON to attach instead of fitting one on the catalog's own pairs."),
+    shipped_fit: bool = typer.Option(
+        True, help="Without --fusion-weights/--calibration: use the pair shipped with the served model's checkpoint."),
     fusion_weights: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False, help="Fusion weights JSON stored with the index (defaults if absent)."),
     calibration_method: str = typer.Option("platt", help="platt | isotonic."),
@@ -70,6 +74,7 @@ def index_build_command(
     config = IndexBuildConfig(
         catalog=catalog, index_root=index_root, index_kind=index_kind, batch_size=batch_size,  # type: ignore[arg-type]
         concurrency=concurrency, rejects_path=rejects, fusion_weights=fusion_weights,
+        calibration=calibration, use_shipped_fit=shipped_fit,
         calibration_method=calibration_method, splits=tuple(split) if split else None,  # type: ignore[arg-type]
         seed=seed, progress=progress, keep_work=keep_work,
     )

@@ -35,6 +35,7 @@ import numpy as np
 
 from lenscope.client.faiss_index import FaissIndex, FaissIndexConfig, IVFPQConfig
 from lenscope.client.index_bundle import BundleStore
+from lenscope.client.calibration import CalibrationSet
 from lenscope.client.index_calibration import calibration_pairs, fit_catalog_calibration, gap_summary
 from lenscope.client.index_embedder import EmbeddedChunk, ModelInfo
 from lenscope.client.index_reader import Reject, SourceRow
@@ -140,6 +141,9 @@ class WriterSettings:
     calibration_negatives: int = 4
     calibration_max_queries: int = 20_000
     seed: int = 0
+    # A calibration fitted elsewhere (e.g. on labelled validation queries, shipped with the model):
+    # attached instead of the catalog self-fit. It must go with the fusion weights fitted with it.
+    calibration: CalibrationSet | None = None
 
 
 def rejects_jsonl(rejects: Iterable[Reject]) -> bytes:
@@ -155,9 +159,13 @@ def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], 
     index = make_index(settings.index_kind, n, dim)
     index.add(np.arange(n, dtype=np.int64), a.image)
 
-    data, notes = calibration_pairs(a.image, a.title, a.photo, negatives=settings.calibration_negatives,
-                                    max_queries=settings.calibration_max_queries, seed=settings.seed)
-    cal, notes = fit_catalog_calibration(data, notes, method=settings.calibration_method, model_hash=model.model_hash)
+    if settings.calibration is not None:
+        cal, notes = settings.calibration, {"source": "supplied (fitted elsewhere, e.g. shipped with the model)"}
+    else:
+        data, notes = calibration_pairs(a.image, a.title, a.photo, negatives=settings.calibration_negatives,
+                                        max_queries=settings.calibration_max_queries, seed=settings.seed)
+        cal, notes = fit_catalog_calibration(data, notes, method=settings.calibration_method,
+                                             model_hash=model.model_hash)
     has_photos = bool(np.isfinite(a.photo).all(axis=1).any())
     info = {
         **info,

@@ -46,6 +46,7 @@ from lenscope.client.index_embedder import (
 )
 from lenscope.client.index_reader import CatalogScan, Reject, fingerprint, scan_catalog
 from lenscope.client.index_writer import IndexKind, WriterSettings, assemble, rejects_jsonl, write_bundle
+from lenscope.client.calibration import load_calibration
 from lenscope.client.rerank import FusionWeights, load_weights
 
 KILL_HOOK_ENV = "LENSCOPE_TEST_KILL_AFTER_CHUNKS"
@@ -72,6 +73,10 @@ class IndexBuildConfig:
     concurrency: int = 4  # chunks in flight
     rejects_path: Path | None = None  # default: <index_root>/rejects.jsonl
     fusion_weights: Path | None = None  # default: FusionWeights() defaults
+    calibration: Path | None = None  # default: fitted on the catalog's own pairs
+    # Use the fusion weights + calibration shipped next to the served model's checkpoint (fitted on
+    # labelled validation queries), when neither file is given and they match the checkpoint.
+    use_shipped_fit: bool = False
     calibration_method: Literal["platt", "isotonic"] = "platt"
     splits: tuple[str, ...] | None = None  # index only these catalog splits
     seed: int = 0  # unmatched-pair sampling for the calibration fit
@@ -106,10 +111,16 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
     log = log or structlog.get_logger("lenscope.index")
     if config.batch_size < 1 or config.concurrency < 1:
         raise ValueError("batch_size and concurrency must be >= 1")
-    fusion = load_weights(config.fusion_weights) if config.fusion_weights else FusionWeights()
+    fusion_path, calibration_path = config.fusion_weights, config.calibration
+    fusion = load_weights(fusion_path) if fusion_path else FusionWeights()
+    calibration = load_calibration(calibration_path) if calibration_path else None
     t0 = time.perf_counter()
     scan = scan_catalog(config.catalog, splits=config.splits)
     model = _served_model(embedder)
+    if config.use_shipped_fit and fusion_path is None and calibration_path is None:
+        fusion_path, calibration_path = _shipped_fit(embedder)
+        if fusion_path is not None:
+            fusion, calibration = load_weights(fusion_path), load_calibration(calibration_path)
     t_read = time.perf_counter()
 
     work = WorkDir.open(config.index_root, catalog=scan.path.resolve(), catalog_sha256=scan.sha256,
@@ -147,7 +158,7 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
             "rows_per_s": round(embedded_now / embed_s, 2) if embed_s > 0 and embedded_now else None,
         }
         t_write0 = time.perf_counter()
-        settings = WriterSettings(index_kind=config.index_kind, fusion=fusion,
+        settings = WriterSettings(index_kind=config.index_kind, fusion=fusion, calibration=calibration,
                                   calibration_method=config.calibration_method, seed=config.seed)
         bundle_id, info = write_bundle(Path(config.index_root), a, all_rejects, model, settings, info)
         seconds["write"] = round(time.perf_counter() - t_write0, 3)
@@ -218,6 +229,22 @@ def _embed_all(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, wo
             raise IndexBuildInterrupted(f"model server unavailable: {err}", work.path, len(chunks),
                                         work.n_chunks) from err
     return chunks, resumed, todo
+
+
+def _shipped_fit(embedder: Embedder) -> tuple[Path | None, Path | None]:
+    """(fusion, calibration) files shipped with the served model's checkpoint; both or neither,
+    since weights are only meaningful on the calibrated scale they were fitted on."""
+    import lenscope.export  # the package directory only: no torch
+
+    from lenscope.client.fusion_fit import shipped_fit_files
+
+    ckpt = embedder.manifest().get("checkpoint") or {}
+    if not ckpt.get("file"):
+        return None, None
+    found = shipped_fit_files(ckpt["file"], ckpt.get("sha256"), Path(lenscope.export.__file__).parent / "weights")
+    if found["fusion"] is None or found["calibration"] is None:
+        return None, None
+    return found["fusion"], found["calibration"]
 
 
 def _served_model(embedder: Embedder) -> ModelInfo:

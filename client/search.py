@@ -157,7 +157,7 @@ class SearchEngine:
         raw = self._raw_signals(emb, matched)
         calibrated = {name: self._calibrate(name, s) for name, s in raw.items() if self._usable(name)}
         signals: dict[str, np.ndarray | None] = dict(calibrated)
-        if emb.attributes and self._label_codes:
+        if emb.attributes and self._label_codes and self.model.heads_trained:  # untrained heads: noise
             probs = {a: emb.attributes[contract.attribute_output(a)] for a in self._label_codes}
             signals["attributes"] = attribute_agreement(probs, {a: c[matched] for a, c in self._label_codes.items()})
         signals["popularity"] = self.popularity[matched]

@@ -117,3 +117,20 @@ def test_cli_stops_with_exit_3_when_triton_is_unreachable(broken_catalog: Path, 
     assert res.exit_code == 3, res.output
     assert "UNAVAILABLE" in res.output and "resume" in res.output
     assert BundleStore(tmp_path / "idx").current_version() is None
+
+
+def test_shipped_fit_is_attached_when_asked(triton, tmp_path: Path) -> None:
+    """The default model ships fusion weights + calibration fitted on labelled val queries: an index
+    built with use_shipped_fit carries exactly those (and so a text_title calibration)."""
+    import lenscope.export
+
+    weights = Path(lenscope.export.__file__).parent / "weights"
+    catalog = generate_catalog(tmp_path / "cat", 20, seed=4, image_size=64).catalog
+    with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0)) as emb:
+        report = build_index(IndexBuildConfig(catalog=catalog, index_root=tmp_path / "idx", progress=False,
+                                              use_shipped_fit=True), emb)
+    with BundleStore(tmp_path / "idx").open_current(expected_model_hash=report.model_hash) as b:
+        assert json.loads(b.read_attachment("fusion.json")) == json.loads((weights / "lenscope-tiny.fusion.json").read_text())
+        cal = json.loads(b.read_attachment("calibration.json"))
+    assert cal == json.loads((weights / "lenscope-tiny.calibration.json").read_text())
+    assert "text_title" in cal["pairs"]
