@@ -1,0 +1,259 @@
+"""End-to-end load on the search service: stepped open-loop request rates with mixed photo / text /
+photo+text queries, latency percentiles and errors by status code per step, the saturation point, and
+what happens beyond it (the service sheds with RESOURCE_EXHAUSTED, fast, instead of queueing).
+
+    python benchmarks/load.py                   # ~3-4 min on 2 cores
+    python benchmarks/load.py --step-seconds 4 --fractions 0.5,1,2 --products 100 --no-compare   # smoke size
+
+What runs, on 127.0.0.1 only: the default model in the real tritonserver (shipped serving settings), the
+bundled-size catalog (600 products) indexed through Triton, and ``lenscope serve search`` in its own
+process with ``--max-inflight`` (LENSCOPE_MAX_INFLIGHT). The load generator (this process, grpc.aio) is
+open-loop (see open_loop.py): request i is due at i / rate and its latency counts from then.
+
+1. Warm-up, then a closed-loop capacity estimate C (``max_inflight`` callers back to back).
+2. Steps at ``--fractions`` x C, ``--step-seconds`` each, with a pause between steps to drain.
+3. Saturation = the highest step that still answers >= 95 % of the offered rate with <= 1 % errors;
+   beyond it, the report shows the shed share, how fast shed answers come back, and the p99 of the
+   requests that were served.
+4. ``--compare-inflight N`` (default 32, the service's shipped default): the same overload step against a
+   second service process with max_inflight N, right after, to show what the admission limit buys.
+
+Everything shares 2 cores here (Triton's python stubs, the service, this generator): the saturation rate
+is this box's, not a pod's. Every step is bounded in count and time; each request has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import open_loop  # noqa: E402
+import reporting  # noqa: E402
+import stack  # noqa: E402
+
+OK_SHARE = 0.95
+MAX_ERROR_RATE = 0.01
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in text.split(","):
+        kind, _, weight = part.partition("=")
+        mix[kind.strip()] = float(weight)
+    return mix
+
+
+def saturation(steps: list[dict[str, Any]], ok_share: float = OK_SHARE,
+               max_error_rate: float = MAX_ERROR_RATE) -> dict[str, Any] | None:
+    """The highest offered rate that was still served: >= 95 % answered OK, <= 1 % errors."""
+    good = [s for s in steps if s["ok_rps"] >= ok_share * s["offered_rps"] and (s["error_rate"] or 0) <= max_error_rate]
+    return max(good, key=lambda s: s["offered_rps"]) if good else None
+
+
+async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: reporting.Report) -> dict[str, Any]:
+    queries = open_loop.query_mix(stack_.catalog_root, parse_mix(args.mix), count=500)
+    steps: list[dict[str, Any]] = []
+    async with open_loop.Driver(stack_.service.address, queries, deadline_s=args.deadline_s) as driver:
+        warm = await driver.closed(2, args.warmup_seconds)
+        print(f"warm-up: {warm}")
+        capacity = await driver.closed(args.max_inflight, args.calibrate_seconds)
+        estimate = max(capacity["ok_per_s"], 1.0)
+        print(f"closed-loop capacity estimate: {estimate:.1f} OK/s at concurrency {args.max_inflight} ({capacity['codes']})")
+        fractions = list(args.fractions)
+        extra = 0
+        while fractions:
+            fraction = fractions.pop(0)
+            rate = round(estimate * fraction, 1)
+            outcomes = await driver.step(rate, args.step_seconds)
+            summary = {"fraction_of_estimate": fraction, **open_loop.summarise(outcomes, rate, args.step_seconds)}
+            steps.append(summary)
+            lat = summary["ok_latency_ms"]
+            print(f"step {rate:7.1f} rps: ok {summary['ok_rps']:7.1f}/s p50 {lat['p50']} p99 {lat['p99']} ms "
+                  f"codes {summary['codes']} shed p99 {summary['shed_latency_ms']['p99']} ms")
+            await asyncio.sleep(args.pause_seconds)
+            if not fractions and extra < args.extra_steps and saturation(steps) is steps[-1]:
+                # The closed-loop estimate was low (it often is on a busy box): keep climbing until a
+                # step is past saturation, at most --extra-steps more.
+                extra += 1
+                fractions.append(round(fraction * 1.5, 2))
+
+    sat = saturation(steps)
+    sat_rate = sat["offered_rps"] if sat else None
+    beyond = [s for s in steps if sat_rate is not None and s["offered_rps"] > sat_rate]
+    max_ok = max(steps, key=lambda s: s["ok_rps"])
+    compare = None
+    if args.compare_inflight and beyond:
+        # The heaviest overload step once more, against a service admitting compare_inflight searches.
+        heavy = beyond[-1]
+        second = stack_.restart_service(args.compare_inflight, Path(args.workdir) / "search-service-compare.log")
+        try:
+            async with open_loop.Driver(second.address, queries, deadline_s=args.deadline_s) as driver:
+                await driver.closed(2, min(args.warmup_seconds, 3.0))
+                outcomes = await driver.step(heavy["offered_rps"], args.step_seconds)
+            compare = {"max_inflight": args.compare_inflight,
+                       **open_loop.summarise(outcomes, heavy["offered_rps"], args.step_seconds)}
+            print(f"compare max_inflight {args.compare_inflight} at {heavy['offered_rps']} rps: "
+                  f"ok {compare['ok_rps']}/s p99 {compare['ok_latency_ms']['p99']} ms codes {compare['codes']}")
+        finally:
+            second.stop()
+
+    return {
+        "capacity_estimate": {"closed_loop": capacity, "ok_per_s": estimate},
+        "steps": steps,
+        "saturation": {
+            "rule": f"highest offered rate with OK >= {OK_SHARE:.0%} of offered and errors <= {MAX_ERROR_RATE:.0%}",
+            "offered_rps": sat_rate,
+            "ok_rps": sat["ok_rps"] if sat else None,
+            "p99_ms": sat["ok_latency_ms"]["p99"] if sat else None,
+            "max_ok_rps_any_step": max_ok["ok_rps"],
+        },
+        "beyond_saturation": [
+            {"offered_rps": s["offered_rps"], "x_saturation": reporting.ratio(s["offered_rps"], sat_rate, 2),
+             "ok_rps": s["ok_rps"], "shed_rate": s["shed_rate"], "shed_p50_ms": s["shed_latency_ms"]["p50"],
+             "shed_p99_ms": s["shed_latency_ms"]["p99"], "ok_p99_ms": s["ok_latency_ms"]["p99"],
+             "other_errors": {c: n for c, n in s["codes"].items() if c not in ("OK", "RESOURCE_EXHAUSTED")}}
+            for s in beyond
+        ],
+        "compare_inflight": compare,
+    }
+
+
+def plot(data: dict[str, Any]):
+    plt = reporting.pyplot()
+    steps = data["steps"]
+    x = [s["offered_rps"] for s in steps]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    ax1.plot(x, [s["ok_rps"] for s in steps], "o-", label="answered OK /s")
+    ax1.plot(x, [s["codes"].get("RESOURCE_EXHAUSTED", 0) / data["settings"]["step_seconds"] for s in steps], "s-",
+             label="shed (RESOURCE_EXHAUSTED) /s")
+    other = [sum(n for c, n in s["codes"].items() if c not in ("OK", "RESOURCE_EXHAUSTED")) / data["settings"]["step_seconds"]
+             for s in steps]
+    ax1.plot(x, other, "x-", label="other errors /s")
+    ax1.plot(x, x, ":", color="grey", label="offered")
+    ax1.set_xlabel("offered rate (requests/s, open loop)")
+    ax1.set_ylabel("responses/s")
+    ax1.set_title("throughput by outcome")
+    ax2.plot(x, [s["ok_latency_ms"]["p50"] for s in steps], "o-", label="OK p50")
+    ax2.plot(x, [s["ok_latency_ms"]["p95"] for s in steps], "o--", label="OK p95")
+    ax2.plot(x, [s["ok_latency_ms"]["p99"] for s in steps], "o:", label="OK p99")
+    ax2.plot(x, [s["shed_latency_ms"]["p50"] for s in steps], "s-", label="shed (RESOURCE_EXHAUSTED) p50")
+    ax2.plot(x, [s["shed_latency_ms"]["p99"] for s in steps], "s:", label="shed p99")
+    ax2.axhline(data["settings"]["deadline_s"] * 1000, color="red", alpha=0.4, label="client deadline")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("offered rate (requests/s, open loop)")
+    ax2.set_ylabel("latency from due time (ms)")
+    ax2.set_title("latency")
+    sat = data["saturation"]["offered_rps"]
+    for ax in (ax1, ax2):
+        if sat:
+            ax.axvline(sat, color="green", alpha=0.4, label=f"saturation {sat} rps")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
+    s, sat = data["settings"], data["saturation"]
+    report.add(f"Search service (`lenscope serve search`, own process, max_inflight {s['max_inflight']}) on "
+               f"{data['setup']['products']} products, default model in tritonserver (shipped settings); "
+               f"query mix {s['mix']}; client deadline {s['deadline_s']} s; open-loop steps of "
+               f"{s['step_seconds']} s at fractions of a closed-loop capacity estimate "
+               f"({data['capacity_estimate']['ok_per_s']:.1f} OK/s). Latency counts from each request's due time.\n")
+    report.add(f"**Saturation: {sat['offered_rps']} requests/s** ({sat['rule']}; p99 there {sat['p99_ms']} ms). "
+               f"Highest OK rate in any step: {sat['max_ok_rps_any_step']}/s.\n")
+    report.add("## Steps\n")
+    report.add(reporting.table(
+        ["offered rps", "OK rps", "OK p50 ms", "OK p95 ms", "OK p99 ms", "shed share", "shed p50 ms", "shed p99 ms",
+         "codes", "gen. lag p99 ms"],
+        [(st["offered_rps"], st["ok_rps"], st["ok_latency_ms"]["p50"], st["ok_latency_ms"]["p95"],
+          st["ok_latency_ms"]["p99"], st["shed_rate"], st["shed_latency_ms"]["p50"], st["shed_latency_ms"]["p99"],
+          ", ".join(f"{c} {n}" for c, n in st["codes"].items()), st["generator_lag_ms"]["p99"])
+         for st in data["steps"]]))
+    if data["beyond_saturation"]:
+        report.add("\n## Beyond saturation\n")
+        report.add(reporting.table(
+            ["offered rps", "x saturation", "OK rps", "shed share", "shed p50 ms", "shed p99 ms", "OK p99 ms",
+             "other errors"],
+            [(b["offered_rps"], b["x_saturation"], b["ok_rps"], b["shed_rate"], b["shed_p50_ms"], b["shed_p99_ms"],
+              b["ok_p99_ms"], ", ".join(f"{c} {n}" for c, n in b["other_errors"].items()) or "none")
+             for b in data["beyond_saturation"]]))
+    c = data["compare_inflight"]
+    if c:
+        heavy = next(st for st in data["steps"] if st["offered_rps"] == c["offered_rps"])
+        report.add(f"\n## Admission limit: max_inflight {s['max_inflight']} vs {c['max_inflight']} "
+                   f"at {c['offered_rps']} rps (the heaviest step, run again against a second service process)\n")
+        report.add(reporting.table(
+            ["max_inflight", "OK rps", "OK p50 ms", "OK p99 ms", "shed share", "shed p50 ms", "shed p99 ms", "codes"],
+            [(limit, st["ok_rps"], st["ok_latency_ms"]["p50"], st["ok_latency_ms"]["p99"], st["shed_rate"],
+              st["shed_latency_ms"]["p50"], st["shed_latency_ms"]["p99"],
+              ", ".join(f"{k} {n}" for k, n in st["codes"].items()))
+             for limit, st in ((s["max_inflight"], heavy), (c["max_inflight"], c))]))
+        report.add("\nServed requests hold an engine slot for about max_inflight / throughput (Little's law); "
+                   "the rest of their latency is waiting for a gRPC handler thread before admission, which "
+                   "`max_inflight` does not bound. Shedding is cheap but not free: every RESOURCE_EXHAUSTED is "
+                   "still a Python handler call in the GIL-bound service process, so far past saturation the "
+                   "shed traffic eats into the searches served (compare the OK rate at saturation and at the "
+                   "heaviest step).\n")
+    report.add("\nGenerator lag is how late this process sent requests (it shares the 2 cores); latency "
+               "includes it.\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    floats = lambda s: [float(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--products", type=int, default=600, help="catalog size (600 = the bundled demo catalog)")
+    p.add_argument("--max-inflight", type=int, default=32, help="service admission limit (LENSCOPE_MAX_INFLIGHT; 32 = shipped)")
+    p.add_argument("--fractions", type=floats, default=[0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0],
+                   help="step rates as fractions of the closed-loop capacity estimate")
+    p.add_argument("--step-seconds", type=float, default=12.0)
+    p.add_argument("--extra-steps", type=int, default=3, help="steps (x1.5 each) added while the last one is not saturated")
+    p.add_argument("--pause-seconds", type=float, default=2.0)
+    p.add_argument("--warmup-seconds", type=float, default=5.0)
+    p.add_argument("--calibrate-seconds", type=float, default=6.0)
+    p.add_argument("--deadline-s", type=float, default=1.0, help="client deadline per request")
+    p.add_argument("--mix", default="image=0.4,text=0.4,image+text=0.2")
+    p.add_argument("--compare-inflight", type=int, default=8, help="0 = no comparison run")
+    p.add_argument("--no-compare", dest="compare_inflight", action="store_const", const=0)
+    p.add_argument("--spec", type=Path, default=None)
+    p.add_argument("--workdir", type=Path, default=reporting.WORK / "load")
+    p.add_argument("--out", type=Path, default=reporting.REPORTS)
+    p.add_argument("--from-json", type=Path, default=None, help="re-render an earlier run's JSON (no measuring)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.from_json:  # re-render an earlier run's Markdown and plot, measuring nothing
+        data = json.loads(args.from_json.read_text())
+        report = reporting.Report.reopen(data, args.out)
+        markdown(report, data)
+        report.write(plot(data))
+        return data
+    report = reporting.Report("load", args.out, argv)
+    print("bringing up Triton + index + search service")
+    stack_ = stack.start_search_stack(args.workdir, args.products, args.max_inflight, spec=args.spec)
+    try:
+        results = asyncio.run(run(args, stack_, report))
+        service_code = stack_.service.stop()
+    finally:
+        stack_.stop()
+    report.data.update({
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "setup": {"products": args.products, "model_hash": stack_.model_hash, "seconds": round(stack_.setup_seconds, 1),
+                  "service_exit_code": service_code},
+        **results,
+    })
+    markdown(report, report.data)
+    paths = report.write(plot(report.data))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return report.data
+
+
+if __name__ == "__main__":
+    main()
