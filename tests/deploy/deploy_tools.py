@@ -9,14 +9,13 @@ that. ``LENSCOPE_CHECKOV=/path/to/checkov`` uses an existing binary instead. Pre
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: also when run as a script
+from pinned_venv import pinned_tool  # noqa: E402
 
 import yaml
 
@@ -25,7 +24,6 @@ K8S = REPO / "k8s"
 DOCKER = REPO / "docker"
 CHECKOV_LOCK = Path(__file__).with_name("checkov.lock")
 CHECKOV_ENV = "LENSCOPE_CHECKOV"
-_COMPLETE = ".lenscope-complete"
 
 
 class ToolError(RuntimeError):
@@ -57,38 +55,9 @@ def venv_tool(name: str) -> Path:
     return path
 
 
-def _cache_root() -> Path:
-    from lenscope.client.tritonserver import cache_root
-
-    return cache_root()
-
-
 def checkov() -> Path:
     """Path to a checkov binary, building its pinned venv on first use."""
-    if os.environ.get(CHECKOV_ENV):
-        return Path(os.environ[CHECKOV_ENV])
-    lock = CHECKOV_LOCK.read_bytes()
-    env = _cache_root() / "checkov" / hashlib.sha256(lock).hexdigest()[:16]
-    binary = env / "bin" / "checkov"
-    if (env / _COMPLETE).exists():
-        return binary
-    env.parent.mkdir(parents=True, exist_ok=True)
-    with open(env.parent / ".build.lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time; the others reuse its result
-        if (env / _COMPLETE).exists():
-            return binary
-        shutil.rmtree(env, ignore_errors=True)  # a half-built venv from an interrupted run
-        started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=300)
-        proc = subprocess.run(
-            [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-deps", "-r", str(CHECKOV_LOCK)],
-            capture_output=True, text=True, timeout=900,
-        )
-        if proc.returncode != 0:
-            raise ToolError(f"installing checkov from {CHECKOV_LOCK.name} failed:\n{proc.stdout}\n{proc.stderr}")
-        (env / _COMPLETE).write_text(f"built in {time.monotonic() - started:.1f} s\n")
-    return binary
+    return pinned_tool("checkov", CHECKOV_LOCK, CHECKOV_ENV, ToolError)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,9 @@ pins are reported as coverage gaps, never as clean.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: also when run as a script
+from pinned_venv import pinned_tool  # noqa: E402
 from packaging.version import InvalidVersion, Version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +41,6 @@ TRIAGE_DOC = REPO / "docs" / "dependency-audit.md"
 PIP_AUDIT_LOCK = Path(__file__).with_name("pip-audit.lock")
 PIP_AUDIT_ENV = "LENSCOPE_PIP_AUDIT"
 PYPI_JSON_ENV = "LENSCOPE_PYPI_JSON_URL"  # a mirror of https://pypi.org/pypi (project-level JSON API)
-_COMPLETE = ".lenscope-complete"
 _NOT_FOUND = "Dependency not found on PyPI"
 _ADVISORY_ID = re.compile(r"^(PYSEC|GHSA|CVE|OSV|BIT|RUSTSEC|MAL)-[A-Za-z0-9-]+$")
 
@@ -56,38 +54,9 @@ class AuditError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _cache_root() -> Path:
-    from lenscope.client.tritonserver import cache_root
-
-    return cache_root()
-
-
 def pip_audit() -> Path:
     """Path to a pip-audit binary, building its pinned venv on first use."""
-    if os.environ.get(PIP_AUDIT_ENV):
-        return Path(os.environ[PIP_AUDIT_ENV])
-    lock = PIP_AUDIT_LOCK.read_bytes()
-    env = _cache_root() / "pip-audit" / hashlib.sha256(lock).hexdigest()[:16]
-    binary = env / "bin" / "pip-audit"
-    if (env / _COMPLETE).exists():
-        return binary
-    env.parent.mkdir(parents=True, exist_ok=True)
-    with open(env.parent / ".build.lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time; the others reuse its result
-        if (env / _COMPLETE).exists():
-            return binary
-        shutil.rmtree(env, ignore_errors=True)  # a half-built venv from an interrupted run
-        started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=300)
-        proc = subprocess.run(
-            [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-deps", "-r", str(PIP_AUDIT_LOCK)],
-            capture_output=True, text=True, timeout=900,
-        )
-        if proc.returncode != 0:
-            raise AuditError(f"installing pip-audit from {PIP_AUDIT_LOCK.name} failed:\n{proc.stdout}\n{proc.stderr}")
-        (env / _COMPLETE).write_text(f"built in {time.monotonic() - started:.1f} s\n")
-    return binary
+    return pinned_tool("pip-audit", PIP_AUDIT_LOCK, PIP_AUDIT_ENV, AuditError)
 
 
 # --------------------------------------------------------------------------------------------------
