@@ -18,7 +18,6 @@ Everything here is pure except ``save_calibration`` / ``load_calibration``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lenscope.client.durable_files import atomic_write_text
+from lenscope.client.durable_files import atomic_write_text, read_json_object
 
 SCHEMA_VERSION = 1
 
@@ -392,14 +391,7 @@ def save_calibration(cal: CalibrationSet, path: str | Path) -> Path:
 def load_calibration(path: str | Path) -> CalibrationSet:
     """Read and validate a calibration file; errors name the file and the offending field."""
     path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"calibration file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CalibrationError(f"calibration file {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise CalibrationError(f"calibration file {path} must hold a JSON object")
+    data = read_json_object(path, "calibration file", CalibrationError)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise CalibrationError(

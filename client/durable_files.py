@@ -8,6 +8,7 @@ lock behind. Index bundles, indexing checkpoints, calibration and fusion weights
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -47,6 +48,21 @@ def atomic_write(path: Path, data: bytes) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, text.encode("utf-8"))
+
+
+def read_json_object(path: Path, what: str, error: type[Exception]) -> dict:
+    """Read a JSON object file that one of the atomic writers above published; every failure is
+    `error` with a message naming `what` and the file (missing, not JSON, not an object)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{what} {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must hold a JSON object")
+    return data
 
 
 def try_lock(path: Path) -> int | None:

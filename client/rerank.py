@@ -21,7 +21,6 @@ weights file functions.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .durable_files import atomic_write_text
+from .durable_files import atomic_write_text, read_json_object
 from .calibration import fit_logistic, sigmoid
 
 SCHEMA_VERSION = 1
@@ -85,15 +84,7 @@ def parse_weights(data: Mapping[str, object], source: str = "<dict>") -> FusionW
 
 def load_weights(path: str | Path) -> FusionWeights:
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"fusion weights file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"fusion weights file {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"fusion weights file {path} must hold a JSON object")
-    return parse_weights(data, str(path))
+    return parse_weights(read_json_object(path, "fusion weights file", WeightsError), str(path))
 
 
 def save_weights(weights: FusionWeights, path: str | Path) -> Path:
