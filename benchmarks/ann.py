@@ -160,7 +160,7 @@ def faiss_memory(index: Any) -> dict[str, float]:
 def bench_faiss(name: str, database: np.ndarray, queries: np.ndarray, truth: np.ndarray, config: Any,
                 sweep: list[dict[str, int]], max_seconds: float, log: Callable[[str], None],
                 rounds: int = 1) -> dict[str, Any]:
-    from lenscope.client.faiss_index import FaissIndex
+    from lenscope.client.vectors.faiss_index import FaissIndex
 
     _threads(None)  # build on every core
     index = FaissIndex(database.shape[1], config)
@@ -195,9 +195,9 @@ def bench_milvus(database: np.ndarray, queries: np.ndarray, truth: np.ndarray, w
                  max_seconds: float, log: Callable[[str], None], rounds: int = 1) -> dict[str, Any]:
     """Milvus Lite HNSW through ``MilvusIndex`` (exact re-scoring included), if the backend is installed."""
     try:
-        from lenscope.client.milvus_index import MilvusIndex, MilvusIndexConfig
+        from lenscope.client.vectors.milvus_index import MilvusIndex, MilvusIndexConfig
     except Exception as err:  # noqa: BLE001 - optional backend
-        return {"skipped": f"lenscope.client.milvus_index not importable: {type(err).__name__}: {err}"}
+        return {"skipped": f"lenscope.client.vectors.milvus_index not importable: {type(err).__name__}: {err}"}
     import shutil
 
     db = workdir / "milvus-bench.db"
@@ -244,11 +244,11 @@ def catalog_embeddings(workdir: Path, n_products: int, n_queries: int, spec: Pat
     graphs in-process (the same graphs Triton serves; their parity is tested)."""
     import onnxruntime as ort
 
-    from lenscope.client import contract
-    from lenscope.client.catalog import read_catalog, read_queries
-    from lenscope.client.manifest import load_manifest
-    from lenscope.client.preprocess import preprocess_bytes
-    from lenscope.client.tokenizer import ClipTokenizer
+    from lenscope.client.core import contract
+    from lenscope.client.catalog.format import read_catalog, read_queries
+    from lenscope.client.core.manifest import load_manifest
+    from lenscope.client.inputs.preprocess import preprocess_bytes
+    from lenscope.client.inputs.tokenizer import ClipTokenizer
 
     t0 = time.perf_counter()
     repo = stack.export_base(reporting.WORK / "repo-base", spec=spec, log=log)
@@ -299,7 +299,7 @@ def catalog_embeddings(workdir: Path, n_products: int, n_queries: int, spec: Pat
 
 def run_dataset(label: str, database: np.ndarray, queries: np.ndarray, args: argparse.Namespace,
                 nlist: int, pq_m: int, log: Callable[[str], None], nbits: int = 8) -> dict[str, Any]:
-    from lenscope.client.faiss_index import FaissIndexConfig, HNSWConfig, IVFPQConfig
+    from lenscope.client.vectors.faiss_index import FaissIndexConfig, HNSWConfig, IVFPQConfig
 
     n, d = database.shape
     t0 = time.perf_counter()
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sub_truth = ground_truth(sub, queries)
         milvus = bench_milvus(sub, queries, sub_truth, args.workdir, args.milvus_ef, args.point_seconds, log, args.rounds)
         if not milvus.get("skipped"):
-            from lenscope.client.faiss_index import FaissIndexConfig, HNSWConfig
+            from lenscope.client.vectors.faiss_index import FaissIndexConfig, HNSWConfig
 
             same = bench_faiss("hnsw", sub, queries, sub_truth,
                                FaissIndexConfig(kind="hnsw", hnsw=HNSWConfig(m=args.hnsw_m, ef_construction=args.ef_construction)),
@@ -527,7 +527,7 @@ def _per_kind_recall(ds: dict[str, Any], db: np.ndarray, q: np.ndarray, kinds: n
                      args: argparse.Namespace) -> None:
     """Photo vs text recall for every point of the real dataset (batched search: recall does not depend on
     batching)."""
-    from lenscope.client.faiss_index import FaissIndex, FaissIndexConfig
+    from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig
 
     truth = ds["_truth"]
     photo, text = kinds == "photo", kinds == "text"

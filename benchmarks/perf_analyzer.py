@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reporting  # noqa: E402
 import stack  # noqa: E402
 
-from lenscope.client import contract  # noqa: E402
+from lenscope.client.core import contract  # noqa: E402
 
 PA_LOCK = Path(__file__).with_name("perf_analyzer.lock")
 PA_ENV = "LENSCOPE_PERF_ANALYZER"
@@ -96,7 +96,7 @@ def perf_analyzer() -> tuple[Path, dict[str, str]]:
     env = dict(os.environ)
     if os.environ.get(PA_ENV):
         return Path(os.environ[PA_ENV]), env
-    from lenscope.client.tritonserver import cache_root, locate_triton
+    from lenscope.client.triton.server import cache_root, locate_triton
 
     lock = PA_LOCK.read_bytes()
     home = cache_root() / "perf-analyzer" / hashlib.sha256(lock).hexdigest()[:16]
@@ -148,7 +148,7 @@ def perf_analyzer() -> tuple[Path, dict[str, str]]:
 
 def load_inputs(catalog_root: Path, limit: int) -> tuple[list[bytes], list[str]]:
     """Real query images (user photos, then catalog shots) and real titles, ``limit`` of each."""
-    from lenscope.client.catalog import read_catalog
+    from lenscope.client.catalog.format import read_catalog
 
     rows = read_catalog(catalog_root / "catalog.jsonl").rows
     photos = [catalog_root / r.photo for r in rows if r.photo]
@@ -192,8 +192,8 @@ class InProcess:
     def __init__(self, repo: Path, provider: str = "cpu", intra_op_threads: int = 1) -> None:
         import onnxruntime as ort
 
-        from lenscope.client.manifest import load_manifest
-        from lenscope.client.tokenizer import ClipTokenizer
+        from lenscope.client.core.manifest import load_manifest
+        from lenscope.client.inputs.tokenizer import ClipTokenizer
 
         self.manifest = load_manifest(repo)
         spec = self.manifest.spec
@@ -210,7 +210,7 @@ class InProcess:
         self.preprocess_cfg, self.limits = spec.preprocess, spec.limits
 
     def embed_image(self, data: bytes) -> np.ndarray:
-        from lenscope.client.preprocess import preprocess_bytes
+        from lenscope.client.inputs.preprocess import preprocess_bytes
 
         pixels = preprocess_bytes(data, self.preprocess_cfg, self.limits)[None].astype(np.float32, copy=False)
         (emb,) = self.image.run([contract.EMBEDDING], {contract.PIXEL_VALUES: pixels})
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         urls = {"external": args.server}
         configs = ["external"]
     else:
-        from lenscope.client.tritonserver import start_server
+        from lenscope.client.triton.server import start_server
         from lenscope.export.repository import RepositorySettings
 
         print("exporting the model (once) and writing one repository per config")

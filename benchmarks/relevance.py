@@ -25,7 +25,7 @@ same configuration):
     stack (``lenscope rerank fit``), written to ``export/weights/lenscope-tiny.{fusion,calibration}.json``
     (deterministic: a rerun rewrites the same files) + ``benchmarks/reports/relevance_fit.json``.
 ``eval``
-    every model through the live stack (``lenscope.client.evaluation``: export -> tritonserver ->
+    every model through the live stack (``lenscope.client.eval.harness``: export -> tritonserver ->
     index of the test split -> SearchEngine), with calibration + fusion fitted on the val split
     through the same stack (the default uses its shipped, val-fitted files). Export fidelity
     (Triton vs torch Recall@10) is checked for every model.
@@ -104,8 +104,8 @@ def log(msg: str) -> None:
 
 
 def stage_data(workdir: Path, budget: Budget, catalog: Path | None) -> dict[str, Path]:
-    from lenscope.client.catalog_gen import generate_catalog
-    from lenscope.client.corpus_gen import generate_caption_corpus
+    from lenscope.client.synth.catalog import generate_catalog
+    from lenscope.client.synth.corpus import generate_caption_corpus
 
     out: dict[str, Path] = {}
     if catalog is None:
@@ -134,7 +134,7 @@ def _train_config(run: ModelRun, budget: Budget) -> dict[str, Any]:
 
 def stage_train(workdir: Path, budget: Budget, data: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """Train every run whose checkpoint (with the same config) is not cached yet."""
-    from lenscope.client.modelspec import load_spec
+    from lenscope.client.core.modelspec import load_spec
     from lenscope.export.train import TrainConfig, train
 
     models = workdir / "models"
@@ -194,7 +194,7 @@ def stage_fit(workdir: Path, data: dict[str, Path], reports: Path) -> dict[str, 
     """Fit the shipped default's calibration + fusion on the val split through the live stack
     (what `lenscope rerank fit` does) and write them next to its checkpoint; deterministic, so a
     rerun rewrites the same files."""
-    from lenscope.client.evaluation import EvalConfig, fit_and_save
+    from lenscope.client.eval.harness import EvalConfig, fit_and_save
 
     log("fit: the shipped default's calibration + fusion weights on the val split")
     t0 = time.perf_counter()
@@ -215,7 +215,7 @@ def stage_fit(workdir: Path, data: dict[str, Path], reports: Path) -> dict[str, 
 
 
 def _spec_for(run_name: str, checkpoint: Path, workdir: Path) -> Path:
-    from lenscope.client.modelspec import load_spec
+    from lenscope.client.core.modelspec import load_spec
 
     spec = load_spec(SHIPPED_SPEC).model_copy(update={"checkpoint": str(checkpoint.resolve()),
                                                        "name": f"lenscope-tiny-{run_name.replace('_', '-')}"})
@@ -227,7 +227,7 @@ def _spec_for(run_name: str, checkpoint: Path, workdir: Path) -> Path:
 
 def stage_eval(workdir: Path, data: dict[str, Path], names: list[str]) -> dict[str, dict[str, Any]]:
     """Every model through the live stack; per-model reports under <workdir>/eval/<name>/."""
-    from lenscope.client.evaluation import EvalConfig, evaluate, write_report
+    from lenscope.client.eval.harness import EvalConfig, evaluate, write_report
 
     results: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -373,7 +373,7 @@ def _bar_plot(evals: dict[str, dict], names: list[str], path: Path) -> None:
 
 def render(summary: dict[str, Any], evals: dict[str, dict], budget: Budget, reports: Path,
            plots: dict[str, str]) -> str:
-    from lenscope.client.evaluation import metrics_markdown
+    from lenscope.client.eval.harness import metrics_markdown
 
     h = summary["headline"]
     tr = summary["training"]
@@ -382,7 +382,7 @@ def render(summary: dict[str, Any], evals: dict[str, dict], budget: Budget, repo
          "report). Catalog: the bundled one, `generate_catalog(out, 6000, seed=0)` (4,500 train / 600 val / 900 "
          "test products); every number below is on the **test split** (900 products indexed through Triton, "
          "2,700 queries: 900 user photos, 900 texts, 900 photo+text), with calibration and fusion fitted on the "
-         "**val split** only. Definitions (`client/metrics.py`): R@K = share of queries with a relevant product "
+         "**val split** only. Definitions (`client/ranking/metrics.py`): R@K = share of queries with a relevant product "
          "in the top K, relevant = the query's top grade (the photographed product; for text, every product "
          "matching all the text names); nDCG@10 graded (gain 2^g - 1, ideal from all judged products); MRR@100.",
          ""]

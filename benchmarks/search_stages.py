@@ -19,16 +19,16 @@ import numpy as np
 from rich.console import Console
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog import read_catalog
-from lenscope.client.demo import ensure_catalog, ensure_repository
-from lenscope.client.index_bundle import BundleStore
-from lenscope.client.indexing import IndexBuildConfig, build_index
-from lenscope.client.manifest import load_manifest
-from lenscope.client.search import SearchSettings, open_engine
-from lenscope.client.service import serve
-from lenscope.client.service_settings import ServiceSettings
-from lenscope.client.triton import ClientConfig, TritonEmbedder
-from lenscope.client.tritonserver import start_server
+from lenscope.client.catalog.format import read_catalog
+from lenscope.client.cli.demo import ensure_catalog, ensure_repository
+from lenscope.client.index.bundle import BundleStore
+from lenscope.client.index.job import IndexBuildConfig, build_index
+from lenscope.client.core.manifest import load_manifest
+from lenscope.client.search.engine import SearchSettings, open_engine
+from lenscope.client.service.server import serve
+from lenscope.client.service.settings import ServiceSettings
+from lenscope.client.triton.client import ClientConfig, TritonEmbedder
+from lenscope.client.triton.server import start_server
 
 STAGES = ("embed", "retrieve", "calibrate", "fuse", "facets", "total")
 

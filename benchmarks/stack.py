@@ -3,7 +3,7 @@
 * model repositories: the default spec exported (and verified) once, then re-written with other serving
   settings (dynamic batching, instance counts) from the SAME ONNX graphs, so configs differ in nothing
   but their ``config.pbtxt``;
-* a catalog (``lenscope.client.catalog_gen``), an index built through Triton's ensembles;
+* a catalog (``lenscope.client.synth.catalog``), an index built through Triton's ensembles;
 * the search service as its own process (``lenscope serve search``), so its RSS is its own;
 * RSS of a process tree read from ``/proc`` (tritonserver plus its python-backend stubs).
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lenscope.client import contract
+from lenscope.client.core import contract
 
 # ------------------------------------------------------------------------------------------------
 # Model repositories
@@ -30,8 +30,8 @@ def _export_is_current(out: Path, spec_path: Path) -> bool:
     """``out`` holds an export of ``spec_path`` as it is now (same spec, same checkpoint bytes)."""
     import hashlib
 
-    from lenscope.client.manifest import load_manifest
-    from lenscope.client.modelspec import load_spec, resolve_checkpoint
+    from lenscope.client.core.manifest import load_manifest
+    from lenscope.client.core.modelspec import load_spec, resolve_checkpoint
 
     try:
         manifest = load_manifest(out)
@@ -83,7 +83,7 @@ def vocab_path(repo: Path) -> Path:
 
 def write_variant(base: Path, out: Path, settings: Any) -> Path:
     """Re-write ``base``'s repository with other ``RepositorySettings`` (same graphs, same manifest hash)."""
-    from lenscope.client.manifest import load_manifest
+    from lenscope.client.core.manifest import load_manifest
     from lenscope.export.repository import write_repository
 
     manifest = load_manifest(base)
@@ -102,7 +102,7 @@ def write_variant(base: Path, out: Path, settings: Any) -> Path:
 
 def ensure_catalog(root: Path, n_products: int, seed: int = 0) -> Path:
     """``root/catalog.jsonl`` (+ images, queries), generated unless a complete one is there."""
-    from lenscope.client.catalog_gen import generate_catalog
+    from lenscope.client.synth.catalog import generate_catalog
 
     catalog = root / "catalog.jsonl"
     marker = root / f".complete-{n_products}-{seed}"
@@ -114,9 +114,9 @@ def ensure_catalog(root: Path, n_products: int, seed: int = 0) -> Path:
 
 def ensure_index(catalog: Path, index_root: Path, triton_url: str, model_hash: str, log=print) -> Path:
     """An index bundle for ``catalog`` built through Triton, reused when it matches the served model."""
-    from lenscope.client.index_bundle import BundleStore
-    from lenscope.client.indexing import IndexBuildConfig, build_index
-    from lenscope.client.triton import ClientConfig, TritonEmbedder
+    from lenscope.client.index.bundle import BundleStore
+    from lenscope.client.index.job import IndexBuildConfig, build_index
+    from lenscope.client.triton.client import ClientConfig, TritonEmbedder
 
     store = BundleStore(index_root)
     if store.current_version():
@@ -140,7 +140,7 @@ def _lenscope_argv() -> list[str]:
     script = Path(sys.executable).parent / "lenscope"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-c", "from lenscope.client.cli import app; app()"]
+    return [sys.executable, "-c", "from lenscope.client.cli.app import app; app()"]
 
 
 @dataclass
@@ -163,7 +163,7 @@ class ServiceProcess:
     @classmethod
     def start(cls, index_root: Path, triton_url: str, log_path: Path, *, max_inflight: int | None = None,
               env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> "ServiceProcess":
-        from lenscope.client.tritonserver import free_ports
+        from lenscope.client.triton.server import free_ports
 
         port, metrics_port = free_ports(2)
         child_env = dict(os.environ)
@@ -297,7 +297,7 @@ def tree_rss(pid: int) -> dict[str, int]:
 
 @dataclass
 class SearchStack:
-    triton: Any  # lenscope.client.tritonserver.TritonServer
+    triton: Any  # lenscope.client.triton.server.TritonServer
     service: ServiceProcess
     catalog_root: Path
     index_root: Path
@@ -320,8 +320,8 @@ def start_search_stack(workdir: Path, n_products: int, max_inflight: int, spec: 
                        log=print) -> SearchStack:
     """Export (or reuse) the model, start tritonserver (shipped settings), generate the catalog, build the
     index through Triton, start ``lenscope serve search`` in its own process. The caller ``stop()``s it."""
-    from lenscope.client.manifest import load_manifest
-    from lenscope.client.tritonserver import start_server
+    from lenscope.client.core.manifest import load_manifest
+    from lenscope.client.triton.server import start_server
 
     from reporting import WORK
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenscope.client.modelspec import ModelSpec, SpecError, resolve_checkpoint
+from lenscope.client.core.modelspec import ModelSpec, SpecError, resolve_checkpoint
 
 warnings.filterwarnings("ignore", message="Failed to load image Python extension")
 import open_clip  # noqa: E402  (after the filter: torchvision's optional C extension is absent on CPU)

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from lenscope.client import contract
+from lenscope.client.core import contract
 from lenscope.export.model import LoadedModel
 
 OPSET = 17

@@ -10,9 +10,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from lenscope.client import contract
-from lenscope.client.manifest import CheckpointInfo, Manifest, compute_model_hash
-from lenscope.client.modelspec import load_spec
+from lenscope.client.core import contract
+from lenscope.client.core.manifest import CheckpointInfo, Manifest, compute_model_hash
+from lenscope.client.core.modelspec import load_spec
 from lenscope.export.model import build_model, sha256_file
 from lenscope.export.onnx_export import export_onnx
 from lenscope.export.repository import RepositorySettings, write_repository

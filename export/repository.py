@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from lenscope.client import contract
-from lenscope.client.contract import Tensor
-from lenscope.client.manifest import Manifest
+from lenscope.client.core import contract
+from lenscope.client.core.contract import Tensor
+from lenscope.client.core.manifest import Manifest
 from lenscope.export.triton_config import (
     DynamicBatching,
     EnsembleStep,

@@ -5,7 +5,7 @@ What it does, and why:
 - open_clip's own pieces: ``ClipLoss`` for the loss, the CLIP BPE tokenizer, the towers' ``lock``
   methods for the strategies, ``open_clip_train``'s cosine schedule and its weight-decay
   exclusions. Nothing of CLIP is re-implemented here.
-- Images go through ``lenscope.client.preprocess.preprocess_bytes``: the exact bytes -> tensor path
+- Images go through ``lenscope.client.inputs.preprocess.preprocess_bytes``: the exact bytes -> tensor path
   the serving stack runs, so training never sees a different crop, resize or normalisation than
   production. Light augmentation (small zoom/shift, mirror, brightness) is applied afterwards on
   the normalised batch.
@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lenscope.client.catalog import Catalog, CatalogRow, read_catalog
-from lenscope.client.modelspec import ModelSpec, SpecError, resolve_checkpoint
-from lenscope.client.preprocess import ImageInputError, preprocess_bytes
+from lenscope.client.catalog.format import Catalog, CatalogRow, read_catalog
+from lenscope.client.core.modelspec import ModelSpec, SpecError, resolve_checkpoint
+from lenscope.client.inputs.preprocess import ImageInputError, preprocess_bytes
 from lenscope.export.model import LoadedModel, build_model, save_checkpoint, sha256_file
 
 import open_clip  # noqa: E402  (lenscope.export.model already silenced torchvision's warning)

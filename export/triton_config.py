@@ -11,8 +11,8 @@ from typing import Literal
 from google.protobuf import json_format, text_format
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lenscope.client.contract import Tensor
-from lenscope.client.triton import model_config_pb2
+from lenscope.client.core.contract import Tensor
+from lenscope.client.triton.client import model_config_pb2
 
 
 class ConfigError(ValueError):

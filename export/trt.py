@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from lenscope.client import contract
-from lenscope.client.manifest import load_manifest
+from lenscope.client.core import contract
+from lenscope.client.core.manifest import load_manifest
 from lenscope.export.repository import RepositorySettings, write_repository
 
 ONNX_FILES = {
@@ -73,7 +73,7 @@ def build_trt_repository(onnx_dir: Path, out: Path, spec: Path | None = None, fp
     trt = _tensorrt()
     manifest = load_manifest(onnx_dir)  # written next to the graphs by `model export --onnx-dir`
     if spec is not None:
-        from lenscope.client.modelspec import load_spec
+        from lenscope.client.core.modelspec import load_spec
 
         if load_spec(spec) != manifest.spec:
             raise FileNotFoundError(f"{onnx_dir} was exported from a different spec than {spec}")

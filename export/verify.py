@@ -12,7 +12,7 @@ import onnxruntime as ort
 import torch
 from pydantic import BaseModel
 
-from lenscope.client import contract
+from lenscope.client.core import contract
 from lenscope.export.model import LoadedModel, open_clip_tokenize
 
 MAX_ABS_DIFF = 1e-4

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lenscope.client.api import search_pb2
-from lenscope.client.cli_search import STAGE_ORDER
+from lenscope.client.cli.search import STAGE_ORDER
 from lenscope.client.web.image_store import url_path
 from lenscope.client.web.query import PageQuery
 

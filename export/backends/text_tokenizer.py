@@ -9,7 +9,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from lenscope.client.tokenizer import ClipTokenizer
+from lenscope.client.inputs.tokenizer import ClipTokenizer
 
 TEXT, INPUT_IDS = "TEXT", "INPUT_IDS"
 

@@ -129,7 +129,7 @@ def test_soak_smoke(tmp_path: Path, bench_work: Path) -> None:
 
 def test_gpu_reference_spec_is_valid() -> None:
     """The ViT-B-16 spec the GPU instructions export (benchmarks/README.md) passes spec validation (fast)."""
-    from lenscope.client.modelspec import load_spec
+    from lenscope.client.core.modelspec import load_spec
 
     spec = load_spec(BENCHMARKS / "specs" / "vit-b-16.json")
     assert (spec.architecture, spec.embed_dim, spec.preprocess.image_size, spec.context_length) == ("ViT-B-16", 512, 224, 77)

@@ -18,7 +18,7 @@ Importable (``build_corpus()``: what tests/integration/test_hostile_corpus.py ru
 
 Everything is derived from ``seed`` with Pillow, numpy and hand-written headers, so the corpus is
 identical on every machine. The expectations are written against the service's default limits
-(lenscope.client.service_settings.ServiceSettings) and the shipped model spec's input limits
+(lenscope.client.service.settings.ServiceSettings) and the shipped model spec's input limits
 (export/specs/lenscope-tiny.json); docs/limits.md lists them.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from lenscope.client.api import search_pb2
-from lenscope.client.service_settings import MiB, ServiceSettings
+from lenscope.client.service.settings import MiB, ServiceSettings
 
 Group = Literal["image", "text", "request"]
 HitsExpectation = Literal["some", "none", "any"]

@@ -109,26 +109,26 @@ def facts() -> Facts:
     sources: dict[str, str] = {}
 
     try:
-        from lenscope.client.tritonserver import TritonServerConfig
+        from lenscope.client.triton.server import TritonServerConfig
     except ImportError:
         sources["triton ports"] = "table"
     else:
         defaults = {f.name: f.default for f in dataclasses.fields(TritonServerConfig)}
         for key in ("http_port", "grpc_port", "metrics_port"):
             triton[key] = defaults[key]
-        sources["triton ports"] = "python:lenscope.client.tritonserver.TritonServerConfig"
+        sources["triton ports"] = "python:lenscope.client.triton.server.TritonServerConfig"
 
     try:
-        from lenscope.client import contract
+        from lenscope.client.core import contract
     except ImportError:
         sources["triton models"] = "table"
     else:
         triton["models"] = tuple(contract.ALL_MODELS)
         triton["ensembles"] = tuple(contract.ENSEMBLES)
-        sources["triton models"] = "python:lenscope.client.contract"
+        sources["triton models"] = "python:lenscope.client.core.contract"
 
     try:
-        from lenscope.client.service_settings import ServiceSettings
+        from lenscope.client.service.settings import ServiceSettings
     except ImportError:
         sources["search settings"] = "table"
     else:
@@ -137,26 +137,26 @@ def facts() -> Facts:
         search["metrics_port"] = fields["metrics_port"].default
         search["env_prefix"] = ServiceSettings.model_config["env_prefix"]
         search["settings_class"] = ServiceSettings
-        sources["search settings"] = "python:lenscope.client.service_settings.ServiceSettings"
+        sources["search settings"] = "python:lenscope.client.service.settings.ServiceSettings"
 
     try:
-        from lenscope.client.service import SERVICE_NAME, ServiceMetrics
+        from lenscope.client.service.server import SERVICE_NAME, ServiceMetrics
     except ImportError:
         sources["search health + metrics"] = "table"
     else:
         search["health_service"] = SERVICE_NAME
         search["metrics"] = _metric_kinds(ServiceMetrics)
-        sources["search health + metrics"] = "python:lenscope.client.service"
+        sources["search health + metrics"] = "python:lenscope.client.service.server"
 
     try:
-        from lenscope.client.cli_serve import search_service
+        from lenscope.client.cli.serve import search_service
     except ImportError:
         sources["search command line"] = "table"
     else:
         options = {name: p.default for name, p in inspect.signature(search_service).parameters.items()}
         search["index_root_option"] = options["index_root"].param_decls[0]
         search["triton_url_envvar"] = options["triton"].envvar
-        sources["search command line"] = "python:lenscope.client.cli_serve.search_service"
+        sources["search command line"] = "python:lenscope.client.cli.serve.search_service"
 
     return Facts(triton=triton, search=search, sources=sources)
 

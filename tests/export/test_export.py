@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lenscope.client import contract  # noqa: E402
-from lenscope.client.manifest import load_manifest  # noqa: E402
-from lenscope.client.modelspec import SpecError, load_spec, parse_spec  # noqa: E402
+from lenscope.client.core import contract  # noqa: E402
+from lenscope.client.core.manifest import load_manifest  # noqa: E402
+from lenscope.client.core.modelspec import SpecError, load_spec, parse_spec  # noqa: E402
 from lenscope.export.model import build_model, open_clip_tokenize, save_checkpoint, sha256_file  # noqa: E402
 from lenscope.export.onnx_export import export_onnx  # noqa: E402
 from lenscope.export.pipeline import DEFAULT_SPEC, export_model  # noqa: E402

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.export
 pytest.importorskip("open_clip")
 from open_clip.transform import PreprocessCfg, image_transform, image_transform_v2  # noqa: E402
 
-from lenscope.client.modelspec import InputLimits, PreprocessConfig  # noqa: E402
-from lenscope.client.preprocess import decode_image, preprocess  # noqa: E402
+from lenscope.client.core.modelspec import InputLimits, PreprocessConfig  # noqa: E402
+from lenscope.client.inputs.preprocess import decode_image, preprocess  # noqa: E402
 
 TOL = 1e-5
 SEED = 20240612

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.export
 open_clip = pytest.importorskip("open_clip")
 from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 
-from lenscope.client.tokenizer import ClipTokenizer, default_vocab_path  # noqa: E402
+from lenscope.client.inputs.tokenizer import ClipTokenizer, default_vocab_path  # noqa: E402
 
 SEED = 20240611
 CONTEXT_LENGTHS = (77, 32, 8)

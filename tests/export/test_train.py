@@ -15,10 +15,10 @@ pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
-from lenscope.client.catalog import read_catalog  # noqa: E402
-from lenscope.client.catalog_gen import generate_catalog  # noqa: E402
-from lenscope.client.modelspec import load_spec  # noqa: E402
-from lenscope.client.preprocess import preprocess_bytes  # noqa: E402
+from lenscope.client.catalog.format import read_catalog  # noqa: E402
+from lenscope.client.synth.catalog import generate_catalog  # noqa: E402
+from lenscope.client.core.modelspec import load_spec  # noqa: E402
+from lenscope.client.inputs.preprocess import preprocess_bytes  # noqa: E402
 from lenscope.export.model import build_model  # noqa: E402
 from lenscope.export.train import TrainConfig, TrainError, train  # noqa: E402
 

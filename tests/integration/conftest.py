@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client.manifest import Manifest, load_manifest
-from lenscope.client.triton import ClientConfig, TritonEmbedder
-from lenscope.client.tritonserver import TritonServer, start_server
+from lenscope.client.core.manifest import Manifest, load_manifest
+from lenscope.client.triton.client import ClientConfig, TritonEmbedder
+from lenscope.client.triton.server import TritonServer, start_server
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +48,8 @@ def make_index(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory):
 
     Cached per (n, seed, batch_size), so modules that need the same catalog share one build.
     """
-    from lenscope.client.catalog_gen import generate_catalog
-    from lenscope.client.indexing import IndexBuildConfig, build_index
+    from lenscope.client.synth.catalog import generate_catalog
+    from lenscope.client.index.job import IndexBuildConfig, build_index
 
     built: dict[tuple[int, int, int], tuple[Path, Path]] = {}
 

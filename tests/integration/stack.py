@@ -8,9 +8,9 @@ from typing import Iterator
 
 import grpc
 
-from lenscope.client.search import SearchEngine, SearchSettings, open_engine
-from lenscope.client.service import RunningService, serve
-from lenscope.client.service_settings import ServiceSettings
+from lenscope.client.search.engine import SearchEngine, SearchSettings, open_engine
+from lenscope.client.service.server import RunningService, serve
+from lenscope.client.service.settings import ServiceSettings
 
 
 @contextmanager

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client.catalog import CatalogRow, read_catalog
-from lenscope.client.search import SearchSettings, open_engine
-from lenscope.client.service import serve
-from lenscope.client.service_settings import ServiceSettings
-from lenscope.client.tritonserver import TritonServer, free_ports
+from lenscope.client.catalog.format import CatalogRow, read_catalog
+from lenscope.client.search.engine import SearchSettings, open_engine
+from lenscope.client.service.server import serve
+from lenscope.client.service.settings import ServiceSettings
+from lenscope.client.triton.server import TritonServer, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def service(triton: TritonServer, index_root: Path):
 
 def _start_web(search_target: str, catalog: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """``lenscope serve web`` (through the CLI function) on a free port; returns (process, URL)."""
-    code = "import typer; from lenscope.client.cli_web import serve_web_command; typer.run(serve_web_command)"
+    code = "import typer; from lenscope.client.cli.web import serve_web_command; typer.run(serve_web_command)"
     out = log.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--search-target", search_target, "--catalog", str(catalog), "--port", "0",

@@ -17,11 +17,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from lenscope.client import contract
-from lenscope.client.manifest import Manifest
-from lenscope.client.preprocess import preprocess_bytes
-from lenscope.client.tokenizer import ClipTokenizer
-from lenscope.client.triton import TritonEmbedder
+from lenscope.client.core import contract
+from lenscope.client.core.manifest import Manifest
+from lenscope.client.inputs.preprocess import preprocess_bytes
+from lenscope.client.inputs.tokenizer import ClipTokenizer
+from lenscope.client.triton.client import TritonEmbedder
 
 pytestmark = pytest.mark.integration
 

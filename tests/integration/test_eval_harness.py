@@ -10,10 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from lenscope.client.calibration import load_calibration
-from lenscope.client.catalog_gen import generate_catalog
-from lenscope.client.cli_eval import eval_command, fit_fusion_command
-from lenscope.client.rerank import load_weights
+from lenscope.client.ranking.calibration import load_calibration
+from lenscope.client.synth.catalog import generate_catalog
+from lenscope.client.cli.eval import eval_command, fit_fusion_command
+from lenscope.client.ranking.fusion import load_weights
 
 pytestmark = pytest.mark.integration
 

@@ -39,15 +39,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog import read_catalog
-from lenscope.client.index_bundle import BundleCorrupt, BundleError, BundleStore
-from lenscope.client.index_checkpoint import WORK_DIR
-from lenscope.client.indexing import KILL_HOOK_ENV, IndexBuildConfig, build_index
-from lenscope.client.search import SearchSettings, open_engine
-from lenscope.client.service import serve
-from lenscope.client.service_settings import ServiceSettings
-from lenscope.client.triton import ClientConfig, TritonEmbedder
-from lenscope.client.tritonserver import TritonServer, TritonServerConfig, free_ports
+from lenscope.client.catalog.format import read_catalog
+from lenscope.client.index.bundle import BundleCorrupt, BundleError, BundleStore
+from lenscope.client.index.checkpoint import WORK_DIR
+from lenscope.client.index.job import KILL_HOOK_ENV, IndexBuildConfig, build_index
+from lenscope.client.search.engine import SearchSettings, open_engine
+from lenscope.client.service.server import serve
+from lenscope.client.service.settings import ServiceSettings
+from lenscope.client.triton.client import ClientConfig, TritonEmbedder
+from lenscope.client.triton.server import TritonServer, TritonServerConfig, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -368,7 +368,7 @@ def test_hung_triton_deadlines_are_honoured(triton, index_root: Path, catalog: P
 
 
 def test_engine_keeps_the_deadline_when_its_model_check_is_due(triton, index_root: Path) -> None:
-    from lenscope.client.search_models import DeadlineExceeded, SearchQuery
+    from lenscope.client.search.models import DeadlineExceeded, SearchQuery
 
     # a model check due on every search (the default is every 5 s: one search in that window pays)
     engine = open_engine(triton.grpc_url, str(index_root), SearchSettings(model_check_interval_s=1e-6),
@@ -397,7 +397,7 @@ def _index_job(catalog: Path, root: Path, triton_url: str, kill_after: int | Non
     env.pop(KILL_HOOK_ENV, None)
     if kill_after is not None:
         env[KILL_HOOK_ENV] = str(kill_after)
-    cmd = [sys.executable, "-m", "lenscope.client.cli", "index", "build", "--catalog", str(catalog),
+    cmd = [sys.executable, "-m", "lenscope.client.cli.app", "index", "build", "--catalog", str(catalog),
            "--index-root", str(root), "--triton", triton_url, "--batch-size", str(BATCH), "--concurrency", "2",
            "--timeout", "30", "--no-progress"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)

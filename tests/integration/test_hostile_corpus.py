@@ -108,7 +108,7 @@ def _healthy(channel: grpc.Channel, triton, engine) -> None:
         status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING, name
     assert triton.is_running() and triton.is_ready()
-    import tritonclient.grpc as tc  # only to list model states; the product keeps it in client/triton.py
+    import tritonclient.grpc as tc  # only to list model states; the product keeps it in client/triton/client.py
 
     with tc.InferenceServerClient(triton.grpc_url) as admin:
         states = {m.name: m.state for m in admin.get_model_repository_index().models}

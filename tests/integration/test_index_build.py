@@ -13,14 +13,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from lenscope.client import index_cli
-from lenscope.client.calibration import load_calibration
-from lenscope.client.catalog_gen import generate_catalog
-from lenscope.client.index_bundle import BundleStore
-from lenscope.client.index_calibration import NO_TEXT_TITLE
-from lenscope.client.indexing import IndexBuildConfig, build_index
-from lenscope.client.manifest import Manifest
-from lenscope.client.triton import ClientConfig, TritonEmbedder
+from lenscope.client.cli import index as index_cli
+from lenscope.client.ranking.calibration import load_calibration
+from lenscope.client.synth.catalog import generate_catalog
+from lenscope.client.index.bundle import BundleStore
+from lenscope.client.index.calibration import NO_TEXT_TITLE
+from lenscope.client.index.job import IndexBuildConfig, build_index
+from lenscope.client.core.manifest import Manifest
+from lenscope.client.triton.client import ClientConfig, TritonEmbedder
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The embedded tritonserver launcher against the real server from nvidia-pytriton (CPU).
 
-Talks HTTP/JSON with urllib on purpose: tritonclient belongs to lenscope.client.triton only.
+Talks HTTP/JSON with urllib on purpose: tritonclient belongs to lenscope.client.triton.client only.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client import tritonserver as ts
-from lenscope.client.tritonserver import (
+from lenscope.client.triton import server as ts
+from lenscope.client.triton.server import (
     TritonNotInstalledError,
     TritonServer,
     TritonServerConfig,
@@ -226,7 +226,7 @@ def test_cli_serve_triton_stops_cleanly_on_signal(
 ) -> None:
     http, grpc, metrics = ts.free_ports(3)
     cli = subprocess.Popen(
-        [sys.executable, "-c", "from lenscope.client.cli_serve import serve_app; serve_app()",
+        [sys.executable, "-c", "from lenscope.client.cli.serve import serve_app; serve_app()",
          "triton", "--model-repository", str(add_one_repository), "--http-port", str(http),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics),
          "--log-file", str(tmp_path / "triton.log")],

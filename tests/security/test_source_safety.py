@@ -23,7 +23,7 @@ _UNSAFE_MODULES = {"pickle", "cPickle", "dill", "shelve", "marshal", "pty", "com
 # (file, enclosing function, call) -> why it is safe. Keep the reason specific: what runs, with which
 # arguments, and why no request data (query images/text, catalog fields) can reach them.
 ALLOWLIST: dict[tuple[str, str, str], str] = {
-    ("client/tritonserver.py", "TritonServer.start", "subprocess.Popen"): (
+    ("client/triton/server.py", "TritonServer.start", "subprocess.Popen"): (
         "launches the tritonserver binary located inside the installed nvidia-pytriton wheel, with an argv LIST "
         "(no shell) built by TritonServerConfig.arguments() from validated, operator-set configuration (ports, "
         "paths, flags from `lenscope serve triton` options); search requests never reach it"),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lenscope.client.calibration import (
+from lenscope.client.ranking.calibration import (
     CalibrationError,
     CalibrationSet,
     IsotonicParams,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client.catalog import (
+from lenscope.client.catalog.format import (
     CATALOG_COLUMNS,
     CatalogError,
     CatalogRow,

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from lenscope.client.catalog import read_catalog, read_queries
-from lenscope.client.catalog_gen import (
+from lenscope.client.catalog.format import read_catalog, read_queries
+from lenscope.client.synth.catalog import (
     BRANDS,
     CATEGORIES,
     COLORS,
@@ -25,7 +25,7 @@ from lenscope.client.catalog_gen import (
     make_product,
     make_title,
 )
-from lenscope.client.corpus_gen import generate_caption_corpus
+from lenscope.client.synth.corpus import generate_caption_corpus
 
 N, SIZE = 60, 32
 SPEC = Path(__file__).resolve().parents[2] / "export" / "specs" / "lenscope-tiny.json"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client.cli_serve import _grpc_tls_args
+from lenscope.client.cli.serve import _grpc_tls_args
 
 
 def test_no_tls_by_default() -> None:

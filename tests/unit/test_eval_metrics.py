@@ -1,4 +1,4 @@
-"""Ranking metrics against hand-computed examples (client/metrics.py)."""
+"""Ranking metrics against hand-computed examples (client/ranking/metrics.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lenscope.client.metrics import (
+from lenscope.client.ranking.metrics import (
     classification_scores,
     dcg,
     evaluate_rankings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lenscope.client.facets import (
+from lenscope.client.ranking.facets import (
     AttributeTable,
     FilterSpec,
     FilterSyntaxError,

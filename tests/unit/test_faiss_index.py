@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from lenscope.client.faiss_index import FaissIndex, FaissIndexConfig
-from lenscope.client.vector_index import RecallMonitor, SearchResult, recall_at_k
+from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig
+from lenscope.client.vectors.contract import RecallMonitor, SearchResult, recall_at_k
 
 DIM = 64
 N_BASE = 20_000

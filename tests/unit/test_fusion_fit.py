@@ -1,4 +1,4 @@
-"""Fitting calibration + fusion weights from labelled candidate pools (client/fusion_fit.py), and the
+"""Fitting calibration + fusion weights from labelled candidate pools (client/ranking/fusion_fit.py), and the
 harness's pure pieces (signal recovery from a breakdown)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lenscope.client.calibration import CalibrationSet
-from lenscope.client.evaluation import PROBE_WEIGHTS, headline, metric_table, signal_values, variants_for
-from lenscope.client.fusion_fit import (
+from lenscope.client.ranking.calibration import CalibrationSet
+from lenscope.client.eval.harness import PROBE_WEIGHTS, headline, metric_table, signal_values, variants_for
+from lenscope.client.ranking.fusion_fit import (
     CandidatePool,
     FitError,
     calibrated_signals,
@@ -35,7 +35,7 @@ from lenscope.client.fusion_fit import (
     shipped_fit_files,
     weights_without,
 )
-from lenscope.client.rerank import SIGNALS, FusionWeights, fuse, learn_weights
+from lenscope.client.ranking.fusion import SIGNALS, FusionWeights, fuse, learn_weights
 
 TYPE_SIGNALS = {"image": ("visual", "image_title", "attributes", "popularity"),
                 "text": ("text_image", "text_title", "popularity"),
@@ -295,8 +295,8 @@ def test_variants_and_metric_table_consistency() -> None:
     assert variants_for("text", ("single", "raw_sum", "fused_no_heads", "fused"), True) == [
         "single:text_image", "single:text_title", "raw_sum", "fused"]
     assert "single:image_title" not in variants_for("image", ("single",), False)
-    from lenscope.client.catalog import Query
-    from lenscope.client.evaluation import EvalConfig
+    from lenscope.client.catalog.format import Query
+    from lenscope.client.eval.harness import EvalConfig
 
     qs = [Query(query_id="i1", type="image", image="a.png", relevance={"p": 3, "q": 1}),
           Query(query_id="t1", type="text", text="red mug", relevance={"r": 3})]

@@ -15,15 +15,15 @@ import faiss
 import numpy as np
 import pytest
 
-from lenscope.client.faiss_index import FaissIndex, FaissIndexConfig
-from lenscope.client.index_bundle import (
+from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig
+from lenscope.client.index.bundle import (
     BundleCorrupt,
     BundleError,
     BundleStore,
     ModelVersionMismatch,
     open_bundle,
 )
-from lenscope.client.metadata_store import Product
+from lenscope.client.index.metadata import Product
 
 DIM = 32
 MODEL = "sha256:1111aaaa"
@@ -198,7 +198,7 @@ WRITER = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, sys.argv[3])
     from test_index_bundle import MODEL, build
-    from lenscope.client.index_bundle import BundleStore
+    from lenscope.client.index.bundle import BundleStore
 
     root, stage = sys.argv[1], sys.argv[2]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
@@ -273,7 +273,7 @@ def test_writer_killed_mid_publish_leaves_current_serving(tmp_path, stage):
 
 
 def test_attachments_are_published_and_checksummed(tmp_path: Path) -> None:
-    from lenscope.client.faiss_index import FaissIndex
+    from lenscope.client.vectors.faiss_index import FaissIndex
 
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(20, 8)).astype(np.float32)

@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lenscope.client.calibration import load_calibration
-from lenscope.client.catalog import CatalogError
-from lenscope.client.index_bundle import BundleStore
-from lenscope.client.index_calibration import NO_TEXT_TITLE, calibration_pairs, fit_catalog_calibration
-from lenscope.client.index_checkpoint import WORK_DIR, WorkDir, WorkDirBusy
-from lenscope.client.index_reader import scan_catalog
-from lenscope.client.index_writer import make_index
-from lenscope.client.indexing import KILL_HOOK_ENV, IndexBuildConfig, IndexBuildInterrupted, build_index
-from lenscope.client.rerank import FusionWeights, save_weights
+from lenscope.client.ranking.calibration import load_calibration
+from lenscope.client.catalog.format import CatalogError
+from lenscope.client.index.bundle import BundleStore
+from lenscope.client.index.calibration import NO_TEXT_TITLE, calibration_pairs, fit_catalog_calibration
+from lenscope.client.index.checkpoint import WORK_DIR, WorkDir, WorkDirBusy
+from lenscope.client.index.reader import scan_catalog
+from lenscope.client.index.writer import make_index
+from lenscope.client.index.job import KILL_HOOK_ENV, IndexBuildConfig, IndexBuildInterrupted, build_index
+from lenscope.client.ranking.fusion import FusionWeights, save_weights
 
 DIM = 16
 COLORS = ("red", "blue", "green")
@@ -484,8 +484,8 @@ def test_cli_build_and_exit_codes(tmp_path: Path, catalog: Path, monkeypatch: py
     import typer
     from typer.testing import CliRunner
 
-    from lenscope.client import index_cli
-    from lenscope.client.index_embedder import RetryPolicy
+    from lenscope.client.cli import index as index_cli
+    from lenscope.client.index.embedder import RetryPolicy
 
     monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt: 0.0)  # the CLI uses real backoff
     app = typer.Typer()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from lenscope.client.metadata_store import MetadataStore, MetadataStoreError, Product
+from lenscope.client.index.metadata import MetadataStore, MetadataStoreError, Product
 
 COLORS = ["red", "burgundy", "blue", "white", "black"]
 CATEGORIES = ["dress", "shirt", "shoe"]

@@ -31,17 +31,17 @@ from vector_index_contract import (  # noqa: E402
     make_data,
 )
 
-from lenscope.client.faiss_index import FaissIndex  # noqa: E402
-from lenscope.client.index_bundle import BundleStore  # noqa: E402
-from lenscope.client.metadata_store import Product  # noqa: E402
-from lenscope.client.milvus_index import (  # noqa: E402
+from lenscope.client.vectors.faiss_index import FaissIndex  # noqa: E402
+from lenscope.client.index.bundle import BundleStore  # noqa: E402
+from lenscope.client.index.metadata import Product  # noqa: E402
+from lenscope.client.vectors.milvus_index import (  # noqa: E402
     STATE_FILE,
     MilvusIndex,
     MilvusIndexConfig,
     milvus_filter_expression,
     milvus_string_literal,
 )
-from lenscope.client.vector_index import IndexFormatError, VectorIndex, recall_at_k  # noqa: E402
+from lenscope.client.vectors.contract import IndexFormatError, VectorIndex, recall_at_k  # noqa: E402
 
 K = 10
 # Sized for a 2-core CI box: Milvus Lite is a Python engine (per-row overhead), the point is the contract.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client.modelspec import ModelSpec, SpecError, load_spec, parse_spec, resolve_checkpoint
+from lenscope.client.core.modelspec import ModelSpec, SpecError, load_spec, parse_spec, resolve_checkpoint
 
 SHIPPED = Path(__file__).parents[2] / "export" / "specs" / "lenscope-tiny.json"
 

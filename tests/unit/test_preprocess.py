@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from lenscope.client.modelspec import InputLimits, PreprocessConfig
-from lenscope.client.preprocess import ImageInputError, decode_image, preprocess, preprocess_bytes
+from lenscope.client.core.modelspec import InputLimits, PreprocessConfig
+from lenscope.client.inputs.preprocess import ImageInputError, decode_image, preprocess, preprocess_bytes
 
 LIMITS = InputLimits()
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -284,8 +284,8 @@ def test_extreme_aspect_ratio_is_refused_before_the_resize_allocates() -> None:
     """A 172-byte 30000 x 1 PNG would resize (short side -> 64) to 1,920,000 x 64 px (~1.2 GB)."""
     import io as _io
 
-    from lenscope.client.modelspec import InputLimits, PreprocessConfig
-    from lenscope.client.preprocess import ImageInputError, preprocess_bytes
+    from lenscope.client.core.modelspec import InputLimits, PreprocessConfig
+    from lenscope.client.inputs.preprocess import ImageInputError, preprocess_bytes
 
     cfg, limits = PreprocessConfig(image_size=64), InputLimits()
     strip = _io.BytesIO()

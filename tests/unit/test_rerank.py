@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lenscope.client.calibration import sigmoid
-from lenscope.client.rerank import (
+from lenscope.client.ranking.calibration import sigmoid
+from lenscope.client.ranking.fusion import (
     SIGNALS,
     FusionWeights,
     WeightsError,

@@ -28,10 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.cli_search import search_command
-from lenscope.client.facets import UnknownFacetError
-from lenscope.client.index_bundle import ModelVersionMismatch
-from lenscope.client.search_models import (
+from lenscope.client.cli.search import search_command
+from lenscope.client.ranking.facets import UnknownFacetError
+from lenscope.client.index.bundle import ModelVersionMismatch
+from lenscope.client.search.models import (
     BackendUnavailable,
     DeadlineExceeded,
     Hit,
@@ -41,8 +41,8 @@ from lenscope.client.search_models import (
     SearchQuery,
     SearchResult,
 )
-from lenscope.client.service import SERVICE_NAME, RunningService, ServiceStartError, serve
-from lenscope.client.service_settings import ServiceSettings
+from lenscope.client.service.server import SERVICE_NAME, RunningService, ServiceStartError, serve
+from lenscope.client.service.settings import ServiceSettings
 
 KiB = 1024
 Code = grpc.StatusCode

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lenscope.client import tokenizer as tokmod
-from lenscope.client.tokenizer import ClipTokenizer, default_vocab_path
+from lenscope.client.inputs import tokenizer as tokmod
+from lenscope.client.inputs.tokenizer import ClipTokenizer, default_vocab_path
 
 N_MERGES = 49152 - 256 - 2
 SOT, EOT = 49406, 49407
@@ -211,7 +211,7 @@ def test_import_and_use_do_not_load_torch(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        from lenscope.client.tokenizer import ClipTokenizer, default_vocab_path
+        from lenscope.client.inputs.tokenizer import ClipTokenizer, default_vocab_path
         assert "torch" not in sys.modules, "import loaded torch"
         try:
             default_vocab_path()

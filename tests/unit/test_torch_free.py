@@ -29,7 +29,7 @@ def client_modules() -> list[str]:
 
 def test_every_client_module_imports_without_torch() -> None:
     mods = client_modules()
-    assert "lenscope.client.search" in mods and "lenscope.client.service" in mods
+    assert "lenscope.client.search.engine" in mods and "lenscope.client.service.server" in mods
     code = BLOCK_TORCH + "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods)
     code += "assert not any(sys.modules.get(n) for n in ('torch', 'open_clip')), 'torch was imported'\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -39,7 +39,7 @@ def test_every_client_module_imports_without_torch() -> None:
 def test_cli_help_runs_without_torch() -> None:
     code = BLOCK_TORCH + (
         "from typer.testing import CliRunner\n"
-        "from lenscope.client.cli import app\n"
+        "from lenscope.client.cli.app import app\n"
         "for args in (['--help'], ['serve', '--help'], ['search', '--help'], ['index', 'build', '--help']):\n"
         "    r = CliRunner().invoke(app, args)\n"
         "    assert r.exit_code == 0, (args, r.output)\n"

@@ -9,10 +9,10 @@ import pytest
 from google.protobuf import json_format
 from pydantic import ValidationError
 
-from lenscope.client import contract
-from lenscope.client.manifest import Manifest
-from lenscope.client.modelspec import load_spec
-from lenscope.client.triton import model_config_pb2
+from lenscope.client.core import contract
+from lenscope.client.core.manifest import Manifest
+from lenscope.client.core.modelspec import load_spec
+from lenscope.client.triton.client import model_config_pb2
 from lenscope.export.repository import RepositorySettings, build_configs
 from lenscope.export.triton_config import (
     DynamicBatching,

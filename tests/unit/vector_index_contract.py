@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from lenscope.client.vector_index import RecallMonitor, SearchResult, VectorIndex, recall_at_k
+from lenscope.client.vectors.contract import RecallMonitor, SearchResult, VectorIndex, recall_at_k
 
 SCORE_ATOL = 1e-5  # returned scores vs the float64 inner product
 MIN_RECALL = 0.95  # ANN recall@k vs the exact oracle on clustered data

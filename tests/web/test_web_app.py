@@ -23,7 +23,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.tritonserver import free_ports
+from lenscope.client.triton.server import free_ports
 from lenscope.client.web import WebSettings, create_app
 from lenscope.client.web.image_store import ImageNotFound, ImageStore, etag_matches
 
@@ -419,7 +419,7 @@ def test_image_store_refuses_directly(catalog_root: Path) -> None:
 def test_cli_prints_url_and_refuses_raw_traversal(fake_server, catalog_root: Path) -> None:
     """``serve_web_command`` in its own process on port 0: prints its URL once listening; raw HTTP
     requests (no client-side normalisation of ``..``) cannot leave the catalog root."""
-    code = "import typer; from lenscope.client.cli_web import serve_web_command; typer.run(serve_web_command)"
+    code = "import typer; from lenscope.client.cli.web import serve_web_command; typer.run(serve_web_command)"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--search-target", fake_server[1], "--catalog", str(catalog_root / "catalog.jsonl"),
          "--port", "0"],

@@ -1,0 +1,1 @@
+"""The catalog file format: rows, queries, JSONL/CSV reading and writing."""

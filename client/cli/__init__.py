@@ -1,0 +1,1 @@
+"""The `lenscope` command line: one module per noun; app.py composes them."""

@@ -1,0 +1,171 @@
+"""Command functions for `lenscope eval` and `lenscope rerank fit` (mounted by cli.py).
+
+Exit codes: 0 done; 1 the evaluation ran but export fidelity failed its tolerance; 2 cannot run
+(bad inputs: catalog/queries file, model repository or spec, weights/calibration files, too little
+labelled data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _threshold(value: str) -> int | str:
+    if value == "max":
+        return "max"
+    try:
+        g = int(value)
+    except ValueError:
+        g = 0
+    if g < 1:
+        _fail(f"a relevance threshold is 'max' or an integer grade >= 1, got {value!r}")
+    return g
+
+
+def _model_source(repository: Optional[Path], spec: Optional[Path]) -> tuple[Optional[Path], Optional[Path]]:
+    if repository is None and spec is None:
+        default = Path("model_repository/cpu")
+        if default.is_dir():
+            return default, None
+        _fail("give --repository (an exported model repository) or --spec (exported into the workdir)")
+    return repository, spec
+
+
+def eval_command(
+    catalog: Path = typer.Option(..., exists=True, dir_okay=False, help="Catalog (.jsonl/.csv) in the documented format."),
+    queries: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                           help="Labelled queries (.jsonl). Default: queries.jsonl next to the catalog."),
+    repository: Optional[Path] = typer.Option(None, help="Model repository to serve (default: model_repository/cpu)."),
+    spec: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                        help="Model spec: exported into the workdir (needs torch); also enables the "
+                                             "fidelity check for any model."),
+    split: str = typer.Option("test", help="Split to evaluate: train | val | test | all (queries without a split)."),
+    fusion: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Fusion weights file."),
+    calibration: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Calibration file."),
+    fit_on: str = typer.Option("val", help="Without files (given or shipped with the model): fit calibration + "
+                                           "fusion on this split's labelled queries first; 'none' = the index's own."),
+    shipped: bool = typer.Option(True, "--shipped/--no-shipped",
+                                 help="Use the calibration/fusion files shipped next to the model's checkpoint."),
+    out: Path = typer.Option(Path(".lenscope/eval/report"), help="Report directory (JSON, Markdown, PNG)."),
+    name: str = typer.Option("eval", help="Report file stem."),
+    workdir: Path = typer.Option(Path(".lenscope/eval/work"), help="Scratch: exported repository, indexes, logs."),
+    fidelity: bool = typer.Option(True, "--fidelity/--no-fidelity", help="Triton vs torch Recall@10 (needs torch)."),
+    tolerance: float = typer.Option(0.2, min=0, help="Fidelity tolerance, Recall@10 percentage points."),
+    min_grade: str = typer.Option("max", help="Relevant for R@K/MRR: 'max' (the query's top grade: exact product) "
+                                              "or a grade."),
+    max_queries: Optional[int] = typer.Option(None, min=1, help="At most this many queries per type (seeded sample)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots"),
+) -> None:
+    """Run labelled queries through the live stack (tritonserver + index + re-ranker) and write a report:
+    Recall@1/5/10, nDCG@10, MRR per query type and ranking variant, modality gap, heads, export fidelity."""
+    from lenscope.client.ranking.calibration import CalibrationError
+    from lenscope.client.catalog.format import CatalogError
+    from lenscope.client.eval.harness import EvalConfig, EvaluationError, evaluate, write_report
+    from lenscope.client.ranking.fusion_fit import FitError
+    from lenscope.client.core.modelspec import SpecError
+    from lenscope.client.ranking.fusion import WeightsError
+
+    if split not in SPLITS:
+        _fail(f"--split must be one of {list(SPLITS)}, got {split!r}")
+    if fit_on not in ("none", *SPLITS[:3]):
+        _fail(f"--fit-on must be one of ['none', 'train', 'val', 'test'], got {fit_on!r}")
+    if fit_on == split:
+        console.print(f"[yellow]warning:[/] fitting on the evaluated split {split!r}: the numbers are optimistic")
+    repository, spec = _model_source(repository, spec)
+    config = EvalConfig(
+        catalog=catalog, queries=queries, workdir=workdir, split=split, repository=repository, spec=spec,
+        fusion=fusion, calibration=calibration, use_shipped=shipped, fit_split=None if fit_on == "none" else fit_on,
+        min_grade=_threshold(min_grade), max_queries_per_type=max_queries, fidelity=fidelity,  # type: ignore[arg-type]
+        fidelity_tolerance_points=tolerance, plots=plots,
+    )
+    try:
+        report = evaluate(config, log=console.print)
+    except (EvaluationError, CatalogError, SpecError, CalibrationError, WeightsError, FitError) as err:
+        _fail(str(err))
+    files = write_report(report, out, name, plots=plots)
+    from lenscope.client.eval.harness import TYPE_LABEL
+
+    for t, h in report["headline"].items():
+        fused = h.get("fused", {})
+        console.print(f"{TYPE_LABEL[t]:<24} raw ANN R@10 {h.get('raw_ann', {}).get('R@10', float('nan')):.3f}  "
+                      f"fused R@10 {fused.get('R@10', float('nan')):.3f} nDCG@10 {fused.get('nDCG@10', float('nan')):.3f}"
+                      f"  (fused - best single {h.get('fused_minus_best_single_ndcg10_points', float('nan')):+.2f} pt)")
+    console.print("report: " + ", ".join(str(p) for p in files.values()))
+    f = report["fidelity"]
+    if f.get("checked") and not f.get("ok"):
+        _fail("export fidelity outside tolerance: " + json.dumps(f["types"]), 1)
+
+
+def fit_fusion_command(
+    out: Path = typer.Option(..., help="Fusion weights file to write (JSON; what `index build --fusion-weights` reads)."),
+    calibration_out: Optional[Path] = typer.Option(None, help="Also write the fitted calibration (JSON)."),
+    catalog: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                           help="Catalog in the documented format (fit through the live stack)."),
+    queries: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                           help="Labelled queries (.jsonl). Default: queries.jsonl next to the catalog."),
+    features: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                            help="Instead of a catalog: labelled rows (JSONL: {\"label\": 0|1, <signal>: "
+                                                 "value, ...}), e.g. from logged searches and clicks."),
+    repository: Optional[Path] = typer.Option(None, help="Model repository to serve (default: model_repository/cpu)."),
+    spec: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Model spec (exported, needs torch)."),
+    split: str = typer.Option("val", help="Split whose labelled queries are fitted on (never the test split)."),
+    relevant: str = typer.Option("auto", help="Which grade counts as relevant: 'auto' (the better of 'max' and 2 "
+                                              "on the fitting queries' nDCG@10), 'max', or a grade."),
+    method: str = typer.Option("platt", help="Calibration: platt | isotonic."),
+    workdir: Path = typer.Option(Path(".lenscope/rerank-fit"), help="Scratch: exported repository, index, logs."),
+    max_queries: Optional[int] = typer.Option(None, min=1, help="At most this many queries per type."),
+) -> None:
+    """Learn fusion weights (and per-pair calibration) by logistic regression from labelled data."""
+    from lenscope.client.catalog.format import CatalogError
+    from lenscope.client.ranking.fusion_fit import FitError, learn_fusion, read_labelled_rows
+    from lenscope.client.core.modelspec import SpecError
+    from lenscope.client.ranking.fusion import save_weights
+
+    if method not in ("platt", "isotonic"):
+        _fail(f"--method must be platt or isotonic, got {method!r}")
+    if (catalog is None) == (features is None):
+        _fail("give either --catalog (labelled queries through the live stack) or --features (labelled rows)")
+    if features is not None:
+        if calibration_out is not None:
+            _fail("--calibration-out needs raw cosines: fit from --catalog")
+        try:
+            x, y = read_labelled_rows(features)
+            fit = learn_fusion(x, y)
+        except FitError as err:
+            _fail(str(err))
+        save_weights(fit.weights, out)
+        console.print(f"fitted on {fit.n_rows} rows ({fit.n_relevant} relevant; {fit.iterations} imputation "
+                      f"iterations, converged {fit.converged}): {fit.weights.model_dump()} -> {out}")
+        return
+    if split not in SPLITS[:3]:
+        _fail(f"--split must be one of {list(SPLITS[:3])}, got {split!r}")
+    if split == "test":
+        console.print("[yellow]warning:[/] fitting on the test split: evaluate on another split")
+    thresholds = ("max", 2) if relevant == "auto" else (_threshold(relevant),)
+    from lenscope.client.eval.harness import EvalConfig, EvaluationError, fit_and_save
+
+    repository, spec = _model_source(repository, spec)
+    config = EvalConfig(catalog=catalog, queries=queries, workdir=workdir, split=split,  # type: ignore[arg-type]
+                        repository=repository, spec=spec, max_queries_per_type=max_queries, fidelity=False)
+    try:
+        summary = fit_and_save(config, out, calibration_out, thresholds=thresholds, method=method,  # type: ignore[arg-type]
+                               log=console.print)
+    except (EvaluationError, CatalogError, SpecError, FitError) as err:
+        _fail(str(err))
+    console.print_json(json.dumps({k: summary[k] for k in ("min_grade", "weights", "selection_ndcg10",
+                                                          "baseline_ndcg10", "fit")}))
+    console.print(f"wrote {out}" + (f" and {calibration_out}" if calibration_out else ""))

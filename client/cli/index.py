@@ -1,0 +1,131 @@
+"""Command functions for `lenscope index build` and `lenscope catalog generate` (mounted by cli.py).
+
+Exit codes of `index build`: 0 published; 2 cannot build (unusable catalog file, options or weights
+file, no row accepted, another build of the same catalog running); 3 interrupted with checkpoints
+kept (model server unavailable): rerun to resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq")
+CALIBRATION_METHODS = ("platt", "isotonic")
+SPLITS = ("train", "val", "test")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _make_embedder(url: str, timeout_s: float, concurrency: int, batch_size: int):
+    from lenscope.client.triton.client import ClientConfig, TritonEmbedder
+
+    # every input is its own request: allow one chunk's worth of requests per chunk in flight, bounded
+    return TritonEmbedder(ClientConfig(url=url, timeout_s=timeout_s, max_concurrency=min(64, concurrency * batch_size)))
+
+
+def index_build_command(
+    catalog: Path = typer.Option(..., exists=True, dir_okay=False, help="Catalog file (.jsonl or .csv); image "
+                                 "paths resolve against its directory."),
+    index_root: Path = typer.Option(..., help="Bundle root: versions/, current -> the served version."),
+    triton: str = typer.Option("127.0.0.1:8001", help="Triton gRPC address (host:port)."),
+    index_kind: str = typer.Option("auto", help="auto (flat below 50k rows, else hnsw) | flat | hnsw | ivfpq."),
+    batch_size: int = typer.Option(32, min=1, max=4096, help="Rows per chunk (one checkpoint file each)."),
+    concurrency: int = typer.Option(4, min=1, max=64, help="Chunks embedded concurrently."),
+    timeout: float = typer.Option(30.0, min=0.1, help="Per-request deadline to Triton, seconds."),
+    rejects: Optional[Path] = typer.Option(None, help="Rejects file (JSONL). Default: <index-root>/rejects.jsonl."),
+    calibration: Optional[Path] = typer.Option(
+        None, help="Calibration JSON to attach instead of fitting one on the catalog's own pairs."),
+    shipped_fit: bool = typer.Option(
+        True, help="Without --fusion-weights/--calibration: use the pair shipped with the served model's checkpoint."),
+    fusion_weights: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False, help="Fusion weights JSON stored with the index (defaults if absent)."),
+    calibration_method: str = typer.Option("platt", help="platt | isotonic."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Index only these splits (repeatable)."),
+    seed: int = typer.Option(0, help="Seed of the calibration's unmatched-pair sampling."),
+    keep_work: bool = typer.Option(False, help="Keep the embedding checkpoints after publishing."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (terminal only)."),
+) -> None:
+    """Embed a catalog through Triton and publish a versioned index bundle (resumable: rerun after a crash)."""
+    from pydantic import ValidationError
+
+    from lenscope.client.ranking.calibration import CalibrationError
+    from lenscope.client.catalog.format import CatalogError
+    from lenscope.client.index.bundle import BundleError
+    from lenscope.client.index.checkpoint import WorkDirBusy
+    from lenscope.client.index.job import IndexBuildConfig, IndexBuildInterrupted, build_index
+    from lenscope.client.ranking.fusion import WeightsError
+
+    if index_kind not in INDEX_KINDS:
+        _fail(f"--index-kind must be one of {list(INDEX_KINDS)}, got {index_kind!r}")
+    if calibration_method not in CALIBRATION_METHODS:
+        _fail(f"--calibration-method must be one of {list(CALIBRATION_METHODS)}, got {calibration_method!r}")
+    if split and (bad := sorted(set(split) - set(SPLITS))):
+        _fail(f"--split must be among {list(SPLITS)}, got {bad}")
+    config = IndexBuildConfig(
+        catalog=catalog, index_root=index_root, index_kind=index_kind, batch_size=batch_size,  # type: ignore[arg-type]
+        concurrency=concurrency, rejects_path=rejects, fusion_weights=fusion_weights,
+        calibration=calibration, use_shipped_fit=shipped_fit,
+        calibration_method=calibration_method, splits=tuple(split) if split else None,  # type: ignore[arg-type]
+        seed=seed, progress=progress, keep_work=keep_work,
+    )
+    embedder = _make_embedder(triton, timeout, concurrency, batch_size)
+    try:
+        report = build_index(config, embedder)
+    except IndexBuildInterrupted as err:
+        _fail(str(err), 3)
+    except (CatalogError, WeightsError, CalibrationError, ValidationError, ValueError, WorkDirBusy, BundleError) as err:
+        _fail(str(err))
+    finally:
+        embedder.close()
+    _print_report(report)
+
+
+def _print_report(report) -> None:  # noqa: ANN001
+    table = Table(title=f"index {report.bundle_id}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("model", report.model_hash)
+    table.add_row("rows read", str(report.rows_read))
+    table.add_row("indexed", str(report.indexed))
+    table.add_row("rejected", str(report.rejected))
+    for reason, n in report.rejected_by_reason.items():
+        table.add_row(f"  {reason}", str(n))
+    for reason, n in report.photos_skipped_by_reason.items():
+        table.add_row(f"photo skipped: {reason}", str(n))
+    if report.skipped_other_splits:
+        table.add_row("other splits (not indexed)", str(report.skipped_other_splits))
+    table.add_row("chunks resumed / embedded", f"{report.chunks_resumed} / {report.chunks_embedded}")
+    table.add_row("rows/s (embedding)", f"{report.rows_per_s:.1f}")
+    table.add_row("seconds (read/embed/write/total)",
+                  " / ".join(f"{report.seconds.get(k, 0):.1f}" for k in ("read", "embed", "write", "total")))
+    table.add_row("rejects file", str(report.rejects_path))
+    Console().print(table)
+
+
+def catalog_generate_command(
+    out: Path = typer.Option(Path("data/catalog"), help="Output directory (catalog.jsonl, queries.jsonl, images/)."),
+    n_products: int = typer.Option(6000, min=1, help="Number of products."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same catalog, byte for byte."),
+    image_size: int = typer.Option(64, min=16, max=1024, help="Image side in pixels."),
+    image_format: str = typer.Option("png", help="png | jpeg."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Generate the procedural product catalog (images, user photos, titles, queries)."""
+    from lenscope.client.synth.catalog import generate_catalog
+
+    if image_format not in ("png", "jpeg"):
+        _fail(f"--image-format must be png or jpeg, got {image_format!r}")
+    paths = generate_catalog(out, n_products, seed=seed, image_size=image_size, image_format=image_format,
+                             progress=progress and console.is_terminal)
+    Console().print(f"wrote {n_products} products to {paths.catalog} (queries: {paths.queries}) "
+                    f"in {paths.seconds:.1f}s")

@@ -1,0 +1,185 @@
+"""``lenscope serve ...``: run serving processes in the foreground.
+
+``lenscope serve triton`` runs the tritonserver shipped in ``nvidia-pytriton`` on CPU (see
+:mod:`lenscope.client.triton.server`), streams its log to stdout, and turns SIGTERM / SIGINT into a
+graceful Triton shutdown, exiting with the server's own exit code: what a container entrypoint or a
+process supervisor expects.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Optional
+
+import typer
+
+from lenscope.client.triton.server import (
+    TritonServer,
+    TritonServerConfig,
+    TritonServerError,
+)
+
+serve_app = typer.Typer(
+    help="Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@serve_app.callback()
+def _serve() -> None:
+    """Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly)."""
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's exit status as a shell would report it (killed by signal N -> 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+_stdout_lock = threading.Lock()
+
+
+def _echo(line: str) -> None:
+    with _stdout_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def _grpc_tls_args(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path]) -> tuple[str, ...]:
+    """Triton 2.51's gRPC SSL flags (names checked against `tritonserver --help`)."""
+    if cert is None and key is None and client_ca is None:
+        return ()
+    if cert is None or key is None:
+        raise ValueError("--grpc-tls-cert and --grpc-tls-key go together")
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+    if client_ca is not None:
+        args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={client_ca}"]
+    return tuple(args)
+
+
+@serve_app.command("triton")
+def triton(
+    model_repository: Path = typer.Option(
+        ..., "--model-repository", exists=True, file_okay=False, dir_okay=True, resolve_path=True,
+        help="Triton model repository (as written by `lenscope model export`).",
+    ),
+    http_port: int = typer.Option(8000, help="HTTP/REST port (also serves /v2/health/ready)."),
+    grpc_port: int = typer.Option(8001, help="gRPC port (what the search service talks to)."),
+    metrics_port: int = typer.Option(8002, help="Prometheus metrics port (/metrics)."),
+    host: str = typer.Option("127.0.0.1", help="Listen address for all three; 0.0.0.0 in a container."),
+    log_verbose: int = typer.Option(0, min=0, help="Triton --log-verbose level."),
+    exit_timeout_secs: int = typer.Option(
+        10, min=0, help="How long Triton waits for in-flight requests on shutdown."
+    ),
+    ready_timeout: float = typer.Option(120.0, min=1.0, help="Seconds to wait for readiness."),
+    model_control_mode: str = typer.Option("none", help="none | poll | explicit"),
+    load_model: Optional[list[str]] = typer.Option(
+        None, help="With --model-control-mode explicit: model to load at startup (repeatable)."
+    ),
+    grpc_restricted_protocol: Optional[str] = typer.Option(
+        None, help="Triton's '<protocols>:<header>=<value>', e.g. 'model-repository:admin-key=S'."
+    ),
+    log_file: Optional[Path] = typer.Option(
+        None, help="Also keep the server log here (default: a temporary file)."
+    ),
+    grpc_tls_cert: Optional[Path] = typer.Option(None, help="Serve gRPC over TLS with this certificate (PEM)."),
+    grpc_tls_key: Optional[Path] = typer.Option(None, help="Private key for --grpc-tls-cert (PEM)."),
+    grpc_tls_client_ca: Optional[Path] = typer.Option(None, help="Require client certificates signed by this CA (mutual TLS)."),
+) -> None:
+    """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT."""
+    try:
+        config = TritonServerConfig(
+            model_repository=model_repository,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            host=host,
+            log_verbose=log_verbose,
+            exit_timeout_secs=exit_timeout_secs,
+            model_control_mode=model_control_mode,  # type: ignore[arg-type]
+            load_models=tuple(load_model or ()),
+            grpc_restricted_protocol=grpc_restricted_protocol,
+            extra_args=_grpc_tls_args(grpc_tls_cert, grpc_tls_key, grpc_tls_client_ca),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    server = TritonServer(config, log_path=log_file, log_sink=_echo)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():  # second signal: stop waiting for a graceful exit
+            _echo(f"lenscope: {signal.Signals(signum).name} again, killing tritonserver\n")
+            server.kill()
+            return
+        stopping.set()
+        _echo(f"lenscope: {signal.Signals(signum).name} received, stopping tritonserver\n")
+        server.terminate()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            server.start()
+        except TritonServerError as exc:
+            typer.echo(f"lenscope: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        if stopping.is_set():  # a signal arrived while launching
+            server.terminate()
+        try:
+            seconds = server.wait_ready(ready_timeout)
+        except TritonServerError as exc:
+            if stopping.is_set():
+                raise typer.Exit(_exit_code(server.wait())) from exc
+            typer.echo(f"lenscope: {exc}", err=True)
+            code = server.stop()
+            raise typer.Exit(_exit_code(code) or 1) from exc
+        _echo(
+            f"lenscope: tritonserver ready in {seconds:.1f}s (pid {server.pid}, log {server.log_path})\n"
+            + "".join(f"lenscope:   {name:<8}{url}\n" for name, url in server.urls.items())
+        )
+        raise typer.Exit(_exit_code(server.wait()))
+    finally:
+        if server.is_running():  # an unexpected error in this function: do not orphan the server
+            server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@serve_app.command("search")
+def search_service(
+    index_root: Path = typer.Option(..., "--index-root", exists=True, file_okay=False, help="Index root (from `lenscope index build`)."),
+    triton: str = typer.Option("127.0.0.1:8001", "--triton", envvar="LENSCOPE_TRITON_URL", help="Triton gRPC host:port."),
+    grpc_port: Optional[int] = typer.Option(None, help="gRPC port (default: LENSCOPE_GRPC_PORT or 50051)."),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (default: LENSCOPE_METRICS_PORT or 9464)."),
+    host: Optional[str] = typer.Option(None, help="Listen address (default: LENSCOPE_HOST or 127.0.0.1)."),
+    triton_ca: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_CA", help="Talk TLS to Triton, trusting this CA (PEM)."),
+    triton_cert: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_CERT", help="Client certificate for mutual TLS to Triton."),
+    triton_key: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_KEY", help="Client key for mutual TLS to Triton."),
+) -> None:
+    """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT."""
+    from lenscope.client.search.engine import open_engine
+    from lenscope.client.service.server import serve
+    from lenscope.client.service.settings import ServiceSettings
+    from lenscope.client.triton.client import ClientConfig
+
+    overrides = {k: v for k, v in {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host}.items() if v is not None}
+    settings = ServiceSettings(**overrides)
+    tls = {}
+    if triton_ca is not None:
+        tls = dict(ssl=True, root_certificates=str(triton_ca),
+                   certificate_chain=str(triton_cert) if triton_cert else None,
+                   private_key=str(triton_key) if triton_key else None)
+    engine = open_engine(triton, str(index_root), client_config=ClientConfig(url=triton, timeout_s=2.0, **tls))
+    running = serve(engine, settings)
+    _echo(f"lenscope: search service on {settings.host}:{running.port} (metrics :{running.metrics_port}), "
+          f"model {engine.model_hash}, index {engine.index_version}\n")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    running.stop()
+    engine.close()

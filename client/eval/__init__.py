@@ -1,0 +1,1 @@
+"""The relevance evaluation harness through the live stack, and its reports."""

@@ -1,0 +1,1 @@
+"""The indexing job (reader -> embedder -> writer), its checkpoints, the versioned bundle and metadata store."""

@@ -1,0 +1,199 @@
+"""Indexing job, stage 3 (writer): embedded chunks -> one published index bundle.
+
+Row ids are dense, 0..N-1, in catalog order among the accepted rows; they depend only on the
+catalog and each row's outcome (both checkpointed), so a resumed build assigns the same ids as an
+uninterrupted one. The bundle (see index_bundle.py) holds:
+
+- the vector index over catalog image embeddings (row id -> vector), kind from the settings;
+- metadata: product_id, title, image path (as written in the catalog), attributes from the catalog
+  columns (category, color, pattern, material), popularity (0 when unknown);
+- attachments, all by row id:
+    ``title_vectors.npy``          float32 [N, D]  title embeddings
+    ``photo_vectors.npy``          float32 [N, D]  user-photo embeddings, NaN rows where none (only
+                                                  when the catalog has photos)
+    ``attr_probs_<name>.npy``      float32 [N, L]  attribute head probabilities of the catalog image,
+                                                  columns in the order of the model's labels
+    ``calibration.json``           CalibrationSet fitted on the catalog's own pairs (index_calibration)
+    ``fusion.json``                FusionWeights (the caller's file, or the defaults)
+    ``rejects.jsonl``              every rejected row / skipped photo (line, product_id, reason, message, kept)
+    ``index_info.json``            catalog path + sha256, counts, rejects by reason, model, timings,
+                                   calibration notes and gap report, head agreement with catalog labels
+
+Swapping FAISS for another `VectorIndex` backend means changing `make_index`, nothing upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig, IVFPQConfig
+from lenscope.client.index.bundle import BundleStore
+from lenscope.client.ranking.calibration import CalibrationSet
+from lenscope.client.index.calibration import calibration_pairs, fit_catalog_calibration, gap_summary
+from lenscope.client.index.embedder import EmbeddedChunk, ModelInfo
+from lenscope.client.index.reader import Reject, SourceRow
+from lenscope.client.index.metadata import Product
+from lenscope.client.ranking.fusion import FusionWeights
+
+IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
+ATTRIBUTE_COLUMNS = ("category", "color", "pattern", "material")
+FLAT_MAX_ROWS = 50_000  # "auto": exact search below this, HNSW above
+
+TITLE_VECTORS = "title_vectors"
+PHOTO_VECTORS = "photo_vectors"
+ATTR_PROBS_PREFIX = "attr_probs_"
+CALIBRATION = "calibration.json"
+FUSION = "fusion.json"
+REJECTS = "rejects.jsonl"
+INDEX_INFO = "index_info.json"
+
+
+@dataclass
+class Assembled:
+    """All accepted rows in catalog order, with their vectors (row id = list index)."""
+
+    rows: list[SourceRow]
+    image: np.ndarray
+    title: np.ndarray
+    photo: np.ndarray
+    attributes: dict[str, np.ndarray]
+    rejects: list[Reject] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def assemble(chunks: Iterable[EmbeddedChunk], rows: Sequence[SourceRow], model: ModelInfo) -> Assembled:
+    """Concatenate chunks (in chunk order) into row-id order; refuses overlaps or gaps in positions."""
+    parts = sorted(chunks, key=lambda c: c.index)
+    positions = np.concatenate([c.positions for c in parts]) if parts else np.empty(0, np.int64)
+    if positions.size and np.any(np.diff(positions) <= 0):
+        raise ValueError("embedded chunks overlap or are out of order")
+    d = model.embed_dim
+
+    def cat(get, width: int) -> np.ndarray:
+        arrays = [get(c) for c in parts]
+        return np.concatenate(arrays).astype(np.float32) if arrays else np.empty((0, width), np.float32)
+
+    return Assembled(
+        rows=[rows[int(p)] for p in positions],
+        image=cat(lambda c: c.image, d),
+        title=cat(lambda c: c.title, d),
+        photo=cat(lambda c: c.photo, d),
+        attributes={a: cat(lambda c, a=a: c.attributes[a], len(labels)) for a, labels in model.attributes.items()},
+        rejects=[r for c in parts for r in c.rejects],
+    )
+
+
+def make_index(kind: IndexKind, n: int, dim: int) -> FaissIndex:
+    if kind == "auto":
+        kind = "flat" if n < FLAT_MAX_ROWS else "hnsw"
+    if kind == "ivfpq":
+        # k-means needs >= 1 training point per centroid (and 2**nbits for the PQ codebooks); aim for ~39.
+        nbits = 8
+        if n < 1 << nbits:
+            raise ValueError(f"ivfpq needs at least {1 << nbits} indexed rows to train; this build has {n}: "
+                             "use --index-kind flat")
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39, 65_536))
+        m = next(m for m in (16, 8, 4, 2, 1) if dim % m == 0)
+        cfg = FaissIndexConfig(kind="ivfpq", ivfpq=IVFPQConfig(nlist=nlist, nprobe=min(16, nlist), m=m, nbits=nbits))
+    else:
+        cfg = FaissIndexConfig(kind=kind)
+    return FaissIndex(dim, cfg)
+
+
+def product_of(row_id: int, s: SourceRow) -> Product:
+    r = s.row
+    attrs = {c: getattr(r, c) for c in ATTRIBUTE_COLUMNS if getattr(r, c) is not None}
+    return Product(row_id=row_id, product_id=r.product_id, title=r.title, image_path=r.image,
+                   attributes=attrs, popularity=0.0 if r.popularity is None else float(r.popularity))
+
+
+def head_agreement(a: Assembled, model: ModelInfo) -> dict[str, float | None]:
+    """Share of products whose catalog label is the attribute head's top prediction (None: no comparable rows)."""
+    out: dict[str, float | None] = {}
+    for name, labels in model.attributes.items():
+        if name not in ATTRIBUTE_COLUMNS:
+            continue
+        index = {lab: i for i, lab in enumerate(labels)}
+        truth = np.array([index.get(getattr(s.row, name), -1) for s in a.rows], dtype=np.int64)
+        known = truth >= 0
+        if not known.any():
+            out[name] = None
+            continue
+        pred = np.argmax(a.attributes[name], axis=1)
+        out[name] = round(float(np.mean(pred[known] == truth[known])), 4)
+    return out
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    index_kind: IndexKind = "auto"
+    fusion: FusionWeights = FusionWeights()
+    calibration_method: Literal["platt", "isotonic"] = "platt"
+    calibration_negatives: int = 4
+    calibration_max_queries: int = 20_000
+    seed: int = 0
+    # A calibration fitted elsewhere (e.g. on labelled validation queries, shipped with the model):
+    # attached instead of the catalog self-fit. It must go with the fusion weights fitted with it.
+    calibration: CalibrationSet | None = None
+
+
+def rejects_jsonl(rejects: Iterable[Reject]) -> bytes:
+    return "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejects).encode()
+
+
+def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], model: ModelInfo,
+                 settings: WriterSettings, info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Build index + metadata + attachments and publish atomically; returns (bundle id, index_info)."""
+    n, dim = len(a), model.embed_dim
+    if n == 0:
+        raise ValueError("no row was accepted: nothing to index (see the rejects file)")
+    index = make_index(settings.index_kind, n, dim)
+    index.add(np.arange(n, dtype=np.int64), a.image)
+
+    if settings.calibration is not None:
+        cal, notes = settings.calibration, {"source": "supplied (fitted elsewhere, e.g. shipped with the model)"}
+    else:
+        data, notes = calibration_pairs(a.image, a.title, a.photo, negatives=settings.calibration_negatives,
+                                        max_queries=settings.calibration_max_queries, seed=settings.seed)
+        cal, notes = fit_catalog_calibration(data, notes, method=settings.calibration_method,
+                                             model_hash=model.model_hash)
+    has_photos = bool(np.isfinite(a.photo).all(axis=1).any())
+    info = {
+        **info,
+        "model_hash": model.model_hash,
+        "embedding_dim": dim,
+        "index_config": index.config.model_dump(mode="json"),
+        "attachments": {
+            "title_vectors": f"{TITLE_VECTORS}.npy", "photo_vectors": f"{PHOTO_VECTORS}.npy" if has_photos else None,
+            "attribute_probabilities": {name: f"{ATTR_PROBS_PREFIX}{name}.npy" for name in model.attributes},
+            "calibration": CALIBRATION if cal is not None else None, "fusion": FUSION, "rejects": REJECTS,
+        },
+        "attribute_labels": {k: list(v) for k, v in model.attributes.items()},
+        "attribute_head_agreement": head_agreement(a, model),
+        "calibration": {"method": settings.calibration_method, "seed": settings.seed, "notes": notes,
+                        **gap_summary(cal)},
+    }
+    store = BundleStore(index_root)
+    with store.writer(model_manifest_hash=model.model_hash, index=index) as w:
+        w.metadata.insert_many(product_of(i, s) for i, s in enumerate(a.rows))
+        w.attach_array(TITLE_VECTORS, a.title)
+        if has_photos:
+            w.attach_array(PHOTO_VECTORS, a.photo)
+        for name, probs in a.attributes.items():
+            w.attach_array(ATTR_PROBS_PREFIX + name, probs)
+        if cal is not None:
+            w.attach(CALIBRATION, (cal.model_dump_json(indent=2) + "\n").encode())
+        w.attach(FUSION, (settings.fusion.model_dump_json(indent=2) + "\n").encode())
+        w.attach(REJECTS, rejects_jsonl(all_rejects))
+        w.attach(INDEX_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    assert w.bundle_id is not None
+    return w.bundle_id, info

@@ -1,0 +1,1 @@
+"""The search engine facade and its request/response models."""

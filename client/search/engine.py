@@ -1,0 +1,349 @@
+"""The search facade: embed -> retrieve (adaptive over-fetch) -> exact re-score -> calibrate -> fuse
+-> facets, under the caller's deadline.
+
+Everything heavy is loaded once at start-up (index, title vectors, facet columns, popularity,
+calibration, fusion weights); a search touches SQLite only for the final hits' titles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lenscope.client.core import contract
+from lenscope.client.ranking.calibration import CalibrationSet
+from lenscope.client.ranking.facets import AttributeTable, FacetError, FilterSpec, UnknownFacetError, apply_filters, facet_counts, over_fetch
+from lenscope.client.index.bundle import IndexBundle, ModelVersionMismatch
+from lenscope.client.core.manifest import Manifest
+from lenscope.client.ranking.fusion import SIGNAL_PAIR, FusionWeights, attribute_agreement, encode_labels, fuse, popularity_prior
+from lenscope.client.search.models import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    Hit,
+    OverFetchInfo,
+    QueryError,
+    SearchQuery,
+    SearchResult,
+)
+from lenscope.client.triton.client import EmbedResult, TritonEmbedder, TritonError
+from lenscope.client.vectors.contract import RecallMonitor
+
+_log = structlog.get_logger("lenscope.search")
+
+CALIBRATION_ATTACHMENT = "calibration.json"
+FUSION_ATTACHMENT = "fusion.json"
+TITLE_VECTORS = "title_vectors"
+
+
+class SearchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rerank_depth: int = Field(100, ge=1, le=10_000)  # filtered candidates re-ranked per query
+    max_candidates: int = Field(2000, ge=10, le=100_000)  # over-fetch bound
+    growth: float = Field(4.0, gt=1.0)
+    default_deadline_s: float = Field(1.0, gt=0)
+    # share of the remaining deadline handed to Triton, so the service can still answer in time
+    triton_share: float = Field(0.8, gt=0, le=1)
+    facet_max_values: int = Field(25, ge=1)
+    recall_sample_rate: float = Field(0.02, ge=0, le=1)
+    model_check_interval_s: float = Field(5.0, gt=0)
+
+
+@dataclass
+class _Embedded:
+    image: np.ndarray | None
+    text: np.ndarray | None
+    attributes: dict[str, np.ndarray]
+
+
+class SearchEngine:
+    """Serves one index bundle with the Triton model that built it."""
+
+    def __init__(self, embedder: TritonEmbedder, bundle: IndexBundle, settings: SearchSettings = SearchSettings()):
+        self.embedder = embedder
+        self.bundle = bundle
+        self.settings = settings
+        self.model = Manifest.model_validate(embedder.manifest())
+        bundle.require_model(self.model.model_hash)
+        self._served_hash = self.model.model_hash
+        self._checked_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
+
+        self.calibration = _load_model(bundle, CALIBRATION_ATTACHMENT, CalibrationSet)
+        self.weights = _load_model(bundle, FUSION_ATTACHMENT, FusionWeights) or FusionWeights()
+        titles = bundle.load_array(TITLE_VECTORS)
+        self.title_vectors = None if titles is None else np.asarray(titles, dtype=np.float32)
+
+        row_ids = np.asarray(bundle.metadata.row_ids(), dtype=np.int64)
+        self._n = int(row_ids.max()) + 1 if row_ids.size else 0
+        self._facets = tuple(sorted(bundle.metadata.attribute_names()))
+        values = bundle.metadata.attribute_values(row_ids.tolist(), list(self._facets))
+        columns: dict[str, list[str | None]] = {f: [None] * self._n for f in self._facets}
+        for f in self._facets:
+            for rid, vals in zip(row_ids.tolist(), values[f]):
+                columns[f][rid] = vals[0] if vals else None
+        self.attributes = AttributeTable.from_columns(columns)
+        # label indices per model attribute, for attribute agreement with the heads' predictions
+        self._label_codes = {
+            a: encode_labels(columns[a], labels) for a, labels in self.model.labels.items() if a in columns
+        }
+        pop = np.zeros(self._n)
+        pop[row_ids] = np.nan_to_num(np.asarray(bundle.metadata.popularity(row_ids.tolist()), dtype=np.float64))
+        self.popularity = popularity_prior(pop, float(pop.max(initial=0.0)))
+        self.recall = RecallMonitor(bundle.index, k=10, sample_rate=settings.recall_sample_rate)
+
+    # -- service protocol -----------------------------------------------------------------------
+    @property
+    def model_hash(self) -> str:
+        return self.model.model_hash
+
+    @property
+    def index_version(self) -> str:
+        return self.bundle.version
+
+    def facet_names(self) -> list[str]:
+        return list(self._facets)
+
+    def ready(self) -> bool:
+        """Triton ready and still serving the model this index was built with."""
+        if not self.embedder.is_ready():
+            return False
+        self._refresh_model_hash(force=True)
+        return self._served_hash == self.model.model_hash
+
+    def ann_recall(self) -> float | None:
+        return self.recall.recall
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(self, q: SearchQuery) -> SearchResult:
+        t0 = time.perf_counter()
+        deadline = t0 + (q.deadline_s or self.settings.default_deadline_s)
+        filters, facet_names = self._validate(q)
+        self._refresh_model_hash(budget_s=(deadline - time.perf_counter()) * self.settings.triton_share)
+        if self._served_hash != self.model.model_hash:
+            raise ModelVersionMismatch(self.model.model_hash, self._served_hash, "Triton (query embeddings)")
+        timings: dict[str, float] = {}
+
+        emb = self._embed(q, deadline)
+        t1 = time.perf_counter()
+        timings["embed"] = 1000 * (t1 - t0)
+
+        queries = [v for v in (emb.image, emb.text) if v is not None]
+        target = max(q.top_k, self.settings.rerank_depth)
+        of = over_fetch(
+            lambda k: self._fetch(queries, emb, k),
+            lambda pool: apply_filters(self.attributes.take(pool), filters),
+            target, max_candidates=max(self.settings.max_candidates, target),
+            initial_k=target, growth=self.settings.growth,
+        )
+        pool = of.candidates
+        matched = pool[of.mask]
+        t2 = time.perf_counter()
+        timings["retrieve"] = 1000 * (t2 - t1)
+        _check_deadline(deadline, "retrieval")
+
+        raw = self._raw_signals(emb, matched)
+        calibrated = {name: self._calibrate(name, s) for name, s in raw.items() if self._usable(name)}
+        signals: dict[str, np.ndarray | None] = dict(calibrated)
+        if emb.attributes and self._label_codes and self.model.heads_trained:  # untrained heads: noise
+            probs = {a: emb.attributes[contract.attribute_output(a)] for a in self._label_codes}
+            signals["attributes"] = attribute_agreement(probs, {a: c[matched] for a, c in self._label_codes.items()})
+        signals["popularity"] = self.popularity[matched]
+        t3 = time.perf_counter()
+        timings["calibrate"] = 1000 * (t3 - t2)
+
+        fused = fuse(signals, self.weights)
+        order = fused.order(q.top_k)
+        t4 = time.perf_counter()
+        timings["fuse"] = 1000 * (t4 - t3)
+
+        facets = facet_counts(self.attributes.take(pool), filters, facet_names, max_values=self.settings.facet_max_values)
+        t5 = time.perf_counter()
+        timings["facets"] = 1000 * (t5 - t4)
+
+        hits = self._hits(matched, order, fused, raw, calibrated)
+        timings["total"] = 1000 * (time.perf_counter() - t0)
+        labels = self.model.labels
+        query_attrs = {}
+        if q.explain and emb.attributes:
+            query_attrs = {a: dict(zip(labels[a], map(float, emb.attributes[contract.attribute_output(a)])))
+                           for a in labels if contract.attribute_output(a) in emb.attributes}
+        return SearchResult(
+            hits=hits, facets=facets, timings_ms=timings, model_hash=self.model.model_hash,
+            index_version=self.bundle.version, query_attributes=query_attrs,
+            over_fetch=OverFetchInfo(candidates=int(pool.size), rounds=len(of.ks),
+                                     filled=int(of.mask.sum()) >= q.top_k, hit_bound=of.hit_bound),
+        )
+
+    def _validate(self, q: SearchQuery) -> tuple[FilterSpec, list[str]]:
+        if q.image is None and not (q.text and q.text.strip()):
+            raise QueryError("empty query: send an image, a non-blank text, or both")
+        try:
+            filters = FilterSpec(clauses={k: frozenset(v) for k, v in q.filters.items()})
+        except ValidationError as err:
+            raise QueryError(f"invalid filter: {err.errors()[0]['msg']}") from None
+        filters.check_known(self._facets)
+        for f in q.facets:
+            if f not in self._facets:
+                raise UnknownFacetError(f, self._facets)
+        return filters, list(q.facets) or list(self._facets)
+
+    def _refresh_model_hash(self, force: bool = False, budget_s: float | None = None) -> None:
+        """Re-read the served model's hash every model_check_interval_s, within the query's budget."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.settings.model_check_interval_s:
+            return
+        if budget_s is not None and budget_s <= 0:
+            return
+        with self._lock:
+            self._checked_at = now
+        try:
+            self._served_hash = self.embedder.manifest(timeout_s=budget_s)["model_hash"]
+        except TritonError:
+            pass  # unreachable or slow now: the embed call reports it with the query's own deadline
+
+    def _embed(self, q: SearchQuery, deadline: float) -> _Embedded:
+        budget = (deadline - time.perf_counter()) * self.settings.triton_share
+        if budget <= 0:
+            raise DeadlineExceeded("deadline exhausted before embedding")
+        img_f = self._pool.submit(self.embedder.embed_images, [q.image], budget) if q.image is not None else None
+        txt_f = self._pool.submit(self.embedder.embed_texts, [q.text], budget) if q.text and q.text.strip() else None
+        img = _unwrap(img_f.result(), "image") if img_f else None
+        txt = _unwrap(txt_f.result(), "text") if txt_f else None
+        return _Embedded(image=None if img is None else img.embedding, text=None if txt is None else txt.embedding,
+                         attributes={} if img is None else img.attributes)
+
+    def _fetch(self, queries: list[np.ndarray], emb: _Embedded, k: int) -> np.ndarray:
+        """The k best products for the query: each query vector's ANN top-k, merged on the
+        calibrated scale (raw cosines of different modality pairs are not comparable)."""
+        best: dict[int, float] = {}
+        for name, vec in (("visual", emb.image), ("text_image", emb.text)):
+            if vec is None:
+                continue
+            res = self.bundle.index.search(vec[None, :].astype(np.float32), k)
+            self.recall.observe(vec[None, :].astype(np.float32), res)
+            ids, scores = res.ids[0], res.scores[0]
+            keep = ids >= 0
+            cal = self._calibrate(name, scores[keep])
+            for i, s in zip(ids[keep].tolist(), cal.tolist()):
+                if s > best.get(i, -math.inf):
+                    best[i] = s
+        ranked = sorted(best.items(), key=lambda kv: -kv[1])[:k]
+        return np.fromiter((i for i, _ in ranked), np.int64, len(ranked))
+
+    def _raw_signals(self, emb: _Embedded, ids: np.ndarray) -> dict[str, np.ndarray]:
+        image_vecs = self.bundle.index.get_vectors(ids) if ids.size else np.zeros((0, self.model.embed_dim), np.float32)
+        titles = self.title_vectors[ids] if self.title_vectors is not None else None
+        raw = {}
+        if emb.image is not None:
+            raw["visual"] = image_vecs @ emb.image
+            if titles is not None:
+                raw["image_title"] = titles @ emb.image
+        if emb.text is not None:
+            raw["text_image"] = image_vecs @ emb.text
+            if titles is not None:
+                raw["text_title"] = titles @ emb.text
+        return {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
+
+    def _usable(self, signal: str) -> bool:
+        """A raw cosine never sits next to calibrated probabilities: with a calibration set, a
+        signal whose modality pair was not fitted is left out of fusion (it is still reported raw)."""
+        return self.calibration is None or SIGNAL_PAIR[signal] in self.calibration.pairs
+
+    def _calibrate(self, signal: str, scores: np.ndarray) -> np.ndarray:
+        pair = SIGNAL_PAIR[signal]
+        if self.calibration is None or pair not in self.calibration.pairs:
+            return np.asarray(scores, dtype=np.float64)  # uncalibrated: raw cosine (documented)
+        return self.calibration.apply(pair, np.asarray(scores, dtype=np.float64))
+
+    def _hits(self, ids: np.ndarray, order: np.ndarray, fused, raw: dict, calibrated: dict) -> list[Hit]:
+        chosen = ids[order]
+        products = self.bundle.metadata.get(chosen.tolist())
+        hits = []
+        for rank, (i, product) in enumerate(zip(order.tolist(), products)):
+            if product is None:
+                continue
+            hits.append(Hit(
+                product_id=product.product_id, title=product.title, image=product.image_path,
+                score=float(fused.scores[i]), breakdown=fused.breakdown(i),
+                raw={k: float(v[i]) for k, v in raw.items()},
+                calibrated={k: float(v[i]) for k, v in calibrated.items()},
+                attributes={k: v[0] for k, v in product.attributes.items() if v},
+                popularity=float(product.popularity or 0.0),
+            ))
+        return hits
+
+
+def _check_deadline(deadline: float, stage: str) -> None:
+    if time.perf_counter() > deadline:
+        raise DeadlineExceeded(f"deadline exceeded during {stage}")
+
+
+def _unwrap(results: list[EmbedResult], what: str) -> EmbedResult:
+    r = results[0]
+    if r.ok:
+        return r
+    err = r.error
+    if err.status == "DEADLINE_EXCEEDED":
+        raise DeadlineExceeded(f"embedding the {what} query took longer than the deadline allows")
+    if err.status == "INVALID_ARGUMENT":
+        raise QueryError(f"{what} rejected: {err.message}")
+    # The raw gRPC error names Triton's address: log it, tell the caller only what failed.
+    _log.warning("triton_embed_failed", what=what, status=err.status, error=err.message)
+    raise BackendUnavailable(f"Triton could not embed the {what} query ({err.status}); the embedding backend is unreachable or failing")
+
+
+def _load_model(bundle: IndexBundle, name: str, cls):
+    data = bundle.read_attachment(name)
+    if data is None:
+        return None
+    return cls.model_validate(json.loads(data))
+
+
+__all__ = ["SearchEngine", "SearchSettings", "FacetError"]
+
+
+def open_engine(triton_url: str, index_root: str, settings: SearchSettings = SearchSettings(),
+                triton_timeout_s: float = 2.0, faiss_threads: int = 1,
+                client_config: "ClientConfig | None" = None) -> SearchEngine:
+    """Connect to Triton, open the published index bundle built by Triton's model, build the engine.
+
+    FAISS runs single-threaded: the service parallelises across requests, and OpenMP threads
+    fighting over a few cores made batch-1 search ~10x slower in measurements.
+    """
+    import faiss
+
+    from lenscope.client.index.bundle import BundleStore
+    from lenscope.client.triton.client import ClientConfig
+
+    faiss.omp_set_num_threads(faiss_threads)
+    # client_config carries TLS / mutual-TLS material for the channel to Triton
+    embedder = TritonEmbedder(client_config or ClientConfig(url=triton_url, timeout_s=triton_timeout_s))
+    try:
+        served = embedder.manifest()["model_hash"]
+    except TritonError as err:
+        embedder.close()
+        raise BackendUnavailable(f"Triton at {triton_url} did not answer: {err}") from err
+    try:
+        bundle = BundleStore(index_root).open_current(expected_model_hash=served)
+    except BaseException:
+        embedder.close()
+        raise
+    try:
+        return SearchEngine(embedder, bundle, settings)
+    except BaseException:
+        bundle.close()
+        embedder.close()
+        raise

@@ -1,0 +1,1 @@
+"""The gRPC search service: servicer, health, Prometheus metrics, settings."""

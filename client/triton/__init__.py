@@ -1,0 +1,1 @@
+"""Triton Inference Server: the gRPC embedding client and the tritonserver launcher."""

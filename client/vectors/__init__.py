@@ -1,0 +1,1 @@
+"""Vector indexes behind one contract: FAISS (embedded) and Milvus (distributed)."""
