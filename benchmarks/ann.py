@@ -195,7 +195,8 @@ def bench_milvus(database: np.ndarray, queries: np.ndarray, truth: np.ndarray, w
                  max_seconds: float, log: Callable[[str], None], rounds: int = 1) -> dict[str, Any]:
     """Milvus Lite HNSW through ``MilvusIndex`` (exact re-scoring included), if the backend is installed."""
     try:
-        from lenscope.client.vectors.milvus_index import MilvusIndex, MilvusIndexConfig
+        from lenscope.client.vectors.milvus_config import MilvusIndexConfig
+        from lenscope.client.vectors.milvus_index import MilvusIndex
     except Exception as err:  # noqa: BLE001 - optional backend
         return {"skipped": f"lenscope.client.vectors.milvus_index not importable: {type(err).__name__}: {err}"}
     import shutil
@@ -245,7 +246,7 @@ def catalog_embeddings(workdir: Path, n_products: int, n_queries: int, spec: Pat
     import onnxruntime as ort
 
     from lenscope.client.core import contract
-    from lenscope.client.catalog.format import read_catalog, read_queries
+    from lenscope.client.catalog.reader import read_catalog, read_queries
     from lenscope.client.core.manifest import load_manifest
     from lenscope.client.inputs.preprocess import preprocess_bytes
     from lenscope.client.inputs.tokenizer import ClipTokenizer

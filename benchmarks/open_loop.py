@@ -48,7 +48,7 @@ def query_mix(catalog_root: Path, mix: dict[str, float], count: int = 400, seed:
               top_k: int = 10) -> list[tuple[str, search_pb2.SearchRequest]]:
     """``count`` real queries from the catalog's queries.jsonl (user photos, shopper texts, both), drawn
     in the proportions of ``mix`` (keys: image, text, image+text)."""
-    from lenscope.client.catalog.format import read_queries
+    from lenscope.client.catalog.reader import read_queries
 
     queries = read_queries(catalog_root / "queries.jsonl").queries
     pools: dict[str, list[search_pb2.SearchRequest]] = {"image": [], "text": [], "image+text": []}

@@ -96,7 +96,7 @@ def perf_analyzer() -> tuple[Path, dict[str, str]]:
     env = dict(os.environ)
     if os.environ.get(PA_ENV):
         return Path(os.environ[PA_ENV]), env
-    from lenscope.client.triton.server import cache_root, locate_triton
+    from lenscope.client.triton.install import cache_root, locate_triton
 
     lock = PA_LOCK.read_bytes()
     home = cache_root() / "perf-analyzer" / hashlib.sha256(lock).hexdigest()[:16]
@@ -148,7 +148,7 @@ def perf_analyzer() -> tuple[Path, dict[str, str]]:
 
 def load_inputs(catalog_root: Path, limit: int) -> tuple[list[bytes], list[str]]:
     """Real query images (user photos, then catalog shots) and real titles, ``limit`` of each."""
-    from lenscope.client.catalog.format import read_catalog
+    from lenscope.client.catalog.reader import read_catalog
 
     rows = read_catalog(catalog_root / "catalog.jsonl").rows
     photos = [catalog_root / r.photo for r in rows if r.photo]

@@ -135,7 +135,8 @@ def _train_config(run: ModelRun, budget: Budget) -> dict[str, Any]:
 def stage_train(workdir: Path, budget: Budget, data: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """Train every run whose checkpoint (with the same config) is not cached yet."""
     from lenscope.client.core.modelspec import load_spec
-    from lenscope.export.train import TrainConfig, train
+    from lenscope.export.training.config import TrainConfig
+    from lenscope.export.training.loop import train
 
     models = workdir / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -194,12 +195,14 @@ def stage_fit(workdir: Path, data: dict[str, Path], reports: Path) -> dict[str, 
     """Fit the shipped default's calibration + fusion on the val split through the live stack
     (what `lenscope rerank fit` does) and write them next to its checkpoint; deterministic, so a
     rerun rewrites the same files."""
-    from lenscope.client.eval.harness import EvalConfig, fit_and_save
+    from lenscope.client.eval.config import EvalConfig
+    from lenscope.client.eval.fitting import fit_and_save
+    from lenscope.export.pipeline import export_model
 
     log("fit: the shipped default's calibration + fusion weights on the val split")
     t0 = time.perf_counter()
     config = EvalConfig(catalog=data["catalog"], queries=data["queries"], workdir=workdir / "fit-default",
-                        spec=SHIPPED_SPEC, split="val", fidelity=False)
+                        spec=SHIPPED_SPEC, split="val", fidelity=False, exporter=export_model)
     summary = fit_and_save(config, SHIPPED_FUSION, SHIPPED_CALIBRATION, log=lambda m: log(f"  [fit] {m}"))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     summary["command"] = ("lenscope rerank fit --catalog <catalog> --spec export/specs/lenscope-tiny.json "
@@ -227,7 +230,11 @@ def _spec_for(run_name: str, checkpoint: Path, workdir: Path) -> Path:
 
 def stage_eval(workdir: Path, data: dict[str, Path], names: list[str]) -> dict[str, dict[str, Any]]:
     """Every model through the live stack; per-model reports under <workdir>/eval/<name>/."""
-    from lenscope.client.eval.harness import EvalConfig, evaluate, write_report
+    from lenscope.client.eval.config import EvalConfig
+    from lenscope.client.eval.harness import evaluate
+    from lenscope.client.eval.report import write_report
+    from lenscope.export.fidelity import TORCH_RANKER
+    from lenscope.export.pipeline import export_model
 
     results: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -251,7 +258,8 @@ def stage_eval(workdir: Path, data: dict[str, Path], names: list[str]) -> dict[s
         log(f"eval {name}: {spec}")
         t0 = time.perf_counter()
         config = EvalConfig(catalog=data["catalog"], queries=data["queries"], workdir=out / "work", spec=spec,
-                            use_shipped=shipped, fit_split="val", fidelity=True)
+                            use_shipped=shipped, fit_split="val", fidelity=True, exporter=export_model,
+                            torch_ranker=TORCH_RANKER)
         report = evaluate(config, log=lambda m, n=name: log(f"  [{n}] {m}"))
         report["_stamp"] = stamp
         files = write_report(report, out / "report", name)
@@ -373,7 +381,7 @@ def _bar_plot(evals: dict[str, dict], names: list[str], path: Path) -> None:
 
 def render(summary: dict[str, Any], evals: dict[str, dict], budget: Budget, reports: Path,
            plots: dict[str, str]) -> str:
-    from lenscope.client.eval.harness import metrics_markdown
+    from lenscope.client.eval.report import metrics_markdown
 
     h = summary["headline"]
     tr = summary["training"]

@@ -19,9 +19,9 @@ import numpy as np
 from rich.console import Console
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog.format import read_catalog
+from lenscope.client.catalog.reader import read_catalog
 from lenscope.client.cli.demo import ensure_catalog, ensure_repository
-from lenscope.client.index.bundle import BundleStore
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.job import IndexBuildConfig, build_index
 from lenscope.client.core.manifest import load_manifest
 from lenscope.client.search.engine import SearchSettings, open_engine

@@ -114,7 +114,7 @@ def ensure_catalog(root: Path, n_products: int, seed: int = 0) -> Path:
 
 def ensure_index(catalog: Path, index_root: Path, triton_url: str, model_hash: str, log=print) -> Path:
     """An index bundle for ``catalog`` built through Triton, reused when it matches the served model."""
-    from lenscope.client.index.bundle import BundleStore
+    from lenscope.client.index.bundle_store import BundleStore
     from lenscope.client.index.job import IndexBuildConfig, build_index
     from lenscope.client.triton.client import ClientConfig, TritonEmbedder
 
@@ -163,7 +163,7 @@ class ServiceProcess:
     @classmethod
     def start(cls, index_root: Path, triton_url: str, log_path: Path, *, max_inflight: int | None = None,
               env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> "ServiceProcess":
-        from lenscope.client.triton.server import free_ports
+        from lenscope.client.triton.ports import free_ports
 
         port, metrics_port = free_ports(2)
         child_env = dict(os.environ)

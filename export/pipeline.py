@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import tempfile
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from lenscope.client.core import contract
-from lenscope.client.core.manifest import CheckpointInfo, Manifest, compute_model_hash
+from lenscope.client.core.manifest import CheckpointInfo, Manifest, RankingFit, compute_model_hash
 from lenscope.client.core.modelspec import load_spec
+from lenscope.client.ranking.calibration import parse_calibration
+from lenscope.client.ranking.fusion import parse_weights
 from lenscope.export.model import build_model, sha256_file
 from lenscope.export.onnx_export import export_onnx
 from lenscope.export.repository import RepositorySettings, write_repository
@@ -35,6 +38,20 @@ def default_vocab() -> Path:
     import open_clip.tokenizer
 
     return Path(open_clip.tokenizer.default_bpe())
+
+
+def ranking_fit_beside(checkpoint: Path | None) -> RankingFit | None:
+    """The fit shipped beside a checkpoint (`<stem>.fusion.json` + `<stem>.calibration.json`), both or
+    neither, validated here so that a broken file stops the export instead of a later index build."""
+    if checkpoint is None:
+        return None
+    files = {kind: checkpoint.with_name(f"{checkpoint.stem}.{kind}.json") for kind in ("fusion", "calibration")}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    data = {kind: json.loads(f.read_text(encoding="utf-8")) for kind, f in files.items()}
+    parse_weights(data["fusion"], str(files["fusion"]))
+    parse_calibration(data["calibration"], f"calibration file {files['calibration']}")
+    return RankingFit(source=", ".join(f.name for f in files.values()), **data)
 
 
 def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_repository/cpu"),
@@ -68,6 +85,7 @@ def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_reposit
             tool_versions=tool_versions(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extras={"parameters": n_params, "repository_settings": settings.model_dump()},
+            ranking_fit=ranking_fit_beside(model.checkpoint),
         )
         write_repository(Path(out), manifest, paths, default_vocab(), settings)
         if onnx_dir:  # everything `lenscope model build-trt` needs, next to the graphs

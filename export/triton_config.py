@@ -10,9 +10,9 @@ from typing import Literal
 
 from google.protobuf import json_format, text_format
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tritonclient.grpc import model_config_pb2  # Triton's own schema: configs are rendered through it
 
 from lenscope.client.core.contract import Tensor
-from lenscope.client.triton.client import model_config_pb2
 
 
 class ConfigError(ValueError):

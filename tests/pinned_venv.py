@@ -20,7 +20,7 @@ def pinned_tool(name: str, lock: Path, override_env: str, error: type[Exception]
     """Path to `name` from a venv built from `lock` (or the binary named by $override_env)."""
     if os.environ.get(override_env):
         return Path(os.environ[override_env])
-    from lenscope.client.triton.server import cache_root
+    from lenscope.client.triton.install import cache_root
 
     env = cache_root() / name / hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
     binary = env / "bin" / name

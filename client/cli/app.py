@@ -111,7 +111,8 @@ def model_train(
 
     from lenscope.client.core.modelspec import SpecError, load_spec
     from lenscope.export.pipeline import DEFAULT_SPEC
-    from lenscope.export.train import TrainConfig, TrainError, train
+    from lenscope.export.training.config import TrainConfig, TrainError
+    from lenscope.export.training.loop import train
 
     spec_path = spec or DEFAULT_SPEC
     try:

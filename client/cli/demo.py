@@ -15,7 +15,7 @@ from rich.console import Console
 
 from lenscope.client.core import contract
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog.format import read_catalog
+from lenscope.client.catalog.reader import read_catalog
 from lenscope.client.cli.search import render
 from lenscope.client.core.manifest import load_manifest
 from lenscope.client.triton.server import start_server
@@ -87,7 +87,7 @@ def serve_web_until(search_target: str, catalog: Path, port: int, seconds: float
 def run_demo(repository: Path, reexport: bool = False, console: Console | None = None,
              workdir: Path = Path(".lenscope/demo"), web_port: int | None = None,
              web_seconds: float = 0.0) -> list[search_pb2.SearchResponse]:
-    from lenscope.client.index.bundle import BundleStore
+    from lenscope.client.index.bundle_store import BundleStore
     from lenscope.client.index.job import IndexBuildConfig, build_index
     from lenscope.client.search.engine import SearchSettings, open_engine
     from lenscope.client.service.server import serve

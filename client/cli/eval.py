@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -45,6 +45,22 @@ def _model_source(repository: Optional[Path], spec: Optional[Path]) -> tuple[Opt
     return repository, spec
 
 
+def _export_model(spec_path: Path, out: Path, *, log: Callable[[str], None]) -> Any:
+    """The harness's exporter for --spec: imports the export package (and torch) only when exporting."""
+    from lenscope.export.pipeline import export_model
+
+    return export_model(spec_path, out, log=log)
+
+
+def _torch_ranker() -> Any:
+    """The torch side of the export-fidelity check, or None where the export package is not installed."""
+    try:
+        from lenscope.export.fidelity import TORCH_RANKER
+    except ImportError:
+        return None
+    return TORCH_RANKER
+
+
 def eval_command(
     catalog: Path = typer.Option(..., exists=True, dir_okay=False, help="Catalog (.jsonl/.csv) in the documented format."),
     queries: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
@@ -73,9 +89,11 @@ def eval_command(
     """Run labelled queries through the live stack (tritonserver + index + re-ranker) and write a report:
     Recall@1/5/10, nDCG@10, MRR per query type and ranking variant, modality gap, heads, export fidelity."""
     from lenscope.client.ranking.calibration import CalibrationError
-    from lenscope.client.catalog.format import CatalogError
-    from lenscope.client.eval.harness import EvalConfig, EvaluationError, evaluate, write_report
-    from lenscope.client.ranking.fusion_fit import FitError
+    from lenscope.client.catalog.rows import CatalogError
+    from lenscope.client.eval.config import EvalConfig, EvaluationError
+    from lenscope.client.eval.harness import evaluate
+    from lenscope.client.eval.report import write_report
+    from lenscope.client.ranking.pools import FitError
     from lenscope.client.core.modelspec import SpecError
     from lenscope.client.ranking.fusion import WeightsError
 
@@ -90,14 +108,15 @@ def eval_command(
         catalog=catalog, queries=queries, workdir=workdir, split=split, repository=repository, spec=spec,
         fusion=fusion, calibration=calibration, use_shipped=shipped, fit_split=None if fit_on == "none" else fit_on,
         min_grade=_threshold(min_grade), max_queries_per_type=max_queries, fidelity=fidelity,  # type: ignore[arg-type]
-        fidelity_tolerance_points=tolerance, plots=plots,
+        fidelity_tolerance_points=tolerance, plots=plots, exporter=_export_model,
+        torch_ranker=_torch_ranker() if fidelity else None,
     )
     try:
         report = evaluate(config, log=console.print)
     except (EvaluationError, CatalogError, SpecError, CalibrationError, WeightsError, FitError) as err:
         _fail(str(err))
     files = write_report(report, out, name, plots=plots)
-    from lenscope.client.eval.harness import TYPE_LABEL
+    from lenscope.client.eval.config import TYPE_LABEL
 
     for t, h in report["headline"].items():
         fused = h.get("fused", {})
@@ -130,8 +149,10 @@ def fit_fusion_command(
     max_queries: Optional[int] = typer.Option(None, min=1, help="At most this many queries per type."),
 ) -> None:
     """Learn fusion weights (and per-pair calibration) by logistic regression from labelled data."""
-    from lenscope.client.catalog.format import CatalogError
-    from lenscope.client.ranking.fusion_fit import FitError, learn_fusion, read_labelled_rows
+    from lenscope.client.catalog.rows import CatalogError
+    from lenscope.client.ranking.fusion_pointwise import learn_fusion
+    from lenscope.client.ranking.labelled_rows import read_labelled_rows
+    from lenscope.client.ranking.pools import FitError
     from lenscope.client.core.modelspec import SpecError
     from lenscope.client.ranking.fusion import save_weights
 
@@ -156,11 +177,13 @@ def fit_fusion_command(
     if split == "test":
         console.print("[yellow]warning:[/] fitting on the test split: evaluate on another split")
     thresholds = ("max", 2) if relevant == "auto" else (_threshold(relevant),)
-    from lenscope.client.eval.harness import EvalConfig, EvaluationError, fit_and_save
+    from lenscope.client.eval.config import EvalConfig, EvaluationError
+    from lenscope.client.eval.fitting import fit_and_save
 
     repository, spec = _model_source(repository, spec)
     config = EvalConfig(catalog=catalog, queries=queries, workdir=workdir, split=split,  # type: ignore[arg-type]
-                        repository=repository, spec=spec, max_queries_per_type=max_queries, fidelity=False)
+                        repository=repository, spec=spec, max_queries_per_type=max_queries, fidelity=False,
+                        exporter=_export_model)
     try:
         summary = fit_and_save(config, out, calibration_out, thresholds=thresholds, method=method,  # type: ignore[arg-type]
                                log=console.print)

@@ -59,7 +59,7 @@ def index_build_command(
     from pydantic import ValidationError
 
     from lenscope.client.ranking.calibration import CalibrationError
-    from lenscope.client.catalog.format import CatalogError
+    from lenscope.client.catalog.rows import CatalogError
     from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.checkpoint import WorkDirBusy
     from lenscope.client.index.job import IndexBuildConfig, IndexBuildInterrupted, build_index

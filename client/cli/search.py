@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
+from lenscope.client.search.models import ordered_timings
 
 REQUEST_ID_KEY = "x-request-id"
 # Protobuf maps arrive unordered: print stages in pipeline order, unknown ones after, totals last.
-STAGE_ORDER = ("embed", "retrieve", "calibrate", "fuse", "facets")
 
 console = Console()
 
@@ -78,10 +78,8 @@ def render(response: search_pb2.SearchResponse, out: Console) -> None:
     for attr, probs in sorted(response.query_attributes.items()):
         top = sorted(probs.probabilities.items(), key=lambda kv: -kv[1])[:3]
         out.print(f"[bold]query {attr}[/]: " + ", ".join(f"{label} {p:.2f}" for label, p in top))
-    timings = dict(response.timings_ms)
-    rank = {stage: i for i, stage in enumerate((*STAGE_ORDER, "engine_total", "total"))}
-    stages = sorted(timings, key=lambda s: (rank.get(s, len(STAGE_ORDER) - 0.5), s))
-    parts = [f"[bold]{s} {timings[s]:.1f}[/]" if s == "total" else f"{s} {timings[s]:.1f}" for s in stages]
+    parts = [f"[bold]{s} {ms:.1f}[/]" if s == "total" else f"{s} {ms:.1f}"
+             for s, ms in ordered_timings(dict(response.timings_ms))]
     out.print("timings (ms): " + " | ".join(parts))
     of = response.over_fetch
     out.print(

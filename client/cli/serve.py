@@ -8,6 +8,7 @@ process supervisor expects.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -17,11 +18,8 @@ from typing import Optional
 
 import typer
 
-from lenscope.client.triton.server import (
-    TritonServer,
-    TritonServerConfig,
-    TritonServerError,
-)
+from lenscope.client.triton.errors import TritonServerError
+from lenscope.client.triton.server import TritonServer, TritonServerConfig
 
 serve_app = typer.Typer(
     help="Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly).",
@@ -112,12 +110,14 @@ def triton(
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # The handler runs on the main thread, possibly inside _echo holding its lock: write straight
+        # to the file descriptor (no lock, no buffered writer) so that a signal can never deadlock.
         if stopping.is_set():  # second signal: stop waiting for a graceful exit
-            _echo(f"lenscope: {signal.Signals(signum).name} again, killing tritonserver\n")
+            os.write(sys.stdout.fileno(), f"lenscope: {signal.Signals(signum).name} again, killing tritonserver\n".encode())
             server.kill()
             return
         stopping.set()
-        _echo(f"lenscope: {signal.Signals(signum).name} received, stopping tritonserver\n")
+        os.write(sys.stdout.fileno(), f"lenscope: {signal.Signals(signum).name} received, stopping tritonserver\n".encode())
         server.terminate()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}

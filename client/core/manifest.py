@@ -25,6 +25,17 @@ class CheckpointInfo(BaseModel):
     sha256: str
 
 
+class RankingFit(BaseModel):
+    """Calibration + fusion weights fitted for this model (files beside its checkpoint at export time).
+
+    The manifest carries them so that consumers find a model's fit through the model repository alone,
+    never through the export package's folders. `source` names the files they came from."""
+
+    source: str
+    fusion: dict[str, Any]
+    calibration: dict[str, Any]
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -40,6 +51,7 @@ class Manifest(BaseModel):
     tool_versions: dict[str, str]
     created_at: str
     extras: dict[str, Any] = {}
+    ranking_fit: RankingFit | None = None
 
     @property
     def embed_dim(self) -> int:

@@ -46,8 +46,8 @@ from lenscope.client.index.embedder import (
 )
 from lenscope.client.index.reader import CatalogScan, Reject, fingerprint, scan_catalog
 from lenscope.client.index.writer import IndexKind, WriterSettings, assemble, rejects_jsonl, write_bundle
-from lenscope.client.ranking.calibration import load_calibration
-from lenscope.client.ranking.fusion import FusionWeights, load_weights
+from lenscope.client.ranking.calibration import CalibrationSet, load_calibration, parse_calibration
+from lenscope.client.ranking.fusion import FusionWeights, load_weights, parse_weights
 
 KILL_HOOK_ENV = "LENSCOPE_TEST_KILL_AFTER_CHUNKS"
 DEFAULT_REJECTS = "rejects.jsonl"
@@ -74,8 +74,8 @@ class IndexBuildConfig:
     rejects_path: Path | None = None  # default: <index_root>/rejects.jsonl
     fusion_weights: Path | None = None  # default: FusionWeights() defaults
     calibration: Path | None = None  # default: fitted on the catalog's own pairs
-    # Use the fusion weights + calibration shipped next to the served model's checkpoint (fitted on
-    # labelled validation queries), when neither file is given and they match the checkpoint.
+    # Use the fusion weights + calibration the served model's manifest carries (fitted on
+    # labelled validation queries at export time), when neither file is given.
     use_shipped_fit: bool = False
     calibration_method: Literal["platt", "isotonic"] = "platt"
     splits: tuple[str, ...] | None = None  # index only these catalog splits
@@ -118,9 +118,10 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
     scan = scan_catalog(config.catalog, splits=config.splits)
     model = _served_model(embedder)
     if config.use_shipped_fit and fusion_path is None and calibration_path is None:
-        fusion_path, calibration_path = _shipped_fit(embedder)
-        if fusion_path is not None:
-            fusion, calibration = load_weights(fusion_path), load_calibration(calibration_path)
+        shipped = _shipped_fit(embedder)
+        if shipped is not None:
+            fusion, calibration, source = shipped
+            log.info("using the fit the served model's manifest carries", source=source)
     t_read = time.perf_counter()
 
     work = WorkDir.open(config.index_root, catalog=scan.path.resolve(), catalog_sha256=scan.sha256,
@@ -231,20 +232,15 @@ def _embed_all(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, wo
     return chunks, resumed, todo
 
 
-def _shipped_fit(embedder: Embedder) -> tuple[Path | None, Path | None]:
-    """(fusion, calibration) files shipped with the served model's checkpoint; both or neither,
-    since weights are only meaningful on the calibrated scale they were fitted on."""
-    import lenscope.export  # the package directory only: no torch
-
-    from lenscope.client.ranking.fusion_fit import shipped_fit_files
-
-    ckpt = embedder.manifest().get("checkpoint") or {}
-    if not ckpt.get("file"):
-        return None, None
-    found = shipped_fit_files(ckpt["file"], ckpt.get("sha256"), Path(lenscope.export.__file__).parent / "weights")
-    if found["fusion"] is None or found["calibration"] is None:
-        return None, None
-    return found["fusion"], found["calibration"]
+def _shipped_fit(embedder: Embedder) -> tuple[FusionWeights, CalibrationSet, str] | None:
+    """The fusion weights + calibration the served model's manifest carries (fitted for that model at
+    export time), or None; found through the model repository, never the export package."""
+    fit = embedder.manifest().get("ranking_fit")
+    if not fit:
+        return None
+    return (parse_weights(fit["fusion"], f"in the served manifest ({fit['source']})"),
+            parse_calibration(fit["calibration"], f"calibration in the served manifest ({fit['source']})"),
+            fit["source"])
 
 
 def _served_model(embedder: Embedder) -> ModelInfo:

@@ -21,14 +21,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lenscope.client.catalog.format import (
-    CatalogError,
-    CatalogRow,
-    Problem,
+from lenscope.client.catalog.reader import (
     _csv_records,  # the record readers stay in one place; only validation differs here
     _jsonl_records,
     _problems,
 )
+from lenscope.client.catalog.rows import CatalogError, CatalogRow, Problem
 
 # Stable reject reasons (the rejects file and the summary count by these).
 INVALID_ROW = "invalid_row"

@@ -2,7 +2,7 @@
 
 Row ids are dense, 0..N-1, in catalog order among the accepted rows; they depend only on the
 catalog and each row's outcome (both checkpointed), so a resumed build assigns the same ids as an
-uninterrupted one. The bundle (see index_bundle.py) holds:
+uninterrupted one. The bundle (see index/bundle_store.py) holds:
 
 - the vector index over catalog image embeddings (row id -> vector), kind from the settings;
 - metadata: product_id, title, image path (as written in the catalog), attributes from the catalog
@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig, IVFPQConfig
-from lenscope.client.index.bundle import BundleStore
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.ranking.calibration import CalibrationSet
 from lenscope.client.index.calibration import calibration_pairs, fit_catalog_calibration, gap_summary
 from lenscope.client.index.embedder import EmbeddedChunk, ModelInfo

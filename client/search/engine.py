@@ -325,7 +325,7 @@ def open_engine(triton_url: str, index_root: str, settings: SearchSettings = Sea
     """
     import faiss
 
-    from lenscope.client.index.bundle import BundleStore
+    from lenscope.client.index.bundle_store import BundleStore
     from lenscope.client.triton.client import ClientConfig
 
     faiss.omp_set_num_threads(faiss_threads)

@@ -7,6 +7,17 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 
+# The engine's stages in pipeline order, then the totals; what the CLI and the web page display.
+STAGE_ORDER = ("embed", "retrieve", "calibrate", "fuse", "facets")
+TOTALS = ("engine_total", "total")
+
+
+def ordered_timings(timings: dict[str, float]) -> list[tuple[str, float]]:
+    """Per-stage timings in pipeline order; stages this build does not know go before the totals."""
+    rank = {stage: i for i, stage in enumerate((*STAGE_ORDER, *TOTALS))}
+    return [(s, timings[s]) for s in sorted(timings, key=lambda s: (rank.get(s, len(STAGE_ORDER) - 0.5), s))]
+
+
 class QueryError(ValueError):
     """The caller's request is invalid (INVALID_ARGUMENT); the message says what to fix."""
 

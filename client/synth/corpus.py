@@ -6,7 +6,7 @@ It shares only what a web-scale corpus would share with a product catalog: colou
 few pattern words. No product category, brand, material or catalog backdrop appears, so a model
 pretrained here and evaluated on the catalog is a fair stand-in for an off-the-shelf CLIP.
 
-It is written in the catalog format (``catalog.py``) so the same training code reads it: one row
+It is written in the catalog format (``lenscope.client.catalog``) so the same training code reads it: one row
 per image, ``title`` = caption, ``category`` / ``color`` / ``pattern`` = the main object's, no
 photos, no queries; split ``train`` (95%) / ``val`` (5%).
 """
@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lenscope.client.synth import draw as draw
-from lenscope.client.catalog.format import CatalogRow, write_catalog
+from lenscope.client.synth import camera, draw, scene
+from lenscope.client.catalog.rows import CatalogRow
+from lenscope.client.catalog.writer import write_catalog
 from lenscope.client.synth.draw import Prim, band, ellipse, poly, rounded_rect
-from lenscope.client.synth.catalog import RGB, CatalogPaths, ImageFormat
+from lenscope.client.synth.catalog import CatalogPaths, ImageFormat
+from lenscope.client.synth.products import RGB
 
 GENERATOR_VERSION = "lenscope-corpus-gen/1"
 
@@ -135,7 +137,7 @@ def _scene(size: int, rng: np.random.Generator, kind: str) -> np.ndarray:
         base = np.asarray([0.1, 0.35, 0.55], np.float32) * rng.uniform(0.8, 1.2)
         waves = 0.08 * np.sin(ys * 60 + rng.uniform(0, 6)) + 0.05 * rng.standard_normal((size, size, 1))
         return np.clip(base * (1 + waves), 0, 1).astype(np.float32)
-    return draw.scene_background(size, rng, kind)
+    return scene.scene_background(size, rng, kind)
 
 
 def _object_phrase(rng: np.random.Generator, kind: str, color: str, pattern_word: str) -> str:
@@ -176,8 +178,8 @@ def render_corpus_image(seed: int, index: int, size: int) -> tuple[np.ndarray, s
     else:
         o2 = _object_phrase(rng, *objs[1])
         caption = CAPTIONS_MANY[int(rng.integers(len(CAPTIONS_MANY)))].format(o=o, o2=o2, w=where)
-    canvas = draw.adjust_light(canvas, rng.uniform(0.85, 1.1), rng.uniform(0.9, 1.1), rng.uniform(-0.04, 0.04))
-    img = draw.to_image(canvas, rng, noise=rng.uniform(0.0, 0.02))
+    canvas = camera.adjust_light(canvas, rng.uniform(0.85, 1.1), rng.uniform(0.9, 1.1), rng.uniform(-0.04, 0.04))
+    img = camera.to_image(canvas, rng, noise=rng.uniform(0.0, 0.02))
     kind, color, pword = objs[0]
     return img, caption, {"category": kind, "color": color, "pattern": pword}
 
@@ -204,7 +206,7 @@ def generate_caption_corpus(
     for i in range(n_images):
         img, caption, attrs = render_corpus_image(seed, i, image_size)
         rel = f"images/c{i:07d}.{ext}"
-        (out / rel).write_bytes(draw.encode(img, image_format))
+        (out / rel).write_bytes(camera.encode(img, image_format))
         rows.append(CatalogRow(product_id=f"c{i:07d}", title=caption, image=rel, split="val" if i in val else "train",
                                **attrs))
     catalog = write_catalog(out / "corpus.jsonl", rows)

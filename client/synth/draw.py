@@ -1,5 +1,6 @@
-"""Procedural rendering: silhouettes made of primitives, painted with patterns and materials,
-composited onto backgrounds with shadows, clutter, lighting and camera degradation.
+"""Procedural rendering: silhouettes made of primitives, rasterized and painted with patterns and
+materials, with a cast shadow. Backgrounds and clutter are in ``scene.py``, lighting and camera
+degradation in ``camera.py``.
 
 Only Pillow and numpy, and every random choice comes from the ``numpy.random.Generator`` the caller
 passes, so a (seed, product) pair always gives the same pixels. Masks are drawn at 2x and
@@ -11,7 +12,6 @@ Unit coordinates: a silhouette lives in [-1, 1]^2, x to the right, y down.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -112,7 +112,7 @@ class Layers:
 _GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     if size not in _GRIDS:
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
         _GRIDS[size] = (xs, ys)
@@ -144,7 +144,7 @@ def rasterize(prims: list[Prim], place: Placement, size: int) -> Layers:
     m1, off1 = place.matrix(size)
     det = m1[0, 0] * m1[1, 1] - m1[0, 1] * m1[1, 0]  # 2x2 inverse by hand: np.linalg.inv costs ~1 ms
     inv = np.array([[m1[1, 1], -m1[0, 1]], [-m1[1, 0], m1[0, 0]]]) / det
-    xs, ys = _pixel_grid(size)
+    xs, ys = pixel_grid(size)
     dx, dy = xs - off1[0], ys - off1[1]
     u = (inv[0, 0] * dx + inv[0, 1] * dy).astype(np.float32)
     v = (inv[1, 0] * dx + inv[1, 1] * dy).astype(np.float32)
@@ -213,7 +213,7 @@ def pattern_masks(paint: Paint, u: np.ndarray, v: np.ndarray, px_per_unit: float
     raise ValueError(f"unknown pattern {paint.pattern!r}; known: {PATTERNS}")
 
 
-def _lowfreq(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+def lowfreq(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth noise in [-1, 1]: a tiny random grid bilinearly upscaled."""
     g = rng.uniform(0, 255, (cells, cells)).astype(np.uint8)
     img = Image.fromarray(g, "L").resize((size, size), Image.Resampling.BILINEAR)
@@ -239,11 +239,11 @@ def material_finish(paint: Paint, lay: Layers, rng: np.random.Generator, size: i
     if mat == "denim":
         return one + 0.08 * np.sin(2 * np.pi * (u + v) * 9.0) + 0.04 * fine, 0 * one
     if mat == "wool":
-        return one + 0.07 * _lowfreq(rng, size, 10) + 0.07 * fine, 0 * one
+        return one + 0.07 * lowfreq(rng, size, 10) + 0.07 * fine, 0 * one
     if mat == "leather":
-        return one + 0.06 * _lowfreq(rng, size, 7) + 0.015 * fine, spec(0.22, 0.22)
+        return one + 0.06 * lowfreq(rng, size, 7) + 0.015 * fine, spec(0.22, 0.22)
     if mat == "suede":
-        return one + 0.08 * _lowfreq(rng, size, 5) + 0.02 * fine, 0 * one
+        return one + 0.08 * lowfreq(rng, size, 5) + 0.02 * fine, 0 * one
     if mat == "canvas":
         return one + 0.05 * np.sin(2 * np.pi * u * 10) * np.sin(2 * np.pi * v * 10) + 0.03 * fine, 0 * one
     if mat == "nylon":
@@ -288,138 +288,3 @@ def cast_shadow(canvas: np.ndarray, alpha: np.ndarray, dx: float, dy: float, blu
         img = img.filter(ImageFilter.GaussianBlur(blur))
     sh = np.asarray(img, dtype=np.float32) / 255.0
     canvas *= (1.0 - strength * sh)[..., None]
-
-
-# ---------------------------------------------------------------------------------- backgrounds
-
-
-def studio_background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """Clean product-shot backdrops: white, light grey, warm or pastel, with a gentle gradient
-    and sometimes a floor line (the sweep of a photo table)."""
-    tones = ((0.97, 0.97, 0.97), (0.92, 0.92, 0.93), (0.95, 0.93, 0.89), (0.90, 0.93, 0.96),
-             (0.96, 0.91, 0.92), (0.88, 0.88, 0.86))
-    top = np.asarray(tones[rng.integers(len(tones))], np.float32) + rng.uniform(-0.03, 0.02)
-    grad = np.linspace(0.0, rng.uniform(-0.1, 0.06), size, dtype=np.float32)[:, None, None]
-    bg = np.broadcast_to(top, (size, size, 3)) + grad
-    if rng.random() < 0.35:
-        y = int(size * rng.uniform(0.6, 0.85))
-        bg = bg.copy()
-        bg[y:] *= rng.uniform(0.88, 0.96)
-    return np.clip(bg, 0, 1).astype(np.float32)
-
-
-SCENES = ("wood", "tiles", "fabric", "outdoor", "carpet", "wall")
-
-
-def scene_background(size: int, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
-    """Busy real-world surfaces for user photos."""
-    kind = kind or SCENES[rng.integers(len(SCENES))]
-    ys = np.linspace(0, 1, size, dtype=np.float32)[:, None]
-    xs = np.linspace(0, 1, size, dtype=np.float32)[None, :]
-    if kind == "wood":
-        base = np.asarray([0.55, 0.38, 0.22], np.float32) * rng.uniform(0.6, 1.3)
-        planks = np.floor(ys * rng.integers(3, 7) + 0 * xs)
-        grain = 0.08 * np.sin(2 * np.pi * (ys * 40 + 3 * _lowfreq(rng, size, 4)))
-        lum = 1 + grain + 0.1 * np.sin(planks * 2.7) + 0.04 * rng.standard_normal((size, size))
-        return np.clip(base * lum[..., None], 0, 1).astype(np.float32)
-    if kind == "tiles":
-        base = rng.uniform(0.5, 0.95, 3).astype(np.float32)
-        n = rng.integers(3, 7)
-        grout = ((np.mod(xs * n, 1) < 0.06) | (np.mod(ys * n, 1) < 0.06)).astype(np.float32)
-        lum = 1 - 0.35 * grout + 0.03 * rng.standard_normal((size, size))
-        return np.clip(base * lum[..., None], 0, 1).astype(np.float32)
-    if kind == "fabric":
-        base = rng.uniform(0.2, 0.9, 3).astype(np.float32)
-        folds = 0.15 * _lowfreq(rng, size, 4) + 0.05 * rng.standard_normal((size, size))
-        return np.clip(base * (1 + folds)[..., None], 0, 1).astype(np.float32)
-    if kind == "outdoor":
-        sky = np.asarray([0.55, 0.72, 0.92], np.float32) * rng.uniform(0.8, 1.1)
-        ground = np.asarray([[0.35, 0.5, 0.25], [0.5, 0.5, 0.5], [0.7, 0.62, 0.45]][rng.integers(3)], np.float32)
-        horizon = rng.uniform(0.3, 0.7) + 0.05 * np.sin(xs * 6 + rng.uniform(0, 6))
-        t = np.clip((ys - horizon) * size / 3, 0, 1)[..., None]
-        img = sky * (1 - t) + ground * t
-        img = img * (1 + 0.08 * _lowfreq(rng, size, 8)[..., None])
-        return np.clip(img, 0, 1).astype(np.float32)
-    if kind == "carpet":
-        base = rng.uniform(0.15, 0.8, 3).astype(np.float32)
-        noise = 0.12 * rng.standard_normal((size, size, 3)).astype(np.float32)
-        return np.clip(base + noise * base, 0, 1)
-    if kind == "wall":
-        wall = rng.uniform(0.55, 0.95, 3).astype(np.float32)
-        floor = rng.uniform(0.2, 0.6, 3).astype(np.float32)
-        t = (ys > rng.uniform(0.55, 0.8)).astype(np.float32)[..., None] + 0 * xs[..., None]
-        img = wall * (1 - t) + floor * t
-        return np.clip(img * (1 + 0.04 * rng.standard_normal((size, size, 1))), 0, 1).astype(np.float32)
-    raise ValueError(f"unknown scene {kind!r}; known: {SCENES}")
-
-
-def clutter(canvas: np.ndarray, rng: np.random.Generator, count: int, max_radius: float = 0.22) -> None:
-    """Random everyday blobs (coasters, books, cables) drawn straight onto the canvas."""
-    size = canvas.shape[0]
-    for _ in range(count):
-        img = Image.new("L", (size, size), 0)
-        d = ImageDraw.Draw(img)
-        cx, cy = rng.uniform(0, size, 2)
-        r = size * rng.uniform(0.05, max_radius)
-        kind = rng.integers(3)
-        if kind == 0:
-            d.ellipse([cx - r, cy - r * rng.uniform(0.4, 1), cx + r, cy + r * rng.uniform(0.4, 1)], fill=255)
-        elif kind == 1:
-            ang = rng.uniform(0, math.pi)
-            w, h = r, r * rng.uniform(0.3, 1.0)
-            c, s = math.cos(ang), math.sin(ang)
-            pts = [(cx + c * x - s * y, cy + s * x + c * y) for x, y in ((-w, -h), (w, -h), (w, h), (-w, h))]
-            d.polygon(pts, fill=255)
-        else:
-            pts = [tuple(p) for p in rng.uniform(0, size, (4, 2))]
-            d.line(pts, fill=255, width=max(1, int(size / 40)), joint="curve")
-        m = (np.asarray(img, dtype=np.float32) / 255.0)[..., None]
-        col = rng.uniform(0.05, 0.95, 3).astype(np.float32)
-        canvas *= 1 - m
-        canvas += m * col
-
-
-# ------------------------------------------------------------------------------- camera / output
-
-
-def adjust_light(canvas: np.ndarray, brightness: float, contrast: float, warmth: float) -> np.ndarray:
-    mean = canvas.mean()
-    out = (canvas - mean) * contrast + mean
-    out = out * brightness * np.asarray([1 + warmth, 1.0, 1 - warmth], np.float32)
-    return np.clip(out, 0, 1)
-
-
-def vignette(canvas: np.ndarray, strength: float) -> np.ndarray:
-    size = canvas.shape[0]
-    xs, ys = _pixel_grid(size)
-    r2 = ((xs / size - 0.5) ** 2 + (ys / size - 0.5) ** 2) * 2
-    return canvas * (1 - strength * r2)[..., None]
-
-
-def to_image(canvas: np.ndarray, rng: np.random.Generator | None = None, noise: float = 0.0,
-             blur: float = 0.0, jpeg_quality: int | None = None) -> Image.Image:
-    """Float canvas -> 8-bit RGB image, with optional sensor noise, defocus and JPEG artefacts."""
-    arr = canvas
-    if noise > 0 and rng is not None:
-        arr = arr + rng.normal(0, noise, arr.shape).astype(np.float32)
-    img = Image.fromarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
-    if blur > 0:
-        img = img.filter(ImageFilter.GaussianBlur(blur))
-    if jpeg_quality is not None:
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=jpeg_quality)
-        buf.seek(0)
-        img = Image.open(buf)
-        img.load()
-        img = img.convert("RGB")
-    return img
-
-
-def encode(img: Image.Image, fmt: Literal["png", "jpeg"]) -> bytes:
-    """Deterministic bytes (no timestamps or random metadata in either encoder)."""
-    buf = io.BytesIO()
-    if fmt == "png":
-        img.save(buf, "PNG", compress_level=6)
-    else:
-        img.save(buf, "JPEG", quality=92)
-    return buf.getvalue()

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
-from tritonclient.grpc import model_config_pb2  # noqa: F401  (re-exported for the config writer)
 from tritonclient.utils import InferenceServerException
 
 from lenscope.client.core import contract

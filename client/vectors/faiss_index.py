@@ -30,15 +30,13 @@ from lenscope.client.vectors.contract import (
     check_k,
     empty_result,
 )
+from lenscope.client.vectors.rescoring import GATHER_BYTES, keep_best, rescore_positions
 
 SAVE_FORMAT_VERSION = 1
 STATE_FILE = "faiss_index.json"
 VECTORS_FILE = "vectors.npy"
 IDS_FILE = "ids.npy"
 FAISS_FILE = "index.faiss"
-
-# Bytes of gathered float32 vectors materialised at once while re-scoring or brute-forcing a subset.
-_GATHER_BYTES = 64 << 20
 
 
 class HNSWConfig(BaseModel):
@@ -261,7 +259,7 @@ class FaissIndex(VectorIndex):
         else:
             params = faiss.SearchParametersIVF(nprobe=self._config.ivfpq.nprobe, sel=selector)
         _, cand = self._faiss.search(queries, fetch, params=params)
-        return self._rescore(queries, cand, k)
+        return rescore_positions(self._vectors, self._ids, queries, cand, k)
 
     def exact_search(self, queries: np.ndarray, k: int, candidate_ids: np.ndarray | None = None) -> SearchResult:
         queries = as_unit_vectors(queries, self._dim, what="queries")
@@ -281,7 +279,7 @@ class FaissIndex(VectorIndex):
     def _exact(self, queries: np.ndarray, k: int, positions: np.ndarray | None) -> SearchResult:
         """Brute force over all rows (positions None) or a subset, block by block, then re-score."""
         total = self._n if positions is None else positions.size
-        block = max(1, _GATHER_BYTES // (4 * self._dim))
+        block = max(1, GATHER_BYTES // (4 * self._dim))
         best_s = np.empty((queries.shape[0], 0), dtype=np.float32)
         best_p = np.empty((queries.shape[0], 0), dtype=np.int64)
         for start in range(0, total, block):
@@ -294,37 +292,8 @@ class FaissIndex(VectorIndex):
             scores, local = faiss.knn(queries, base, min(k, stop - start), metric=faiss.METRIC_INNER_PRODUCT)
             best_s = np.concatenate([best_s, scores], axis=1)
             best_p = np.concatenate([best_p, np.where(local >= 0, rows[np.maximum(local, 0)], -1)], axis=1)
-            if best_s.shape[1] > k:
-                keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
-                best_s = np.take_along_axis(best_s, keep, axis=1)
-                best_p = np.take_along_axis(best_p, keep, axis=1)
-        return self._rescore(queries, best_p, k)
-
-    def _rescore(self, queries: np.ndarray, positions: np.ndarray, k: int) -> SearchResult:
-        """Exact inner products of each query with its candidate rows; top-k of those, best first.
-
-        Every score this class returns comes from here, so all paths (flat, HNSW, IVF-PQ, filtered)
-        produce the same numbers for the same (query, product) pair.
-        """
-        num_q, width = positions.shape
-        scores_out = np.full((num_q, k), -np.inf, dtype=np.float32)
-        ids_out = np.full((num_q, k), -1, dtype=np.int64)
-        step = max(1, _GATHER_BYTES // (4 * self._dim * max(width, 1)))
-        for start in range(0, num_q, step):
-            stop = min(start + step, num_q)
-            pos = positions[start:stop]
-            valid = pos >= 0
-            gathered = self._vectors[np.where(valid, pos, 0)]  # [q, width, dim]
-            scores = np.matmul(gathered, queries[start:stop, :, None])[..., 0]
-            scores[~valid] = -np.inf
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            take = order.shape[1]
-            top_s = np.take_along_axis(scores, order, axis=1)
-            top_p = np.take_along_axis(pos, order, axis=1)
-            hit = np.isfinite(top_s)
-            scores_out[start:stop, :take] = np.where(hit, top_s, -np.inf)
-            ids_out[start:stop, :take] = np.where(hit, self._ids[np.where(hit, top_p, 0)], -1)
-        return SearchResult(scores_out, ids_out)
+            best_s, best_p = keep_best(best_s, best_p, k)
+        return rescore_positions(self._vectors, self._ids, queries, best_p, k)
 
     # -- persistence -------------------------------------------------------------------------------
 

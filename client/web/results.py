@@ -6,11 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lenscope.client.api import search_pb2
-from lenscope.client.cli.search import STAGE_ORDER
+from lenscope.client.search.models import ordered_timings
 from lenscope.client.web.image_store import url_path
 from lenscope.client.web.query import PageQuery
-
-TOTALS = ("engine_total", "total")
 
 
 @dataclass(frozen=True)
@@ -98,9 +96,7 @@ def _card(rank: int, hit: search_pb2.Hit, order: list[str]) -> Card:
 
 
 def _timings(timings: dict[str, float]) -> tuple[tuple[str, float], ...]:
-    rank = {stage: i for i, stage in enumerate((*STAGE_ORDER, *TOTALS))}
-    stages = sorted(timings, key=lambda s: (rank.get(s, len(STAGE_ORDER) - 0.5), s))
-    return tuple((s, timings[s]) for s in stages)
+    return tuple(ordered_timings(timings))
 
 
 def present(response: search_pb2.SearchResponse, query: PageQuery) -> Results:

@@ -2,8 +2,8 @@
 
 Where the Python code defines a fact (Triton's default ports in ``TritonServerConfig``, the model
 names in ``contract``, the search service's ports, health service name, settings prefix and metric
-names in ``service_settings`` / ``service``), :func:`facts` takes it from there, so a change in the
-code shows up here. The table below is the fallback while a module is missing, and it also holds
+names in ``service.settings`` / ``service.servicer`` / ``service.observability``), :func:`facts` takes
+it from there, so a change in the code shows up here. The table below is the fallback while a module is missing, and it also holds
 what no Python module can state: Triton's own HTTP paths, flags and Prometheus metrics.
 ``test_deploy_contract.py::test_table_agrees_with_python`` fails when table and code drift apart.
 """
@@ -140,13 +140,20 @@ def facts() -> Facts:
         sources["search settings"] = "python:lenscope.client.service.settings.ServiceSettings"
 
     try:
-        from lenscope.client.service.server import SERVICE_NAME, ServiceMetrics
+        from lenscope.client.service.servicer import SERVICE_NAME
     except ImportError:
-        sources["search health + metrics"] = "table"
+        sources["search health"] = "table"
     else:
         search["health_service"] = SERVICE_NAME
+        sources["search health"] = "python:lenscope.client.service.servicer.SERVICE_NAME"
+
+    try:
+        from lenscope.client.service.observability import ServiceMetrics
+    except ImportError:
+        sources["search metrics"] = "table"
+    else:
         search["metrics"] = _metric_kinds(ServiceMetrics)
-        sources["search health + metrics"] = "python:lenscope.client.service.server"
+        sources["search metrics"] = "python:lenscope.client.service.observability.ServiceMetrics"
 
     try:
         from lenscope.client.cli.serve import search_service

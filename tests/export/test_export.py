@@ -150,3 +150,23 @@ def test_spec_errors_against_the_architecture(tmp_path: Path) -> None:
     data["checkpoint"] = str(garbage)
     with pytest.raises(SpecError, match="could not be read as a torch checkpoint"):
         build_model(parse_spec(data))
+
+
+def test_ranking_fit_beside_checkpoint_travels_in_the_manifest(tmp_path: Path) -> None:
+    """The fit files beside a checkpoint go into the manifest (both or neither, validated at export)."""
+    from lenscope.client.ranking.fusion import FusionWeights, WeightsError
+    from lenscope.export.pipeline import ranking_fit_beside
+
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"weights")
+    assert ranking_fit_beside(ckpt) is None and ranking_fit_beside(None) is None
+    (tmp_path / "m.fusion.json").write_text(FusionWeights().model_dump_json())
+    assert ranking_fit_beside(ckpt) is None  # fusion without its calibration scale is meaningless
+    shipped = DEFAULT_SPEC.parent.parent / "weights" / "lenscope-tiny.calibration.json"
+    (tmp_path / "m.calibration.json").write_text(shipped.read_text())
+    fit = ranking_fit_beside(ckpt)
+    assert fit is not None and fit.source == "m.fusion.json, m.calibration.json"
+    assert fit.fusion == json.loads(FusionWeights().model_dump_json())
+    (tmp_path / "m.fusion.json").write_text(json.dumps({"schema_version": 1, "visual": -1}))
+    with pytest.raises(WeightsError, match="m.fusion.json"):
+        ranking_fit_beside(ckpt)

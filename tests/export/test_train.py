@@ -15,12 +15,13 @@ pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
-from lenscope.client.catalog.format import read_catalog  # noqa: E402
+from lenscope.client.catalog.reader import read_catalog  # noqa: E402
 from lenscope.client.synth.catalog import generate_catalog  # noqa: E402
 from lenscope.client.core.modelspec import load_spec  # noqa: E402
 from lenscope.client.inputs.preprocess import preprocess_bytes  # noqa: E402
 from lenscope.export.model import build_model  # noqa: E402
-from lenscope.export.train import TrainConfig, TrainError, train  # noqa: E402
+from lenscope.export.training.config import TrainConfig, TrainError  # noqa: E402
+from lenscope.export.training.loop import train  # noqa: E402
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "export" / "specs" / "lenscope-tiny.json"
 FAST = dict(batch_size=16, warmup_steps=3, monitor_every=0, heads="none", threads=2, precision="fp32", save_fp16=False)

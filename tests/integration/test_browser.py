@@ -31,11 +31,13 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client.catalog.format import CatalogRow, read_catalog
+from lenscope.client.catalog.reader import read_catalog
+from lenscope.client.catalog.rows import CatalogRow
 from lenscope.client.search.engine import SearchSettings, open_engine
 from lenscope.client.service.server import serve
 from lenscope.client.service.settings import ServiceSettings
-from lenscope.client.triton.server import TritonServer, free_ports
+from lenscope.client.triton.ports import free_ports
+from lenscope.client.triton.server import TritonServer
 
 pytestmark = pytest.mark.integration
 

@@ -39,15 +39,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog.format import read_catalog
-from lenscope.client.index.bundle import BundleCorrupt, BundleError, BundleStore
+from lenscope.client.catalog.reader import read_catalog
+from lenscope.client.index.bundle import BundleCorrupt, BundleError
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.checkpoint import WORK_DIR
 from lenscope.client.index.job import KILL_HOOK_ENV, IndexBuildConfig, build_index
 from lenscope.client.search.engine import SearchSettings, open_engine
 from lenscope.client.service.server import serve
 from lenscope.client.service.settings import ServiceSettings
 from lenscope.client.triton.client import ClientConfig, TritonEmbedder
-from lenscope.client.triton.server import TritonServer, TritonServerConfig, free_ports
+from lenscope.client.triton.ports import free_ports
+from lenscope.client.triton.server import TritonServer, TritonServerConfig
 
 pytestmark = pytest.mark.integration
 

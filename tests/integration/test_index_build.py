@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from lenscope.client.cli import index as index_cli
 from lenscope.client.ranking.calibration import load_calibration
 from lenscope.client.synth.catalog import generate_catalog
-from lenscope.client.index.bundle import BundleStore
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.calibration import NO_TEXT_TITLE
 from lenscope.client.index.job import IndexBuildConfig, build_index
 from lenscope.client.core.manifest import Manifest

@@ -13,14 +13,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.catalog.format import read_catalog
+from lenscope.client.catalog.reader import read_catalog
 from lenscope.client.vectors.faiss_index import FaissIndex
-from lenscope.client.index.bundle import BundleStore, ModelVersionMismatch
+from lenscope.client.index.bundle import ModelVersionMismatch
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.search.engine import SearchSettings, open_engine
 from lenscope.client.search.models import BackendUnavailable, SearchQuery
 from lenscope.client.service.server import serve
 from lenscope.client.service.settings import ServiceSettings
-from lenscope.client.triton.server import TritonServer, TritonServerConfig, free_ports
+from lenscope.client.triton.ports import free_ports
+from lenscope.client.triton.server import TritonServer, TritonServerConfig
 from stack import running_service
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.index.bundle import BundleStore
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.search.engine import SearchEngine, SearchSettings, open_engine
 from lenscope.client.service.server import ServiceStartError, serve
 from lenscope.client.service.settings import ServiceSettings
@@ -361,7 +361,7 @@ def test_search_path_works_without_the_key(locked_triton: TritonServer, index_ro
 
 
 def test_unavailable_details_do_not_disclose_triton_address(engine) -> None:
-    from lenscope.client.triton.server import free_port
+    from lenscope.client.triton.ports import free_port
 
     dead_port = free_port()  # nothing listens here: what a frontend sees while Triton is down
     live, engine.embedder = engine.embedder, TritonEmbedder(ClientConfig(url=f"127.0.0.1:{dead_port}", timeout_s=2.0))

@@ -20,20 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from lenscope.client.triton import install as ti
 from lenscope.client.triton import server as ts
-from lenscope.client.triton.server import (
-    TritonNotInstalledError,
-    TritonServer,
-    TritonServerConfig,
-    TritonServerError,
-    free_port,
-    start_server,
-)
+from lenscope.client.triton.errors import TritonNotInstalledError, TritonServerError
+from lenscope.client.triton.ports import free_port, free_ports
+from lenscope.client.triton.server import TritonServer, TritonServerConfig, start_server
 
 pytestmark = pytest.mark.integration
 
 try:
-    INSTALL = ts.locate_triton()
+    INSTALL = ti.locate_triton()
 except TritonNotInstalledError as exc:  # pragma: no cover - depends on the environment
     pytest.skip(f"tritonserver not available: {exc}", allow_module_level=True)
 
@@ -161,7 +157,7 @@ def test_start_server_retries_when_a_port_is_taken(
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real_free_ports = ts.free_ports
+    real_free_ports = free_ports
     calls: list[list[int]] = []
 
     def first_time_clash(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -224,14 +220,14 @@ def _line_reader(stream) -> "queue.Queue[str | None]":  # type: ignore[no-untype
 def test_cli_serve_triton_stops_cleanly_on_signal(
     add_one_repository: Path, backend_cache: Path, signum: signal.Signals, tmp_path: Path
 ) -> None:
-    http, grpc, metrics = ts.free_ports(3)
+    http, grpc, metrics = free_ports(3)
     cli = subprocess.Popen(
         [sys.executable, "-c", "from lenscope.client.cli.serve import serve_app; serve_app()",
          "triton", "--model-repository", str(add_one_repository), "--http-port", str(http),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics),
          "--log-file", str(tmp_path / "triton.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, ts.CACHE_ENV: str(backend_cache)},
+        env={**os.environ, ti.CACHE_ENV: str(backend_cache)},
     )
     output: list[str] = []
     try:
@@ -276,7 +272,7 @@ def test_backend_directory_is_built_once_and_race_free(tmp_path: Path) -> None:
     def build() -> None:
         try:
             barrier.wait()
-            results.append(ts.prepare_backend_directory(INSTALL, tmp_path))
+            results.append(ti.prepare_backend_directory(INSTALL, tmp_path))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -293,12 +289,12 @@ def test_backend_directory_is_built_once_and_race_free(tmp_path: Path) -> None:
     assert (backend / "python" / "libtriton_python.so").is_file()
     assert [p.name for p in (tmp_path / "triton-backends").iterdir()] == [backend.name]
     mtime = stub.stat().st_mtime_ns
-    assert ts.prepare_backend_directory(INSTALL, tmp_path) == backend
+    assert ti.prepare_backend_directory(INSTALL, tmp_path) == backend
     assert stub.stat().st_mtime_ns == mtime
 
 
 def test_server_environment_puts_venv_and_libs_first() -> None:
-    env = ts.server_environment(INSTALL, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/x"})
+    env = ti.server_environment(INSTALL, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/x"})
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert str(INSTALL.libs_dir) in libs and libs[-1] == "/opt/x"
@@ -306,12 +302,12 @@ def test_server_environment_puts_venv_and_libs_first() -> None:
 
 def test_missing_installation_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     def not_found(name: str):  # type: ignore[no-untyped-def]
-        raise ts.importlib.metadata.PackageNotFoundError(name)
+        raise ti.importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(ts.importlib.metadata, "distribution", not_found)
-    monkeypatch.setattr(ts.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ti.importlib.metadata, "distribution", not_found)
+    monkeypatch.setattr(ti.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(TritonNotInstalledError, match="pip install nvidia-pytriton==0.7.0"):
-        ts.locate_triton()
+        ti.locate_triton()
 
 
 def test_config_validation_names_the_field(tmp_path: Path) -> None:

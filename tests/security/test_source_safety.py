@@ -30,7 +30,7 @@ ALLOWLIST: dict[tuple[str, str, str], str] = {
     ("export/model.py", "*", "torch.load"): (
         "loads a model checkpoint named in the operator's model spec, with weights_only=True (no pickled code "
         "objects), at export time only"),
-    ("export/train.py", "*", "torch.load"): (
+    ("export/training/loop.py", "*", "torch.load"): (
         "reads the model spec's checkpoint to fine-tune from it with fresh heads, with weights_only=True (no "
         "pickled code objects), at training time only"),
 }

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lenscope.client.catalog.format import (
-    CATALOG_COLUMNS,
-    CatalogError,
-    CatalogRow,
-    Query,
-    read_catalog,
-    read_queries,
-    write_catalog,
-    write_queries,
-)
+from lenscope.client.catalog.reader import read_catalog, read_queries
+from lenscope.client.catalog.rows import CATALOG_COLUMNS, CatalogError, CatalogRow, Query
+from lenscope.client.catalog.writer import write_catalog, write_queries
 
 
 def row(pid: str = "p1", **kw) -> dict:

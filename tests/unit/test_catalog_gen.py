@@ -11,20 +11,10 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from lenscope.client.catalog.format import read_catalog, read_queries
-from lenscope.client.synth.catalog import (
-    BRANDS,
-    CATEGORIES,
-    COLORS,
-    GRADE_CATEGORY,
-    GRADE_CATEGORY_COLOR,
-    GRADE_EXACT,
-    MATERIALS,
-    PATTERNS,
-    generate_catalog,
-    make_product,
-    make_title,
-)
+from lenscope.client.catalog.reader import read_catalog, read_queries
+from lenscope.client.synth.catalog import generate_catalog
+from lenscope.client.synth.products import BRANDS, CATEGORIES, COLORS, MATERIALS, PATTERNS, make_product, make_title
+from lenscope.client.synth.queries import GRADE_CATEGORY, GRADE_CATEGORY_COLOR, GRADE_EXACT
 from lenscope.client.synth.corpus import generate_caption_corpus
 
 N, SIZE = 60, 32

@@ -1,5 +1,6 @@
-"""Fitting calibration + fusion weights from labelled candidate pools (client/ranking/fusion_fit.py), and the
-harness's pure pieces (signal recovery from a breakdown)."""
+"""Fitting calibration + fusion weights from labelled candidate pools (client/ranking/: pools, fusion_pointwise,
+fusion_search, fusion_fit, modality_gap, labelled_rows), and the harness's pure pieces (signal recovery from a
+breakdown)."""
 
 from __future__ import annotations
 
@@ -12,28 +13,20 @@ import numpy as np
 import pytest
 
 from lenscope.client.ranking.calibration import CalibrationSet
-from lenscope.client.eval.harness import PROBE_WEIGHTS, headline, metric_table, signal_values, variants_for
-from lenscope.client.ranking.fusion_fit import (
+from lenscope.client.eval.queries import PROBE_WEIGHTS, signal_values, variants_for
+from lenscope.client.eval.tables import headline, metric_table
+from lenscope.client.ranking.fusion_fit import fit_fusion, mean_ndcg, rank_pool, weights_without
+from lenscope.client.ranking.fusion_pointwise import fuse_objective, impute_like_fuse, learn_fusion
+from lenscope.client.ranking.fusion_search import RankingData, learn_lambda, refine_coordinate
+from lenscope.client.ranking.labelled_rows import read_labelled_rows
+from lenscope.client.ranking.modality_gap import gap_samples, gap_table
+from lenscope.client.ranking.pools import (
     CandidatePool,
     FitError,
     calibrated_signals,
     feature_matrix,
-    fit_fusion,
     fit_pool_calibration,
-    fuse_objective,
-    gap_samples,
-    gap_table,
-    impute_like_fuse,
-    learn_fusion,
-    learn_lambda,
-    mean_ndcg,
     pair_data,
-    rank_pool,
-    read_labelled_rows,
-    refine_coordinate,
-    RankingData,
-    shipped_fit_files,
-    weights_without,
 )
 from lenscope.client.ranking.fusion import SIGNALS, FusionWeights, fuse, learn_weights
 
@@ -258,17 +251,6 @@ def test_read_labelled_rows(tmp_path: Path) -> None:
     assert "4 problem" in msg and "line 2" in msg and "colour" in msg and "line 3" in msg
 
 
-def test_shipped_fit_files_match_by_checkpoint_sha(tmp_path: Path) -> None:
-    ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"weights")
-    sha = hashlib.sha256(b"weights").hexdigest()
-    (tmp_path / "m.fusion.json").write_text("{}")
-    found = shipped_fit_files("m.pt", sha, tmp_path)
-    assert found == {"fusion": tmp_path / "m.fusion.json", "calibration": None}
-    assert shipped_fit_files("m.pt", "0" * 64, tmp_path) == {"fusion": None, "calibration": None}
-    assert shipped_fit_files("other.pt", sha, tmp_path) == {"fusion": None, "calibration": None}
-
-
 def test_weights_without() -> None:
     w = weights_without(FusionWeights(), "attributes", "popularity")
     assert w.attributes == 0 and w.popularity == 0 and w.visual == FusionWeights().visual
@@ -295,8 +277,8 @@ def test_variants_and_metric_table_consistency() -> None:
     assert variants_for("text", ("single", "raw_sum", "fused_no_heads", "fused"), True) == [
         "single:text_image", "single:text_title", "raw_sum", "fused"]
     assert "single:image_title" not in variants_for("image", ("single",), False)
-    from lenscope.client.catalog.format import Query
-    from lenscope.client.eval.harness import EvalConfig
+    from lenscope.client.catalog.rows import Query
+    from lenscope.client.eval.config import EvalConfig
 
     qs = [Query(query_id="i1", type="image", image="a.png", relevance={"p": 3, "q": 1}),
           Query(query_id="t1", type="text", text="red mug", relevance={"r": 3})]

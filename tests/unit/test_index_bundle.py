@@ -19,10 +19,10 @@ from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig
 from lenscope.client.index.bundle import (
     BundleCorrupt,
     BundleError,
-    BundleStore,
     ModelVersionMismatch,
     open_bundle,
 )
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.metadata import Product
 
 DIM = 32
@@ -198,7 +198,7 @@ WRITER = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, sys.argv[3])
     from test_index_bundle import MODEL, build
-    from lenscope.client.index.bundle import BundleStore
+    from lenscope.client.index.bundle_store import BundleStore
 
     root, stage = sys.argv[1], sys.argv[2]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from lenscope.client.ranking.calibration import load_calibration
-from lenscope.client.catalog.format import CatalogError
-from lenscope.client.index.bundle import BundleStore
+from lenscope.client.catalog.rows import CatalogError
+from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.calibration import NO_TEXT_TITLE, calibration_pairs, fit_catalog_calibration
 from lenscope.client.index.checkpoint import WORK_DIR, WorkDir, WorkDirBusy
 from lenscope.client.index.reader import scan_catalog

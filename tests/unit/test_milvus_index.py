@@ -32,15 +32,12 @@ from vector_index_contract import (  # noqa: E402
 )
 
 from lenscope.client.vectors.faiss_index import FaissIndex  # noqa: E402
-from lenscope.client.index.bundle import BundleStore  # noqa: E402
+from lenscope.client.index.bundle_store import BundleStore  # noqa: E402
 from lenscope.client.index.metadata import Product  # noqa: E402
-from lenscope.client.vectors.milvus_index import (  # noqa: E402
-    STATE_FILE,
-    MilvusIndex,
-    MilvusIndexConfig,
-    milvus_filter_expression,
-    milvus_string_literal,
-)
+from lenscope.client.vectors.milvus_config import MilvusIndexConfig  # noqa: E402
+from lenscope.client.vectors.milvus_filters import milvus_filter_expression, milvus_string_literal  # noqa: E402
+from lenscope.client.vectors.milvus_index import MilvusIndex  # noqa: E402
+from lenscope.client.vectors.milvus_state import STATE_FILE  # noqa: E402
 from lenscope.client.vectors.contract import IndexFormatError, VectorIndex, recall_at_k  # noqa: E402
 
 K = 10

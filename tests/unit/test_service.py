@@ -41,7 +41,8 @@ from lenscope.client.search.models import (
     SearchQuery,
     SearchResult,
 )
-from lenscope.client.service.server import SERVICE_NAME, RunningService, ServiceStartError, serve
+from lenscope.client.service.server import RunningService, ServiceStartError, serve
+from lenscope.client.service.servicer import SERVICE_NAME
 from lenscope.client.service.settings import ServiceSettings
 
 KiB = 1024

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from lenscope.client.core import contract
 from lenscope.client.core.manifest import Manifest
 from lenscope.client.core.modelspec import load_spec
-from lenscope.client.triton.client import model_config_pb2
+from tritonclient.grpc import model_config_pb2
 from lenscope.export.repository import RepositorySettings, build_configs
 from lenscope.export.triton_config import (
     DynamicBatching,

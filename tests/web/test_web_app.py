@@ -23,7 +23,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.triton.server import free_ports
+from lenscope.client.triton.ports import free_ports
 from lenscope.client.web import WebSettings, create_app
 from lenscope.client.web.image_store import ImageNotFound, ImageStore, etag_matches
 
