@@ -1,31 +1,18 @@
-"""The catalog and queries file formats as typed rows (CatalogRow, Query), their containers
-(Catalog, QuerySet) and the errors readers report (Problem, CatalogError).
+"""The catalog and queries file formats as typed rows (CatalogRow, ImageRef, Query), their
+containers (Catalog, QuerySet) and the errors readers report (Problem, CatalogError).
 
-Torch-free: the indexing job, the evaluation harness, the demo and training all read catalogs
-as these types, so a real catalog only has to follow this format to replace the generated one.
-Reading the files is ``reader.py``, writing them ``writer.py``.
+Torch-free: the indexing job, the evaluation harness, the demo and training all read catalogs as
+these types, so a real catalog only has to follow this format to replace the generated one. The
+format (v2, which still reads every v1 file) is documented for users in ``docs/catalog.md``. Reading
+the files is ``reader.py`` (records: ``records.py``, one product from several rows: ``products.py``),
+writing them ``writer.py``, the rules for single values ``fields.py``.
 
-Catalog file (``.jsonl``: one JSON object per line; or ``.csv``: a header row, then one row per
-product). Columns:
-
-==============  ========  ==================================================================
-column          required  meaning
-==============  ========  ==================================================================
-product_id      yes       unique id, ``[A-Za-z0-9][A-Za-z0-9_.:-]*`` (<= 128 chars)
-title           yes       the product title, one line
-image           yes       catalog image, path relative to the catalog file (or absolute)
-category        yes       attribute label, free text (training checks it against a model spec)
-color           yes       attribute label
-pattern         yes       attribute label
-material        no        attribute label
-popularity      no        number >= 0 (re-ranking prior); empty / absent = unknown
-photo           no        a second, differently shot image of the same product (e.g. a user photo);
-                          training uses it as a second view
-split           yes       ``train`` | ``val`` | ``test``; splits are by product
-==============  ========  ==================================================================
-
-Unknown columns are errors (a typo such as ``colour`` must not silently drop data). In CSV files an
-empty cell of an optional column means "absent". Images are never fetched: URLs are rejected.
+A product (``CatalogRow``) has a title, one or more images with roles (the first is the main image,
+the one the index embeds), free attributes (name -> one value; an absent value is absent, never
+"unknown"), an optional ``variant_of`` (the product it is a colour/size variant of), an optional
+popularity and an optional split. v1's fixed columns survive as read-only properties (``image``,
+``photo``, ``category``, ``color``, ``pattern``, ``material``), and the v1 keyword form
+(``CatalogRow(image=..., photo=..., color=...)``) still constructs a row.
 
 Queries file (``.jsonl`` only, because ``relevance`` is nested), one object per line:
 ``query_id``; ``type``: ``text`` | ``image`` | ``image+text``; ``text`` (required for text and
@@ -37,18 +24,24 @@ split whose products were judged (index that split when evaluating the query).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lenscope.client.catalog.fields import KNOWN_COLUMNS, PHOTO_ROLE, check_id, check_one_line, check_path, facet_name
+from lenscope.client.catalog.shape import structure_record
+
 __all__ = [
     "CATALOG_COLUMNS",
+    "MAIN_ROLE",
+    "PHOTO_ROLE",
     "Catalog",
     "CatalogError",
     "CatalogRow",
+    "ImageRef",
     "Problem",
     "Query",
     "QuerySet",
@@ -57,12 +50,14 @@ __all__ = [
 Split = Literal["train", "val", "test"]
 QueryType = Literal["text", "image", "image+text"]
 
+# The v1 columns, in the v1 order (v1 files are still read; the writer uses them where they fit).
 CATALOG_COLUMNS = (
     "product_id", "title", "image", "category", "color", "pattern", "material", "popularity", "photo", "split",
 )
-REQUIRED_COLUMNS = ("product_id", "title", "image", "category", "color", "pattern", "split")
+V1_ATTRIBUTES = ("category", "color", "pattern", "material")
+MAIN_ROLE = "main"
+ALT_ROLE = "alt"  # an image given without a role that is not the main one
 _MAX_LISTED = 25
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 
 @dataclass(frozen=True)
@@ -89,55 +84,141 @@ class CatalogError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s):\n{shown}{more}")
 
 
-def _check_path(v: str | None) -> str | None:
-    if v is None:
-        return None
-    if not v.strip():
-        raise ValueError("must be a non-empty path")
-    if "://" in v:
-        raise ValueError("must be a local path (nothing is downloaded)")
-    return v
-
-
-def _one_line(v: str) -> str:
-    if "\n" in v or "\r" in v:
-        raise ValueError("must be a single line")
-    return v
-
-
 class StrictRow(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+class ImageRef(StrictRow):
+    """One image of a product: its path (relative to the catalog file) and its role.
+
+    ``role`` is free text (``main``, ``alt1``, ``back``, ``variant``, ``photo``...); ``None`` only on
+    input, where it means "not given": the row then makes it ``main`` or ``alt``.
+    """
+
+    path: str
+    role: str | None = Field(None, min_length=1, max_length=64)
+
+    @field_validator("path")
+    @classmethod
+    def _local_path(cls, v: str) -> str:
+        return check_path(v)  # type: ignore[return-value]
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        return v if v is None else check_one_line(v)
+
+
 class CatalogRow(StrictRow):
-    """One product."""
+    """One product: a title, its images (``images[0]`` is the main one), attributes, variant link."""
 
-    product_id: str = Field(pattern=_ID_PATTERN)
-    title: str = Field(min_length=1, max_length=1000)
-    image: str
-    category: str = Field(min_length=1, max_length=200)
-    color: str = Field(min_length=1, max_length=200)
-    pattern: str = Field(min_length=1, max_length=200)
-    material: str | None = Field(None, min_length=1, max_length=200)
+    product_id: str
+    title: str = Field(max_length=1000)
+    images: tuple[ImageRef, ...] = Field(min_length=1)
+    attributes: dict[str, str] = {}
+    variant_of: str | None = None
     popularity: float | None = Field(None, ge=0, allow_inf_nan=False)
-    photo: str | None = None
-    split: Split
+    split: Split | None = None
 
-    @field_validator("image", "photo")
+    @model_validator(mode="before")
     @classmethod
-    def _local_path(cls, v: str | None) -> str | None:
-        return _check_path(v)
+    def _flat_form(cls, data: Any) -> Any:
+        """Accept the flat record form (v1 keywords such as ``image=``, ``color=``, or a file's row)."""
+        if not isinstance(data, Mapping):
+            return data
+        out, problems = structure_record(data)
+        if problems:
+            raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
+        return out
 
-    @field_validator("title", "category", "color", "pattern", "material")
+    @field_validator("product_id", "variant_of")
     @classmethod
-    def _single_line(cls, v: str | None) -> str | None:
-        return v if v is None else _one_line(v)
+    def _ids(cls, v: str | None) -> str | None:
+        return v if v is None else check_id(v)
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, v: str) -> str:
+        if not v:
+            raise ValueError("empty value; every product needs a title")
+        return check_one_line(v)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for name, value in v.items():
+            if facet_name(name) != name:
+                raise ValueError(f"attribute name {name!r} must be a facet name such as {facet_name(name)!r}")
+            if name in KNOWN_COLUMNS:
+                raise ValueError(f"attribute name {name!r} is a known column")
+            value = value.strip()
+            if not value:
+                continue  # absent, never "unknown"
+            if len(value) > 200:
+                raise ValueError(f"attribute {name!r}: value is {len(value)} characters long; at most 200")
+            try:
+                out[name] = check_one_line(value)
+            except ValueError as err:
+                raise ValueError(f"attribute {name!r}: {err}") from None
+        return out
+
+    @model_validator(mode="after")
+    def _roles(self) -> "CatalogRow":
+        """The main image (role ``main``, else the first) goes first; images without a role get one."""
+        mains = [i for i, im in enumerate(self.images) if im.role == MAIN_ROLE]
+        if len(mains) > 1:
+            raise ValueError(f"{len(mains)} images have role 'main'; a product has one main image")
+        paths = [im.path for im in self.images]
+        if len(set(paths)) != len(paths):
+            twice = sorted({p for p in paths if paths.count(p) > 1})
+            raise ValueError(f"image(s) {twice} listed twice for this product")
+        first = mains[0] if mains else 0
+        order = [first, *(i for i in range(len(self.images)) if i != first)]
+        images = tuple(ImageRef(path=self.images[i].path,
+                                role=self.images[i].role or (MAIN_ROLE if k == 0 else ALT_ROLE))
+                       for k, i in enumerate(order))
+        if self.variant_of == self.product_id:
+            raise ValueError(f"variant_of: product {self.product_id!r} cannot be a variant of itself")
+        object.__setattr__(self, "images", images)
+        return self
+
+    # -- v1 accessors, read-only -----------------------------------------------------------------
+
+    @property
+    def image(self) -> str:
+        """The main image (the one the index embeds)."""
+        return self.images[0].path
+
+    @property
+    def photo(self) -> str | None:
+        """The first image with role ``photo`` (v1's second view), if any."""
+        return next((im.path for im in self.images if im.role == PHOTO_ROLE), None)
+
+    @property
+    def category(self) -> str | None:
+        return self.attributes.get("category")
+
+    @property
+    def color(self) -> str | None:
+        return self.attributes.get("color")
+
+    @property
+    def pattern(self) -> str | None:
+        return self.attributes.get("pattern")
+
+    @property
+    def material(self) -> str | None:
+        return self.attributes.get("material")
+
+    def images_with_role(self, role: str) -> list[str]:
+        return [im.path for im in self.images if im.role == role]
 
 
 class Query(StrictRow):
     """One evaluation query with graded relevance over catalog products."""
 
-    query_id: str = Field(pattern=_ID_PATTERN)
+    query_id: str
     type: QueryType
     text: str | None = Field(None, min_length=1, max_length=1000)
     image: str | None = None
@@ -147,7 +228,12 @@ class Query(StrictRow):
     @field_validator("image")
     @classmethod
     def _local_path(cls, v: str | None) -> str | None:
-        return _check_path(v)
+        return check_path(v)
+
+    @field_validator("query_id")
+    @classmethod
+    def _query_id(cls, v: str) -> str:
+        return check_id(v)
 
     @field_validator("relevance")
     @classmethod
@@ -177,6 +263,11 @@ class Catalog:
 
     path: Path
     rows: tuple[CatalogRow, ...]
+    # Problems that did not stop the read (e.g. rows of one product disagreeing on an attribute:
+    # the main image's row wins); shown by the callers, never dropped.
+    warnings: tuple[Problem, ...] = ()
+    # product_id -> file line of each of its images (aligned with row.images), for later messages.
+    lines: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -207,9 +298,13 @@ class Catalog:
     def photo_path(self, row: CatalogRow) -> Path | None:
         return None if row.photo is None else self.root / row.photo
 
-    def labels(self, column: str) -> list[str]:
-        """Sorted distinct values of an attribute column (absent values left out)."""
-        return sorted({v for r in self.rows if (v := getattr(r, column)) is not None})
+    def labels(self, name: str) -> list[str]:
+        """Sorted distinct values of an attribute (absent values left out)."""
+        return sorted({v for r in self.rows if (v := r.attributes.get(name)) is not None})
+
+    def attribute_names(self) -> list[str]:
+        """Every attribute name some product has, in order of first appearance (the catalog's facets)."""
+        return list(dict.fromkeys(name for r in self.rows for name in r.attributes))
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
-from lenscope.client.catalog.rows import CATALOG_COLUMNS, CatalogRow, Query
+from lenscope.client.catalog.fields import PHOTO_ROLE
+from lenscope.client.catalog.rows import CATALOG_COLUMNS, V1_ATTRIBUTES, CatalogRow, Query
 
 __all__ = ["write_catalog", "write_queries"]
 
@@ -31,20 +33,61 @@ def _jsonl(rows: Iterable[BaseModel]) -> str:
     return "".join(json.dumps(r.model_dump(exclude_none=True), ensure_ascii=False) + "\n" for r in rows)
 
 
+def _v1_shaped(r: CatalogRow) -> bool:
+    """One main image (+ at most a role-``photo`` image), nothing v1 could not say."""
+    extra = r.images[1:]
+    return (len(extra) == 0 or (len(extra) == 1 and extra[0].role == PHOTO_ROLE)) and r.variant_of is None
+
+
+def row_record(r: CatalogRow) -> dict[str, Any]:
+    """A row as one flat JSON object: v1's field order (so v1 catalogs are written as before), with
+    ``images`` instead of ``image``/``photo`` when the product has more than v1 could hold."""
+    rec: dict[str, Any] = {"product_id": r.product_id, "title": r.title}
+    if _v1_shaped(r):
+        rec["image"] = r.image
+    else:
+        rec["images"] = [{"path": im.path, "role": im.role} for im in r.images]
+    rec.update(r.attributes)
+    if r.variant_of is not None:
+        rec["variant_of"] = r.variant_of
+    if r.popularity is not None:
+        rec["popularity"] = r.popularity
+    if _v1_shaped(r) and r.photo is not None:
+        rec["photo"] = r.photo
+    if r.split is not None:
+        rec["split"] = r.split
+    return rec
+
+
+def _csv(rows: list[CatalogRow]) -> str:
+    """v1 columns when every row fits them; else one line per image with a ``role`` column."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if all(_v1_shaped(r) and set(r.attributes) <= set(V1_ATTRIBUTES) for r in rows):
+        writer.writerow(CATALOG_COLUMNS)
+        for r in rows:
+            d = {**row_record(r), **{a: r.attributes.get(a) for a in V1_ATTRIBUTES}}
+            writer.writerow(["" if d.get(c) is None else d[c] for c in CATALOG_COLUMNS])
+        return buf.getvalue()
+    names = list(dict.fromkeys(n for r in rows for n in r.attributes))
+    columns = ["product_id", "title", "image", "role", "variant_of", "popularity", "split", *names]
+    writer.writerow(columns)
+    for r in rows:
+        product = [r.product_id, r.title]
+        rest = [r.variant_of, r.popularity, r.split, *(r.attributes.get(n) for n in names)]
+        for im in r.images:
+            writer.writerow(["" if v is None else v for v in (*product, im.path, im.role, *rest)])
+    return buf.getvalue()
+
+
 def write_catalog(path: str | Path, rows: Iterable[CatalogRow]) -> Path:
     """Write rows as ``.jsonl`` or ``.csv`` (by suffix), atomically; returns the path."""
     path = Path(path)
     rows = list(rows)
     if path.suffix == ".jsonl":
-        _atomic_write(path, _jsonl(rows))
+        _atomic_write(path, "".join(json.dumps(row_record(r), ensure_ascii=False) + "\n" for r in rows))
     elif path.suffix == ".csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(CATALOG_COLUMNS)
-        for r in rows:
-            d = r.model_dump()
-            writer.writerow(["" if d[c] is None else d[c] for c in CATALOG_COLUMNS])
-        _atomic_write(path, buf.getvalue())
+        _atomic_write(path, _csv(rows))
     else:
         raise ValueError(f"catalog path {path} must end in .jsonl or .csv")
     return path

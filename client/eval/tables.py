@@ -100,7 +100,7 @@ def attribute_report(ix: SplitIndex, manifest: Manifest, qset: QuerySet, queries
             continue
         row = catalog.get(exact[0])
         for attr, labs in labels.items():
-            value = getattr(row, attr, None)
+            value = row.attributes.get(attr)
             out_name = contract.attribute_output(attr)
             if value in labs and out_name in res.attributes:
                 photo_truth[attr].append(labs.index(value))

@@ -7,6 +7,12 @@ a product comes back in one row read, and as a (name, value, row_id) table whose
 "which products have color in {red, burgundy}" and "which colours exist" index lookups instead of scans.
 Attributes are multi-valued (a dress can be red and white); values are kept sorted and de-duplicated
 so every read path returns them in the same order.
+
+Attribute names are whatever the catalog has (catalog format v2: any column that is not a known one);
+a product without a value for an attribute simply has no entry for it, so it is absent from that
+facet (never counted as "unknown"). Each product also keeps all its images with their roles (the
+main one is the one the vector index embeds; the others are recorded for later use) and the
+product it is a variant of. Stores of schema version 1 (before images / variant_of) still open.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Any, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ATTRIBUTE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-parameter limit
 
@@ -35,7 +42,9 @@ CREATE TABLE products (
     title       TEXT NOT NULL,
     image_path  TEXT NOT NULL,
     popularity  REAL NOT NULL,
-    attributes  TEXT NOT NULL
+    attributes  TEXT NOT NULL,
+    images      TEXT NOT NULL,
+    variant_of  TEXT
 );
 CREATE TABLE product_attributes (
     name    TEXT NOT NULL,
@@ -62,6 +71,8 @@ class Product(BaseModel):
     image_path: str = ""
     attributes: dict[str, tuple[str, ...]] = {}
     popularity: float = 0.0
+    images: tuple[tuple[str, str], ...] = ()  # (path, role) of every image; the first is the main one
+    variant_of: str | None = None
 
     @field_validator("attributes", mode="before")
     @classmethod
@@ -101,10 +112,13 @@ class MetadataStore:
     Thread-safe: one connection guarded by a lock (the search service calls it from a thread pool).
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool, version: int = SCHEMA_VERSION) -> None:
         self._conn = conn
         self.path = path
         self.readonly = readonly
+        self.version = version
+        # Version 1 stores have no images / variant_of columns: read them as "main image only".
+        self._v2_columns = "images, variant_of" if version >= 2 else "json_array(json_array(image_path, 'main')), NULL"
         self._lock = threading.Lock()
 
     @classmethod
@@ -137,10 +151,10 @@ class MetadataStore:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as err:
             raise MetadataStoreError(f"{path}: not a readable SQLite metadata store: {err}") from err
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             conn.close()
-            raise MetadataStoreError(f"{path}: schema version {version}, this reader supports {SCHEMA_VERSION}")
-        return cls(conn, path, readonly=True)
+            raise MetadataStoreError(f"{path}: schema version {version}, this reader supports {READABLE_VERSIONS}")
+        return cls(conn, path, readonly=True, version=version)
 
     def close(self) -> None:
         with self._lock:
@@ -175,14 +189,15 @@ class MetadataStore:
 
     def _insert_batch(self, batch: list[Product]) -> int:
         rows = [
-            (p.row_id, p.product_id, p.title, p.image_path, p.popularity, json.dumps(p.attributes, sort_keys=True))
+            (p.row_id, p.product_id, p.title, p.image_path, p.popularity, json.dumps(p.attributes, sort_keys=True),
+             json.dumps([list(im) for im in p.images], ensure_ascii=False), p.variant_of)
             for p in batch
         ]
         attrs = [(name, v, p.row_id) for p in batch for name, values in p.attributes.items() for v in values]
         with self._lock:
             try:
                 self._conn.execute("BEGIN")
-                self._conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._conn.executemany("INSERT INTO product_attributes VALUES (?, ?, ?)", attrs)
                 self._conn.execute("COMMIT")
             except sqlite3.IntegrityError as err:
@@ -227,8 +242,9 @@ class MetadataStore:
         found: dict[int, Product] = {}
         with self._lock:
             for chunk in _chunks(sorted(set(ids))):
-                for row_id, product_id, title, image_path, popularity, attributes in self._conn.execute(
-                    "SELECT row_id, product_id, title, image_path, popularity, attributes FROM products "
+                for row_id, product_id, title, image_path, popularity, attributes, images, variant_of in self._conn.execute(
+                    f"SELECT row_id, product_id, title, image_path, popularity, attributes, {self._v2_columns} "
+                    "FROM products "
                     f"WHERE row_id IN ({_marks(len(chunk))})",
                     chunk,
                 ):
@@ -240,6 +256,8 @@ class MetadataStore:
                         image_path=image_path,
                         popularity=popularity,
                         attributes={k: tuple(v) for k, v in json.loads(attributes).items()},
+                        images=tuple((path, role) for path, role in json.loads(images)),
+                        variant_of=variant_of,
                     )
         return [found.get(i) for i in ids]
 

@@ -1,40 +1,49 @@
 """Indexing job, stage 1 (reader): catalog file -> source rows + rejects, and image bytes from disk.
 
-`read_catalog` (catalog.py) is strict: one bad row fails the whole file, which is right for training
-and evaluation. An indexing job must instead index every good row and account for every bad one, so
-`scan_catalog` validates row by row with the same row model and reports each bad row as a `Reject`
-(line, product_id, reason, message). Only problems that make *every* row unusable (missing file, bad
-CSV header, unknown suffix) raise `CatalogError`.
+`read_catalog` (catalog/reader.py) is strict: one bad row fails the whole file, which is right for
+training and evaluation. An indexing job must instead index every good product and account for every
+bad row, so `scan_catalog` builds products with the same code (`catalog.products.build_products`) and
+reports each bad row as a `Reject` (line, product_id, reason, message). A rejected row whose product
+is still indexed (a product's extra row that disagrees with its main row, a repeated image, a warning
+such as an attribute value that differs between the rows of one product) is a `kept` reject: reported,
+never silently dropped. Only problems that make *every* row unusable (missing or empty file, not UTF-8,
+bad CSV header, unknown suffix, no rows) raise `CatalogError`, with one message naming the file.
 
-The reader knows nothing about embeddings or bundles: swapping local files for an object store means
-replacing `load_image` (and `fingerprint`), nothing else.
+The index embeds each product's main image (and a role-``photo`` image as the second view); the other
+images are recorded in the metadata store. The reader knows nothing about embeddings or bundles:
+swapping local files for an object store means replacing `load_image` (and `fingerprint`), nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from lenscope.client.catalog.reader import (
-    _csv_records,  # the record readers stay in one place; only validation differs here
-    _jsonl_records,
-    _problems,
+from lenscope.client.catalog.products import (
+    CONFLICTING_ATTRIBUTE,
+    CONFLICTING_ROW,
+    DUPLICATE_ROW,
+    INVALID_ROW,
+    UNKNOWN_VARIANT_OF,
+    Issue,
+    build_products,
 )
+from lenscope.client.catalog.records import catalog_records
 from lenscope.client.catalog.rows import CatalogError, CatalogRow, Problem
 
-# Stable reject reasons (the rejects file and the summary count by these).
-INVALID_ROW = "invalid_row"
-DUPLICATE_ID = "duplicate_product_id"
+# Stable reject reasons (the rejects file and the summary count by these). The row reasons are the
+# catalog's own (catalog/products.py); the image ones are found here and in the embedder.
 MISSING_IMAGE = "missing_image"
 UNREADABLE_IMAGE = "unreadable_image"
 IMAGE_TOO_LARGE = "image_too_large"
 PHOTO_PREFIX = "photo_"  # the same file problems for the optional user photo: the row is kept
+__all__ = ["CONFLICTING_ATTRIBUTE", "CONFLICTING_ROW", "DUPLICATE_ROW", "INVALID_ROW", "UNKNOWN_VARIANT_OF",
+           "CatalogScan", "Reject", "SourceRow", "fingerprint", "load_image", "scan_catalog"]
 
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
@@ -82,8 +91,9 @@ class CatalogScan:
 
     @property
     def rows_read(self) -> int:
-        """Rows found in the file: indexed candidates + rejected + deliberately skipped."""
-        return len(self.rows) + len(self.rejects) + self.skipped
+        """Products and unusable rows found in the file: indexed candidates + rejected (not kept) +
+        deliberately skipped. A product's extra rows count with their product."""
+        return len(self.rows) + sum(not r.kept for r in self.rejects) + self.skipped
 
 
 def file_sha256(path: Path) -> str:
@@ -91,58 +101,37 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    if path.suffix == ".jsonl":
-        yield from _jsonl_records(path)
-        return
-    if path.suffix != ".csv":
-        raise CatalogError(str(path), [Problem(0, "", "catalog must be a .jsonl or .csv file")])
-    header: list[Problem] = []
-    records = list(_csv_records(path, header))
-    if header:  # unknown / missing columns: no row can be read correctly
-        raise CatalogError(str(path), header)
-    yield from records
-
-
-def _raw_product_id(rec: Any) -> str | None:
-    pid = rec.get("product_id") if isinstance(rec, dict) else None
-    return pid.strip()[:128] if isinstance(pid, str) and pid.strip() else None
+def _one_reject_per_line(issues: list[Issue]) -> list[Reject]:
+    """The problems of one line (and reason) joined into one reject: the rejects file lists rows."""
+    grouped: dict[tuple[int, str, bool], list[Issue]] = {}
+    for i in issues:
+        grouped.setdefault((i.line, i.reason, i.kept), []).append(i)
+    return [Reject(line, group[0].product_id, reason,
+                   "; ".join(f"{i.field}: {i.message}" if i.field else i.message for i in group), kept)
+            for (line, reason, kept), group in grouped.items()]
 
 
 def scan_catalog(path: str | Path, *, splits: Iterable[str] | None = None) -> CatalogScan:
-    """Validate every row; good rows (optionally only those of `splits`) in file order, bad ones as rejects."""
+    """Build every product; good ones (optionally only those of `splits`) in file order, bad rows as rejects."""
     path = Path(path)
-    if not path.is_file():
-        raise CatalogError(str(path), [Problem(0, "", "file does not exist")])
+    records = catalog_records(path)  # CatalogError for file-level problems, one message naming the file
     wanted = None if splits is None else frozenset(splits)
-    sha = file_sha256(path)
+    built, issues = build_products(records)
+    rejects = _one_reject_per_line(issues)
     rows: list[SourceRow] = []
-    rejects: list[Reject] = []
-    seen: dict[str, int] = {}
     skipped = 0
-    for line, rec in _records(path):
-        if isinstance(rec, Problem):
-            rejects.append(Reject(line, None, INVALID_ROW, rec.message))
-            continue
-        if not isinstance(rec, dict):
-            rejects.append(Reject(line, None, INVALID_ROW, f"expected a JSON object, got {type(rec).__name__}"))
-            continue
-        try:
-            row = CatalogRow.model_validate(rec)
-        except ValidationError as err:
-            message = "; ".join(str(p).removeprefix(f"line {line}: ") for p in _problems(err, line))
-            rejects.append(Reject(line, _raw_product_id(rec), INVALID_ROW, message))
-            continue
-        if row.product_id in seen:
-            rejects.append(Reject(line, row.product_id, DUPLICATE_ID,
-                                  f"product_id {row.product_id!r} already on line {seen[row.product_id]}"))
-            continue
-        seen[row.product_id] = line
-        if wanted is not None and row.split not in wanted:
+    for b in built:
+        if wanted is not None and b.row.split not in wanted:
             skipped += 1
             continue
-        rows.append(SourceRow(len(rows), line, row))
-    return CatalogScan(path, sha, tuple(rows), tuple(rejects), skipped)
+        rows.append(SourceRow(len(rows), b.line, b.row))
+    if not rows:
+        why = (f"none of its {len(built)} product(s) is in the split(s) {sorted(wanted)}" if built and wanted
+               else (f"every row was rejected ({dict(Counter(r.reason for r in rejects))}); first: "
+                     f"line {rejects[0].line}: {rejects[0].message}") if rejects
+               else "it has no product rows")
+        raise CatalogError(str(path), [Problem(0, "", f"nothing to index: {why}")])
+    return CatalogScan(path, file_sha256(path), tuple(rows), tuple(rejects), skipped)
 
 
 # -- image files -----------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ catalog and each row's outcome (both checkpointed), so a resumed build assigns t
 uninterrupted one. The bundle (see index/bundle_store.py) holds:
 
 - the vector index over catalog image embeddings (row id -> vector), kind from the settings;
-- metadata: product_id, title, image path (as written in the catalog), attributes from the catalog
-  columns (category, color, pattern, material), popularity (0 when unknown);
+- metadata: product_id, title, main image path (as written in the catalog), every image with its role,
+  variant_of, the catalog's attributes (whatever names it has; absent values are absent), popularity
+  (0 when unknown);
 - attachments, all by row id:
     ``title_vectors.npy``          float32 [N, D]  title embeddings
     ``photo_vectors.npy``          float32 [N, D]  user-photo embeddings, NaN rows where none (only
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,6 @@ from lenscope.client.index.metadata import Product
 from lenscope.client.ranking.fusion import FusionWeights
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
-ATTRIBUTE_COLUMNS = ("category", "color", "pattern", "material")
 FLAT_MAX_ROWS = 50_000  # "auto": exact search below this, HNSW above
 
 TITLE_VECTORS = "title_vectors"
@@ -111,19 +112,17 @@ def make_index(kind: IndexKind, n: int, dim: int) -> FaissIndex:
 
 def product_of(row_id: int, s: SourceRow) -> Product:
     r = s.row
-    attrs = {c: getattr(r, c) for c in ATTRIBUTE_COLUMNS if getattr(r, c) is not None}
     return Product(row_id=row_id, product_id=r.product_id, title=r.title, image_path=r.image,
-                   attributes=attrs, popularity=0.0 if r.popularity is None else float(r.popularity))
+                   attributes=dict(r.attributes), popularity=0.0 if r.popularity is None else float(r.popularity),
+                   images=tuple((im.path, im.role or "") for im in r.images), variant_of=r.variant_of)
 
 
 def head_agreement(a: Assembled, model: ModelInfo) -> dict[str, float | None]:
     """Share of products whose catalog label is the attribute head's top prediction (None: no comparable rows)."""
     out: dict[str, float | None] = {}
     for name, labels in model.attributes.items():
-        if name not in ATTRIBUTE_COLUMNS:
-            continue
         index = {lab: i for i, lab in enumerate(labels)}
-        truth = np.array([index.get(getattr(s.row, name), -1) for s in a.rows], dtype=np.int64)
+        truth = np.array([index.get(s.row.attributes.get(name), -1) for s in a.rows], dtype=np.int64)
         known = truth >= 0
         if not known.any():
             out[name] = None
@@ -155,7 +154,9 @@ def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], 
     """Build index + metadata + attachments and publish atomically; returns (bundle id, index_info)."""
     n, dim = len(a), model.embed_dim
     if n == 0:
-        raise ValueError("no row was accepted: nothing to index (see the rejects file)")
+        counts = dict(Counter(r.reason for r in all_rejects if not r.kept))
+        first = next((f"; first: line {r.line}: {r.message}" for r in all_rejects if not r.kept), "")
+        raise ValueError(f"no row was accepted: nothing to index ({sum(counts.values())} rejected: {counts}{first})")
     index = make_index(settings.index_kind, n, dim)
     index.add(np.arange(n, dtype=np.int64), a.image)
 

@@ -23,8 +23,6 @@ from lenscope.client.inputs.preprocess import ImageInputError, preprocess_bytes
 from lenscope.export.training.config import TrainConfig, TrainError
 from lenscope.export.training.monitor import Progress
 
-_ATTRIBUTE_COLUMNS = ("category", "color", "pattern", "material")
-
 
 def load_view(catalog: Catalog, rows: Sequence[CatalogRow], column: str, spec: ModelSpec,
               tick: Callable[[], None]) -> torch.Tensor:
@@ -46,12 +44,14 @@ def attribute_targets(spec: ModelSpec, rows: Sequence[CatalogRow], catalog: Cata
     """[N, n_attributes] label indices (-100 = absent); unknown labels are an error, listed."""
     targets = torch.full((len(rows), len(spec.attributes)), -100, dtype=torch.long)
     bad: list[str] = []
+    names = catalog.attribute_names()
     for j, attr in enumerate(spec.attributes):
-        if attr.name not in _ATTRIBUTE_COLUMNS:
-            raise TrainError(f"spec attribute {attr.name!r} is not a catalog column ({', '.join(_ATTRIBUTE_COLUMNS)})")
+        if attr.name not in names:
+            raise TrainError(f"{catalog.path}: spec attribute {attr.name!r} is not an attribute of any product "
+                             f"(the catalog's attributes: {', '.join(names) or 'none'})")
         index = {lab: k for k, lab in enumerate(attr.labels)}
         for i, row in enumerate(rows):
-            value = getattr(row, attr.name)
+            value = row.attributes.get(attr.name)
             if value is None:
                 continue
             if value not in index:

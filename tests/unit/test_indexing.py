@@ -171,7 +171,7 @@ def make_catalog(root: Path, n: int = 30) -> tuple[Path, dict[str, str]]:
         elif i == 15:
             over["photo"] = None  # no photo at all: fine, NaN photo vector
         elif i == 17:
-            over["color"], expected[pid] = "", "invalid_row"
+            over["popularity"], expected[pid] = -1, "invalid_row"
         elif i == 19:  # a dropped row's photo problem is not reported as a kept row's
             over["title"], photo_bytes, expected[pid] = f"BADTEXT {pid}", None, "title_rejected"
         if image_bytes is not None:
@@ -181,7 +181,7 @@ def make_catalog(root: Path, n: int = 30) -> tuple[Path, dict[str, str]]:
         lines.append(json.dumps(_row(i, **over)))
         if i == 20:
             lines.append("{not json")
-            lines.append(json.dumps(_row(2)))  # duplicate of p0002
+            lines.append(json.dumps(_row(2)))  # p0002's row again: its product is indexed once (a kept reject)
     path = root / "catalog.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path, expected
@@ -230,8 +230,8 @@ def test_scan_reports_bad_rows_without_raising(catalog: Path) -> None:
     by_reason = {(r.reason, r.product_id) for r in scan.rejects}
     assert ("invalid_row", "p0017") in by_reason  # product id kept from the raw row when it is readable
     assert ("invalid_row", None) in by_reason  # the unparsable JSON line
-    assert ("duplicate_product_id", "p0002") in by_reason
-    assert len(scan.rejects) == 3 and scan.rows_read == 32
+    assert ("duplicate_row", "p0002") in by_reason
+    assert len(scan.rejects) == 3 and scan.rows_read == 31
     assert [s.position for s in scan.rows] == list(range(len(scan.rows)))
     lines = [s.line for s in scan.rows]
     assert lines == sorted(lines) and 18 not in lines  # p0017 is line 18
@@ -251,8 +251,8 @@ def test_csv_catalog_and_fatal_header(tmp_path: Path) -> None:
     assert [s.row.product_id for s in scan.rows] == ["a1"]
     assert [(r.line, r.product_id, r.reason) for r in scan.rejects] == [(3, "a2", "invalid_row")]
     bad = tmp_path / "bad.csv"
-    bad.write_text("product_id,title,image,category,colour,pattern,split\n")
-    with pytest.raises(CatalogError, match="colour"):
+    bad.write_text("product_id,title,picture,category,colour,pattern,split\na1,T,i.png,mug,red,solid,train\n")
+    with pytest.raises(CatalogError, match=r"missing required column\(s\) \['image'\]"):
         scan_catalog(bad)
 
 
@@ -264,16 +264,16 @@ def test_every_row_is_indexed_or_rejected_with_a_reason(tmp_path: Path) -> None:
     report = build(catalog, tmp_path / "idx", batch_size=4, concurrency=3)
 
     dropped = {k: v for k, v in expected.items() if not v.startswith("photo_")}
-    assert report.rows_read == 32
-    assert report.rejected == len(dropped) + 2  # + the bad JSON line and the duplicate
+    assert report.rows_read == 31
+    assert report.rejected == len(dropped) + 1  # + the bad JSON line (the repeated row is a kept reject)
     assert report.indexed == 30 - len(dropped)
-    assert report.rejected_by_reason == {"bad_embedding": 1, "duplicate_product_id": 1, "image_rejected": 1,
+    assert report.rejected_by_reason == {"bad_embedding": 1, "image_rejected": 1,
                                          "invalid_row": 2, "missing_image": 1, "title_rejected": 2}
-    assert report.photos_skipped_by_reason == {"photo_missing_image": 1, "photo_rejected": 1}
+    assert report.photos_skipped_by_reason == {"duplicate_row": 1, "photo_missing_image": 1, "photo_rejected": 1}
 
     lines = [json.loads(t) for t in report.rejects_path.read_text().splitlines()]
     assert lines == sorted(lines, key=lambda r: (r["line"], r["kept"], r["reason"]))
-    got = {r["product_id"]: r["reason"] for r in lines if r["product_id"] and r["reason"] != "duplicate_product_id"}
+    got = {r["product_id"]: r["reason"] for r in lines if r["product_id"] and r["reason"] != "duplicate_row"}
     assert got == expected
     assert all(set(r) == {"line", "product_id", "reason", "message", "kept"} and r["message"] for r in lines)
     assert "corrupt" in next(r["message"] for r in lines if r["reason"] == "image_rejected")
@@ -334,7 +334,7 @@ def test_transient_errors_are_retried_not_rejected(tmp_path: Path, catalog: Path
     flaky = frozenset({b"IMG:p0001:catalog", b"IMG:p0002:photo"})
     report = build(catalog, tmp_path / "a", FakeEmbedder(flaky=flaky), batch_size=4)
     build(catalog, tmp_path / "b", batch_size=4)
-    assert report.rejected_by_reason == {"bad_embedding": 1, "duplicate_product_id": 1, "image_rejected": 1,
+    assert report.rejected_by_reason == {"bad_embedding": 1, "image_rejected": 1,
                                          "invalid_row": 2, "missing_image": 1, "title_rejected": 2}
     assert_same(snapshot(tmp_path / "a"), snapshot(tmp_path / "b"))
 
