@@ -82,7 +82,8 @@ def structure_record(rec: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple
         elif isinstance(given, list):
             images.extend({"path": g} if isinstance(g, str) else g for g in given)
         else:
-            problems.append(("images", f"must be a list of paths or {{path, role}} objects; got {type(given).__name__}"))
+            problems.append(("images", "must be a list of paths or {path, role} objects; "
+                                       f"got {type(given).__name__}"))
     known.pop("images", None)
     if present(known.get("photo")):
         images.append({"path": known.pop("photo"), "role": PHOTO_ROLE})

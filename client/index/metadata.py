@@ -242,12 +242,12 @@ class MetadataStore:
         found: dict[int, Product] = {}
         with self._lock:
             for chunk in _chunks(sorted(set(ids))):
-                for row_id, product_id, title, image_path, popularity, attributes, images, variant_of in self._conn.execute(
+                rows = self._conn.execute(
                     f"SELECT row_id, product_id, title, image_path, popularity, attributes, {self._v2_columns} "
-                    "FROM products "
-                    f"WHERE row_id IN ({_marks(len(chunk))})",
+                    f"FROM products WHERE row_id IN ({_marks(len(chunk))})",
                     chunk,
-                ):
+                )
+                for row_id, product_id, title, image_path, popularity, attributes, images, variant_of in rows:
                     # Trusted data written by insert_many: skip re-validation on the hot path.
                     found[row_id] = Product.model_construct(
                         row_id=row_id,

@@ -134,3 +134,39 @@ def test_shipped_fit_is_attached_when_asked(triton, tmp_path: Path) -> None:
         cal = json.loads(b.read_attachment("calibration.json"))
     assert cal == json.loads((weights / "lenscope-tiny.calibration.json").read_text())
     assert "text_title" in cal["pairs"]
+
+
+REAL_PRODUCTS = Path(__file__).resolve().parents[1] / "data" / "real-products" / "products.csv"
+
+
+def test_real_products_catalog_indexes_as_is(triton, embedder: TritonEmbedder, tmp_path: Path) -> None:
+    """The vendored real-products CSV (catalog format v2: one row per image, roles in `view`, colour
+    variants, attributes only where known) through the real Triton with the shipped model."""
+    from lenscope.client.ranking.facets import AttributeTable, FilterSpec, facet_counts
+
+    report = build_index(IndexBuildConfig(catalog=REAL_PRODUCTS, index_root=tmp_path / "idx", batch_size=8,
+                                          concurrency=2, progress=False), embedder)
+    assert (report.rows_read, report.indexed, report.rejected) == (36, 36, 0)
+    assert report.photos_skipped_by_reason == {"conflicting_attribute": 1}  # the bottle's alt photo says "white"
+    with BundleStore(tmp_path / "idx").open_current(expected_model_hash=report.model_hash) as b:
+        ids = b.metadata.row_ids()
+        products = {p.product_id: p for p in b.metadata.get(ids)}
+        cap = products["solidus-cap"]
+        assert cap.image_path == "images/solidus/solidus_cap_black_1.jpg"
+        assert [role for _, role in cap.images] == ["main", "alt1", "back"]
+        assert products["solidus-cap-red"].variant_of == "solidus-cap"
+        # the index embeds the main image: embedded again, it finds its own product first
+        (res,) = embedder.embed_images([(REAL_PRODUCTS.parent / cap.image_path).read_bytes()])
+        hit = b.index.search(res.embedding[None].astype(np.float32), 1)
+        assert hit.ids[0, 0] == cap.row_id and hit.scores[0, 0] > 0.999
+        assert b.load_array("photo_vectors") is None  # no image has role "photo"
+
+        names = b.metadata.attribute_names()
+        assert names == sorted(["category", "color", "gender", "source", "title_source"])
+        columns = b.metadata.attribute_values(ids, names)
+        table = AttributeTable.from_columns({n: [v[0] if v else None for v in col] for n, col in columns.items()})
+        counts = facet_counts(table, FilterSpec(), names)
+    assert "unknown" not in counts["color"] and "" not in counts["color"]
+    assert sum(counts["color"].values()) == 36
+    assert counts["gender"] == {"man": 7, "woman": 7}  # the 22 products without a gender are absent, not "unknown"
+    assert counts["category"]["cap"] == 7

@@ -88,7 +88,8 @@ def test_v1_csv_with_empty_optional_cells(tmp_path: Path) -> None:
 def test_v2_jsonl_images_attributes_and_variants_round_trip(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [
         {"product_id": "Cap 01", "title": "Black cap",
-         "images": [{"path": "cap/back.jpg", "role": "back"}, {"path": "cap/front.jpg", "role": "main"}, "cap/side.jpg"],
+         "images": [{"path": "cap/back.jpg", "role": "back"}, {"path": "cap/front.jpg", "role": "main"},
+                    "cap/side.jpg"],
          "attributes": {"Colour": "black", "Sleeve Length": "n/a"}, "brand": "Acme", "size": 42},
         {"product_id": "Cap 01 red", "title": "Red cap", "image": "cap/red.jpg", "variant_of": "Cap 01",
          "colour": "red"},
@@ -100,8 +101,7 @@ def test_v2_jsonl_images_attributes_and_variants_round_trip(tmp_path: Path) -> N
     assert cap.image == "cap/front.jpg" and cap.photo is None and cap.split is None
     assert cap.attributes == {"colour": "black", "sleeve_length": "n/a", "brand": "Acme", "size": "42"}
     assert cat.get("Cap 01 red").variant_of == "Cap 01"
-    assert cat.attribute_names() == ["brand", "size", "colour", "sleeve_length"] or set(cat.attribute_names()) == {
-        "brand", "size", "colour", "sleeve_length"}
+    assert set(cat.attribute_names()) == {"brand", "size", "colour", "sleeve_length"}
     for suffix in (".jsonl", ".csv"):
         again = read_catalog(write_catalog(tmp_path / f"again{suffix}", cat.rows))
         assert again.rows == cat.rows, suffix
@@ -370,3 +370,31 @@ def test_bad_queries_are_reported_with_line_numbers(tmp_path: Path) -> None:
 def test_writer_refuses_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=".jsonl or .csv"):
         write_catalog(tmp_path / "c.parquet", [CatalogRow(**row())])
+
+
+def test_metadata_store_keeps_images_and_variants_and_still_opens_schema_1(tmp_path: Path) -> None:
+    import sqlite3
+
+    from lenscope.client.index.metadata import MetadataStore, Product
+
+    with MetadataStore.create(tmp_path / "v2.sqlite") as store:
+        store.insert_many([Product(row_id=0, product_id="cap red", title="Red cap", image_path="a.jpg",
+                                   images=(("a.jpg", "main"), ("b.jpg", "back")), variant_of="cap",
+                                   attributes={"color": "red"})])
+    with MetadataStore.open(tmp_path / "v2.sqlite") as store:
+        [p] = store.get([0])
+        assert (p.images, p.variant_of, p.attributes) == ((("a.jpg", "main"), ("b.jpg", "back")), "cap",
+                                                          {"color": ("red",)})
+    old = sqlite3.connect(tmp_path / "v1.sqlite")  # a store written before catalog format v2
+    old.executescript("CREATE TABLE products (row_id INTEGER PRIMARY KEY, product_id TEXT NOT NULL UNIQUE, "
+                      "title TEXT NOT NULL, image_path TEXT NOT NULL, popularity REAL NOT NULL, "
+                      "attributes TEXT NOT NULL);"
+                      "CREATE TABLE product_attributes (name TEXT NOT NULL, value TEXT NOT NULL, "
+                      "row_id INTEGER NOT NULL, PRIMARY KEY (name, value, row_id)) WITHOUT ROWID;"
+                      "CREATE INDEX product_attributes_by_row ON product_attributes(row_id, name);"
+                      "INSERT INTO products VALUES (0, 'p1', 'Tee', 'img/p1.png', 0.5, '{\"color\": [\"red\"]}');"
+                      "PRAGMA user_version=1;")
+    old.close()
+    with MetadataStore.open(tmp_path / "v1.sqlite") as store:
+        [p] = store.get([0])
+        assert (p.product_id, p.images, p.variant_of) == ("p1", (("img/p1.png", "main"),), None)
