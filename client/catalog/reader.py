@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 
 from lenscope.client.catalog.products import build_products, validation_problems
@@ -20,6 +21,8 @@ from lenscope.client.catalog.records import catalog_records, jsonl_records, read
 from lenscope.client.catalog.rows import Catalog, CatalogError, Problem, Query, QuerySet
 
 __all__ = ["read_catalog", "read_queries"]
+
+log = structlog.get_logger(__name__)
 
 
 def read_catalog(path: str | Path, *, check_images: bool = False) -> Catalog:
@@ -38,6 +41,8 @@ def read_catalog(path: str | Path, *, check_images: bool = False) -> Catalog:
         problems.extend(_missing_images(catalog))
     if problems:
         raise CatalogError(str(path), sorted(problems, key=lambda p: p.line))
+    for w in catalog.warnings:  # kept in the Catalog too; logged so that no caller drops them silently
+        log.warning("catalog_warning", file=str(path), line=w.line, field=w.field, message=w.message)
     return catalog
 
 
