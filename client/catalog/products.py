@@ -72,7 +72,11 @@ def validation_problems(err: ValidationError, line: int) -> list[Problem]:
         if bad_image and loc == ["images"] and e["type"] == "too_short":
             continue  # the image itself was named already
         field = loc[1] if len(loc) > 1 and loc[0] == "attributes" else ".".join(loc)
-        out.append(Problem(line, field, e["msg"].removeprefix("Value error, ")))
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        if e["type"] != "value_error" and isinstance(value, (str, int, float)) and repr(value) not in msg:
+            msg += f" (got {value!r})"  # pydantic's own messages do not show the value
+        out.append(Problem(line, field, msg))
     return out
 
 

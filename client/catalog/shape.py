@@ -90,6 +90,8 @@ def structure_record(rec: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple
     known.pop("photo", None)
     # An empty id or title is reported as such ("empty value"), not as a missing field.
     out.update({k: v for k, v in known.items() if present(v) or (k in _REQUIRED and isinstance(v, str))})
+    if not images and not any(f in ("role", "images") for f, _ in problems):
+        problems.append(("image", "missing: every row needs an image (a path relative to the catalog file)"))
     out["images"] = images
     values: dict[str, str] = {}
     for name, (key, value) in attrs.items():

@@ -200,6 +200,8 @@ def test_jsonl_bad_rows_are_all_reported_with_line_numbers(tmp_path: Path) -> No
     msg = str(pytest.raises(CatalogError, read_catalog, path).value)
     assert "line 6: image: image 'img/p1.png' of product 'p1' is already on line 1" in msg
     assert "line 4: not valid JSON" in msg
+    assert "line 2: split: Input should be 'train', 'val' or 'test' (got 'training')" in msg
+    assert "line 7: popularity: Input should be greater than or equal to 0 (got -1)" in msg
     assert "line 8: colours: an attribute value must be text (one value); got list ['red', 'blue']" in msg
     assert "'https://x/y.png' must be a local path" in msg
     assert "control character (U+001B)" in msg
@@ -217,7 +219,8 @@ def test_csv_bad_rows_use_file_line_numbers(tmp_path: Path) -> None:
     ]) + "\n")
     found = {p.line: p for p in problems_of(path)}
     assert sorted(found) == [3, 4, 5, 6]
-    assert found[3].field == "popularity" and found[4].field == "title"
+    assert found[3].field == "popularity" and "(got 'lots')" in found[3].message
+    assert found[4].field == "title" and "empty value" in found[4].message
     assert "11 cells, more than the header's 10 columns" in found[5].message
     assert "3 cells, fewer than the header's 10 columns" in found[6].message
 
@@ -398,3 +401,9 @@ def test_metadata_store_keeps_images_and_variants_and_still_opens_schema_1(tmp_p
     with MetadataStore.open(tmp_path / "v1.sqlite") as store:
         [p] = store.get([0])
         assert (p.product_id, p.images, p.variant_of) == ("p1", (("img/p1.png", "main"),), None)
+
+
+def test_a_row_without_an_image_says_so(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [{"product_id": "p1", "title": "Tee", "color": "red"}])
+    [p] = problems_of(path)
+    assert (p.line, p.field) == (1, "image") and "missing: every row needs an image" in p.message
