@@ -10,6 +10,7 @@ what would be accepted, because the user has to find it in their file.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 __all__ = [
     "KNOWN_COLUMNS",
@@ -75,6 +76,7 @@ def check_path(v: str | None) -> str | None:
     return v
 
 
+@lru_cache(maxsize=4096)  # a catalog repeats the same few names on every row
 def facet_name(raw: str) -> str:
     """A column or attribute name as the facet name it becomes: lower case, every run of other
     characters than a-z and 0-9 turned into one ``_`` (``"Sleeve Length"`` -> ``sleeve_length``).

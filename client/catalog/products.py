@@ -100,6 +100,9 @@ def _parse(line: int, rec: Any) -> tuple[dict[str, Any], CatalogRow] | list[Issu
 
 
 def _merge(pid: str, parts: list[tuple[int, dict[str, Any], CatalogRow]]) -> tuple[Built | None, list[Issue]]:
+    if len(parts) == 1:  # one row per product (every v1 catalog): nothing to merge
+        line, _, row = parts[0]
+        return Built(line, row, (line,) * len(row.images)), []
     explicit_main = [p for p in parts if any(im.get("role") == MAIN_ROLE for im in p[1]["images"])]
     base = explicit_main[0] if explicit_main else parts[0]
     b_line, b_fields, b_row = base

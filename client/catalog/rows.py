@@ -109,6 +109,23 @@ class ImageRef(StrictRow):
         return v if v is None else check_one_line(v)
 
 
+def _default_roles(images: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """The main image (role ``main``, else the first) first; images without a role get ``main`` (the
+    first) or ``alt``. Items that are not images are left for validation to name."""
+    items = [{"path": im} if isinstance(im, str) else
+             {"path": im.path, "role": im.role} if isinstance(im, ImageRef) else im for im in images]
+    roles = [im.get("role") if isinstance(im, Mapping) else None for im in items]
+    first = roles.index(MAIN_ROLE) if MAIN_ROLE in roles else 0
+    order = [first, *(i for i in range(len(items)) if i != first)]
+    out = []
+    for k, i in enumerate(order):
+        im = items[i]
+        if isinstance(im, Mapping) and im.get("role") is None:
+            im = {**im, "role": MAIN_ROLE if k == 0 else ALT_ROLE}
+        out.append(im)
+    return out
+
+
 class CatalogRow(StrictRow):
     """One product: a title, its images (``images[0]`` is the main one), attributes, variant link."""
 
@@ -123,13 +140,18 @@ class CatalogRow(StrictRow):
     @model_validator(mode="before")
     @classmethod
     def _flat_form(cls, data: Any) -> Any:
-        """Accept the flat record form (v1 keywords such as ``image=``, ``color=``, or a file's row)."""
+        """Accept the flat record form (v1 keywords such as ``image=``, ``color=``, or a file's row),
+        and give images without a role theirs (the main one first)."""
         if not isinstance(data, Mapping):
             return data
-        out, problems = structure_record(data)
-        if problems:
-            raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
-        return out
+        if not ("images" in data and data.keys() <= cls.model_fields.keys()):
+            data, problems = structure_record(data)
+            if problems:
+                raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
+        images = data.get("images")
+        if isinstance(images, (list, tuple)) and images:
+            data = {**data, "images": _default_roles(images)}
+        return data
 
     @field_validator("product_id", "variant_of")
     @classmethod
@@ -147,9 +169,10 @@ class CatalogRow(StrictRow):
     @classmethod
     def _attributes(cls, v: dict[str, str]) -> dict[str, str]:
         out = {}
-        for name, value in v.items():
-            if facet_name(name) != name:
-                raise ValueError(f"attribute name {name!r} must be a facet name such as {facet_name(name)!r}")
+        for raw, value in v.items():
+            name = facet_name(raw)
+            if name in out:
+                raise ValueError(f"attribute {raw!r} is given twice (as {name!r})")
             if name in KNOWN_COLUMNS:
                 raise ValueError(f"attribute name {name!r} is a known column")
             value = value.strip()
@@ -164,23 +187,16 @@ class CatalogRow(StrictRow):
         return out
 
     @model_validator(mode="after")
-    def _roles(self) -> "CatalogRow":
-        """The main image (role ``main``, else the first) goes first; images without a role get one."""
-        mains = [i for i, im in enumerate(self.images) if im.role == MAIN_ROLE]
-        if len(mains) > 1:
-            raise ValueError(f"{len(mains)} images have role 'main'; a product has one main image")
+    def _one_main_each_image_once(self) -> "CatalogRow":
+        mains = sum(im.role == MAIN_ROLE for im in self.images)
+        if mains > 1:
+            raise ValueError(f"{mains} images have role 'main'; a product has one main image")
         paths = [im.path for im in self.images]
         if len(set(paths)) != len(paths):
             twice = sorted({p for p in paths if paths.count(p) > 1})
             raise ValueError(f"image(s) {twice} listed twice for this product")
-        first = mains[0] if mains else 0
-        order = [first, *(i for i in range(len(self.images)) if i != first)]
-        images = tuple(ImageRef(path=self.images[i].path,
-                                role=self.images[i].role or (MAIN_ROLE if k == 0 else ALT_ROLE))
-                       for k, i in enumerate(order))
         if self.variant_of == self.product_id:
             raise ValueError(f"variant_of: product {self.product_id!r} cannot be a variant of itself")
-        object.__setattr__(self, "images", images)
         return self
 
     # -- v1 accessors, read-only -----------------------------------------------------------------

@@ -17,9 +17,9 @@ swapping local files for an object store means replacing `load_image` (and `fing
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import os
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
