@@ -100,8 +100,9 @@ def _print_report(report) -> None:  # noqa: ANN001
     table.add_row("rejected", str(report.rejected))
     for reason, n in report.rejected_by_reason.items():
         table.add_row(f"  {reason}", str(n))
-    for reason, n in report.photos_skipped_by_reason.items():
-        table.add_row(f"photo skipped: {reason}", str(n))
+    for reason, n in report.photos_skipped_by_reason.items():  # the product is indexed; see the rejects file
+        table.add_row(f"photo skipped: {reason}" if reason.startswith("photo_") else f"kept, reported: {reason}",
+                      str(n))
     if report.skipped_other_splits:
         table.add_row("other splits (not indexed)", str(report.skipped_other_splits))
     table.add_row("chunks resumed / embedded", f"{report.chunks_resumed} / {report.chunks_embedded}")
