@@ -67,7 +67,7 @@ def structure_record(rec: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple
     roles = [known.pop(c) for c in ROLE_COLUMNS if present(known.get(c))]
     for c in ROLE_COLUMNS:
         known.pop(c, None)
-    if len(set(roles)) > 1:
+    if len(roles) > 1 and roles[0] != roles[1]:
         problems.append(("role", f"'role' and 'view' disagree: {roles[0]!r} vs {roles[1]!r}"))
     images: list[Any] = []
     if present(known.get("image")):
@@ -88,6 +88,9 @@ def structure_record(rec: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple
     if present(known.get("photo")):
         images.append({"path": known.pop("photo"), "role": PHOTO_ROLE})
     known.pop("photo", None)
+    for k in ("product_id", "variant_of"):  # JSON exports often have numeric ids
+        if isinstance(known.get(k), int) and not isinstance(known[k], bool):
+            known[k] = str(known[k])
     # An empty id or title is reported as such ("empty value"), not as a missing field.
     out.update({k: v for k, v in known.items() if present(v) or (k in _REQUIRED and isinstance(v, str))})
     if not images and not any(f in ("role", "images") for f, _ in problems):

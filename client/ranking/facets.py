@@ -1,5 +1,8 @@
 """Filters, facet counts and the adaptive over-fetch planner for filtered search.
 
+Facets are whatever attributes the catalog has (catalog format v2, docs/catalog.md: any extra column
+becomes one, its name made a plain word matching ``FACET_NAME_PATTERN``); nothing here names a facet.
+
 Filter semantics (standard e-commerce): values within one facet are OR-ed, facets are AND-ed:
 ``color=red,burgundy`` + ``category=dress`` keeps red-or-burgundy dresses. Attributes are
 single-valued per product; a product with no value for a filtered facet never matches that filter.

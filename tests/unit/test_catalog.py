@@ -407,3 +407,17 @@ def test_a_row_without_an_image_says_so(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [{"product_id": "p1", "title": "Tee", "color": "red"}])
     [p] = problems_of(path)
     assert (p.line, p.field) == (1, "image") and "missing: every row needs an image" in p.message
+
+
+def test_numeric_ids_are_text_and_odd_json_values_are_named(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [{"product_id": 123, "title": "Mug", "image": "m.png"}])
+    assert "123" in read_catalog(path)
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"product_id": "p1", "title": "Mug", "image": "m.png", "role": ["main"], "view": "main"},
+        {"product_id": "p2", "title": "Mug", "images": "m.png"},
+        {"product_id": "p3", "title": "Mug", "image": "m.png", "attributes": ["red"]},
+    ])
+    found = {p.line: str(p) for p in problems_of(path)}
+    assert "line 1: role: 'role' and 'view' disagree: ['main'] vs 'main'" == found[1]
+    assert "line 2: images: must be a list of paths or {path, role} objects; got str" == found[2]
+    assert "line 3: attributes: must be an object of name -> value; got list" == found[3]
