@@ -1,0 +1,45 @@
+"""Typer callbacks for the paths a command reads: a regular, readable file, checked before any work.
+
+``exists=True`` accepts a FIFO (reading it blocks forever), ``/dev/zero`` (never ends) or a socket;
+these callbacks refuse everything but a regular file, naming the option and the path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import typer
+
+from lenscope.client.cli.terminal import escape_controls
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def input_file(value: Path | None) -> Path | None:
+    """Option callback: None, or an existing, readable regular file (symlinks followed)."""
+    if value is None:
+        return None
+    shown = escape_controls(str(value))
+    try:
+        mode = os.stat(value).st_mode
+    except FileNotFoundError:
+        raise typer.BadParameter(f"{shown} does not exist") from None
+    except OSError as err:
+        raise typer.BadParameter(f"{shown} cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise typer.BadParameter(f"{shown} is {_kind(mode)}, not a regular file")
+    if not os.access(value, os.R_OK):
+        raise typer.BadParameter(f"{shown} is not readable (permissions)")
+    return value
