@@ -13,7 +13,7 @@ from rich.console import Console
 
 from lenscope.client.cli.boundary import BoundaryGroup
 from lenscope.client.cli.eval import eval_command, fit_fusion_command
-from lenscope.client.cli.paths import input_file
+from lenscope.client.cli.paths import input_file, text_file
 from lenscope.client.cli.terminal import log_to
 from lenscope.client.cli.search import search_command
 from lenscope.client.cli.serve import serve_app
@@ -59,7 +59,7 @@ def is_lenscope_checkpoint(path: Path) -> bool:
 
 @model_app.command("export")
 def model_export(
-    spec: Optional[Path] = typer.Option(None, callback=input_file, help="Model spec (JSON/YAML). Default: the shipped lenscope-tiny."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec (JSON/YAML). Default: the shipped lenscope-tiny."),
     out: Path = typer.Option(Path("model_repository/cpu"), help="Where to write the Triton model repository."),
     profile: str = typer.Option("cpu", help="cpu (python backend + onnxruntime) | gpu (onnxruntime/TensorRT backends)."),
     gpu_backend: str = typer.Option("onnxruntime-trt", help="gpu profile: onnxruntime-trt | onnxruntime | tensorrt_plan."),
@@ -85,7 +85,7 @@ def model_export(
 def model_build_trt(
     onnx_dir: Path = typer.Option(..., exists=True, file_okay=False, help="ONNX files from `model export --onnx-dir`."),
     out: Path = typer.Option(..., help="Where to write the gpu repository with TensorRT engines."),
-    spec: Optional[Path] = typer.Option(None, callback=input_file, help="Model spec the ONNX files came from."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec the ONNX files came from."),
     fp16: bool = typer.Option(True, help="Build fp16 engines."),
     max_batch_size: int = typer.Option(32, help="Largest batch the engines accept."),
 ) -> None:
@@ -101,8 +101,8 @@ def model_build_trt(
 
 @model_app.command("train")
 def model_train(
-    spec: Optional[Path] = typer.Option(None, callback=input_file, help="Model spec. Default: the shipped lenscope-tiny."),
-    catalog: Optional[Path] = typer.Option(None, callback=input_file, help="Catalog (JSONL/CSV). Default: generate the bundled 6,000-product catalog (seed 0)."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec. Default: the shipped lenscope-tiny."),
+    catalog: Optional[Path] = typer.Option(None, callback=text_file, help="Catalog (JSONL/CSV). Default: generate the bundled 6,000-product catalog (seed 0)."),
     out: Path = typer.Option(Path(".lenscope/train/model.pt"), help="Checkpoint to write (export/weights/lenscope-tiny.pt replaces the shipped one)."),
     init_checkpoint: Optional[Path] = typer.Option(None, callback=input_file, help="Start from this lenscope/open_clip checkpoint (fine-tune). Default: the seeded init."),
     epochs: int = typer.Option(28, help="Contrastive epochs (28 = the shipped recipe)."),

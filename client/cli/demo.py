@@ -29,7 +29,9 @@ DEMO_SEED = 0
 def ensure_repository(repository: Path, reexport: bool, console: Console) -> None:
     if reexport or not (repository / contract.MANIFEST_FILE).is_file():
         from lenscope.export.pipeline import export_model  # torch only when exporting
+        from lenscope.export.repository import check_repository_out
 
+        check_repository_out(repository, "--repository")
         export_model(out=repository, log=log_to(console))
 
 

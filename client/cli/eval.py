@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from lenscope.client.cli.paths import input_file
+from lenscope.client.cli.paths import input_file, text_file
 from lenscope.client.cli.terminal import fail, log_to, warn
 from lenscope.client.core.outputs import check_not_input, check_output_dir, check_output_file
 
@@ -80,16 +80,16 @@ def _torch_ranker() -> Any:
 
 
 def eval_command(
-    catalog: Path = typer.Option(..., callback=input_file, help="Catalog (.jsonl/.csv) in the documented format."),
-    queries: Optional[Path] = typer.Option(None, callback=input_file,
+    catalog: Path = typer.Option(..., callback=text_file, help="Catalog (.jsonl/.csv) in the documented format."),
+    queries: Optional[Path] = typer.Option(None, callback=text_file,
                                            help="Labelled queries (.jsonl). Default: queries.jsonl next to the catalog."),
     repository: Optional[Path] = typer.Option(None, help="Model repository to serve (default: model_repository/cpu)."),
-    spec: Optional[Path] = typer.Option(None, callback=input_file,
+    spec: Optional[Path] = typer.Option(None, callback=text_file,
                                         help="Model spec: exported into the workdir (needs torch); also enables the "
                                              "fidelity check for any model."),
     split: str = typer.Option("test", help="Split to evaluate: train | val | test | all (queries without a split)."),
-    fusion: Optional[Path] = typer.Option(None, callback=input_file, help="Fusion weights file."),
-    calibration: Optional[Path] = typer.Option(None, callback=input_file, help="Calibration file."),
+    fusion: Optional[Path] = typer.Option(None, callback=text_file, help="Fusion weights file."),
+    calibration: Optional[Path] = typer.Option(None, callback=text_file, help="Calibration file."),
     fit_on: str = typer.Option("val", help="Without files (given or shipped with the model): fit calibration + "
                                            "fusion on this split's labelled queries first; 'none' = the index's own."),
     shipped: bool = typer.Option(True, "--shipped/--no-shipped",
@@ -155,15 +155,15 @@ def eval_command(
 def fit_fusion_command(
     out: Path = typer.Option(..., help="Fusion weights file to write (JSON; what `index build --fusion-weights` reads)."),
     calibration_out: Optional[Path] = typer.Option(None, help="Also write the fitted calibration (JSON)."),
-    catalog: Optional[Path] = typer.Option(None, callback=input_file,
+    catalog: Optional[Path] = typer.Option(None, callback=text_file,
                                            help="Catalog in the documented format (fit through the live stack)."),
-    queries: Optional[Path] = typer.Option(None, callback=input_file,
+    queries: Optional[Path] = typer.Option(None, callback=text_file,
                                            help="Labelled queries (.jsonl). Default: queries.jsonl next to the catalog."),
-    features: Optional[Path] = typer.Option(None, callback=input_file,
+    features: Optional[Path] = typer.Option(None, callback=text_file,
                                             help="Instead of a catalog: labelled rows (JSONL: {\"label\": 0|1, <signal>: "
                                                  "value, ...}), e.g. from logged searches and clicks."),
     repository: Optional[Path] = typer.Option(None, help="Model repository to serve (default: model_repository/cpu)."),
-    spec: Optional[Path] = typer.Option(None, callback=input_file, help="Model spec (exported, needs torch)."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec (exported, needs torch)."),
     split: str = typer.Option("val", help="Split whose labelled queries are fitted on (never the test split)."),
     relevant: str = typer.Option("auto", help="Which grade counts as relevant: 'auto' (the better of 'max' and 2 "
                                               "on the fitting queries' nDCG@10), 'max', or a grade."),

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lenscope.client.cli.paths import input_file
+from lenscope.client.cli.paths import input_file, text_file
 from lenscope.client.cli.terminal import fail, literal, log_to
 from lenscope.client.core.outputs import check_output_dir
 
@@ -41,7 +41,7 @@ def _make_embedder(url: str, timeout_s: float, concurrency: int, batch_size: int
 
 
 def index_build_command(
-    catalog: Path = typer.Option(..., callback=input_file, help="Catalog file (.jsonl or .csv); image "
+    catalog: Path = typer.Option(..., callback=text_file, help="Catalog file (.jsonl or .csv); image "
                                  "paths resolve against its directory."),
     index_root: Path = typer.Option(..., help="Bundle root: versions/, current -> the served version."),
     triton: str = typer.Option("127.0.0.1:8001", help="Triton gRPC address (host:port)."),
@@ -51,11 +51,11 @@ def index_build_command(
     timeout: float = typer.Option(30.0, min=0.1, help="Per-request deadline to Triton, seconds."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (JSONL). Default: <index-root>/rejects.jsonl."),
     calibration: Optional[Path] = typer.Option(
-        None, callback=input_file, help="Calibration JSON to attach instead of fitting one on the catalog's own pairs."),
+        None, callback=text_file, help="Calibration JSON to attach instead of fitting one on the catalog's own pairs."),
     shipped_fit: bool = typer.Option(
         True, help="Without --fusion-weights/--calibration: use the pair shipped with the served model's checkpoint."),
     fusion_weights: Optional[Path] = typer.Option(
-        None, callback=input_file, help="Fusion weights JSON stored with the index (defaults if absent)."),
+        None, callback=text_file, help="Fusion weights JSON stored with the index (defaults if absent)."),
     calibration_method: str = typer.Option("platt", help="platt | isotonic."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Index only these splits (repeatable)."),
     seed: int = typer.Option(0, help="Seed of the calibration's unmatched-pair sampling."),

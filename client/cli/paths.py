@@ -43,3 +43,34 @@ def input_file(value: Path | None) -> Path | None:
     if not os.access(value, os.R_OK):
         raise typer.BadParameter(f"{shown} is not readable (permissions)")
     return value
+
+
+def check_utf8(path: Path, chunk_bytes: int = 1 << 20) -> None:
+    """Raise BadParameter naming the line and byte of the first non-UTF-8 sequence in `path` (streamed)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                bad = err.object[err.start]
+                line += err.object[:err.start].count(b"\n")
+                raise typer.BadParameter(
+                    f"{escape_controls(str(path))} line {line}: byte 0x{bad:02x} (offset {offset + err.start}) is not "
+                    "UTF-8; save the file as UTF-8") from None
+            line += text.count("\n")
+            offset += len(chunk)
+            if not chunk:
+                return
+
+
+def text_file(value: Path | None) -> Path | None:
+    """Option callback: :func:`input_file` that also holds UTF-8 text (spec, weights, calibration, rows)."""
+    value = input_file(value)
+    if value is not None:
+        check_utf8(value)
+    return value

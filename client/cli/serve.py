@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -23,6 +23,9 @@ from lenscope.client.cli.paths import input_file
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.server import TritonServer, TritonServerConfig
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 serve_app = typer.Typer(
     help="Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly).",
@@ -50,19 +53,30 @@ def _echo(line: str) -> None:
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
-    """Fail with one line, before any work, when `host:port` cannot be listened on (in use, bad address)."""
-    if port == 0:
-        return
+    """Fail with one line, before any work, when `host:port` cannot be listened on (in use, bad address;
+    port 0 checks the address only)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+        except socket.gaierror as err:
+            fail(f"host {host!r} is not an address of this machine: {err.strerror}",
+                 hint="listen on 127.0.0.1, 0.0.0.0 or an address of this machine (--host / LENSCOPE_HOST)")
         except OSError as err:
             fail(f"{option} {port}: cannot listen on {host}:{port}: {err.strerror}",
                  hint=f"pick another {option} or stop the process that holds the port")
         except (OverflowError, UnicodeError) as err:
             fail(f"{option} {port} / host {host!r}: {err}", hint="ports are 0-65535; hosts are addresses of this machine")
+
+
+def settings_message(err: "ValidationError", env_prefix: str) -> str:
+    """A settings validation error naming the environment variables and the values they held."""
+    parts = []
+    for e in err.errors():
+        name = env_prefix.upper() + "_".join(str(p) for p in e.get("loc", ())).upper()
+        parts.append(f"{name}={e.get('input')!r}: {e.get('msg')}")
+    return "invalid setting " + "; ".join(parts)
 
 
 def published_index(index_root: Path) -> str:
@@ -197,13 +211,19 @@ def search_service(
     triton_key: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_KEY", help="Client key for mutual TLS to Triton."),
 ) -> None:
     """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT."""
+    from pydantic import ValidationError
+
     from lenscope.client.search.engine import open_engine
     from lenscope.client.service.server import serve
     from lenscope.client.service.settings import ServiceSettings
     from lenscope.client.triton.client import ClientConfig
 
     overrides = {k: v for k, v in {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host}.items() if v is not None}
-    settings = ServiceSettings(**overrides)  # LENSCOPE_* values are validated here, before any work
+    try:
+        settings = ServiceSettings(**overrides)  # LENSCOPE_* values are validated here, before any work
+    except ValidationError as err:
+        fail(settings_message(err, ServiceSettings.model_config.get("env_prefix", "")),
+             hint="fix the environment variable (or pass the option); client/service/settings.py lists them")
     published_index(index_root)
     check_port_free(settings.host, settings.grpc_port, "--grpc-port")
     check_port_free(settings.host, settings.metrics_port, "--metrics-port")
