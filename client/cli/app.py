@@ -20,23 +20,24 @@ from lenscope.client.cli.serve import serve_app
 from lenscope.client.cli.web import serve_web_command
 from lenscope.client.cli.index import catalog_generate_command, index_build_command
 
-app = typer.Typer(help="Lenscope: visual product search on Triton.", no_args_is_help=True, add_completion=False,
-                  cls=BoundaryGroup, pretty_exceptions_enable=False)
-model_app = typer.Typer(help="Export, verify and build models.", no_args_is_help=True, add_completion=False)
+# Plain (click) help: it wraps at any width, where Rich's option panels cut names at 80 columns.
+PLAIN = dict(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app = typer.Typer(help="Lenscope: visual product search on Triton.", cls=BoundaryGroup, pretty_exceptions_enable=False,
+                  **PLAIN)
+model_app = typer.Typer(help="Export, verify and build models.", **PLAIN)
 app.add_typer(model_app, name="model")
-serve_app.command("web")(serve_web_command)
+serve_app.command("web", short_help="Serve the web demo (photo/text search, facets, scores).")(serve_web_command)
 app.add_typer(serve_app, name="serve")
-app.command("search")(search_command)
-app.command("eval")(eval_command)
-rerank_app = typer.Typer(help="Fit fusion weights and calibration from labelled queries.", no_args_is_help=True,
-                         add_completion=False)
-rerank_app.command("fit")(fit_fusion_command)
+app.command("search", short_help="Search by photo and/or text; hits with score breakdown.")(search_command)
+app.command("eval", short_help="Recall@K, nDCG, MRR of labelled queries via the live stack.")(eval_command)
+rerank_app = typer.Typer(help="Fit fusion weights and calibration from labelled queries.", **PLAIN)
+rerank_app.command("fit", short_help="Learn fusion weights and calibration from labelled data.")(fit_fusion_command)
 app.add_typer(rerank_app, name="rerank")
-index_app = typer.Typer(help="Build and inspect search indexes.", no_args_is_help=True, add_completion=False)
-index_app.command("build")(index_build_command)
+index_app = typer.Typer(help="Build and inspect search indexes.", **PLAIN)
+index_app.command("build", short_help="Embed a catalog through Triton, publish an index bundle.")(index_build_command)
 app.add_typer(index_app, name="index")
-catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", no_args_is_help=True, add_completion=False)
-catalog_app.command("generate")(catalog_generate_command)
+catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", **PLAIN)
+catalog_app.command("generate", short_help="Generate the procedural catalog (images, photos, queries).")(catalog_generate_command)
 app.add_typer(catalog_app, name="catalog")
 
 console = Console(highlight=False)
@@ -57,7 +58,7 @@ def is_lenscope_checkpoint(path: Path) -> bool:
     return all(key in head for key in (b"clip", b"heads", b"meta"))
 
 
-@model_app.command("export")
+@model_app.command("export", short_help="Export to ONNX, verify against torch, write a repository.")
 def model_export(
     spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec (JSON/YAML). Default: the shipped lenscope-tiny."),
     out: Path = typer.Option(Path("model_repository/cpu"), help="Where to write the Triton model repository."),
@@ -81,7 +82,7 @@ def model_export(
     export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=log)
 
 
-@model_app.command("build-trt")
+@model_app.command("build-trt", short_help="Build TensorRT engines and a tensorrt_plan repository.")
 def model_build_trt(
     onnx_dir: Path = typer.Option(..., exists=True, file_okay=False, help="ONNX files from `model export --onnx-dir`."),
     out: Path = typer.Option(..., help="Where to write the gpu repository with TensorRT engines."),
@@ -99,7 +100,7 @@ def model_build_trt(
     build_trt_repository(onnx_dir, out, spec, fp16=fp16, max_batch_size=max_batch_size, log=log)
 
 
-@model_app.command("train")
+@model_app.command("train", short_help="Contrastive (CLIP) training; defaults = the shipped model.")
 def model_train(
     spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec. Default: the shipped lenscope-tiny."),
     catalog: Optional[Path] = typer.Option(None, callback=text_file, help="Catalog (JSONL/CSV). Default: generate the bundled 6,000-product catalog (seed 0)."),
@@ -138,7 +139,7 @@ def model_train(
         f"in {timing.get('total_s', 0):.0f} s; point a spec's checkpoint at it and run 'lenscope model export'")
 
 
-@app.command("demo")
+@app.command("demo", short_help="Export, index, serve and query the bundled catalog.")
 def demo(
     repository: Path = typer.Option(Path("model_repository/cpu"), help="Model repository (exported if missing)."),
     reexport: bool = typer.Option(False, help="Export again even if the repository exists."),

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 serve_app = typer.Typer(
     help="Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly).",
+    short_help="Run tritonserver, the search service or the web demo.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False, rich_markup_mode=None,
 )
 
 
@@ -108,7 +109,7 @@ def _grpc_tls_args(cert: Optional[Path], key: Optional[Path], client_ca: Optiona
     return tuple(args)
 
 
-@serve_app.command("triton")
+@serve_app.command("triton", short_help="Run tritonserver on a model repository until SIGTERM.")
 def triton(
     model_repository: Path = typer.Option(
         ..., "--model-repository", exists=True, file_okay=False, dir_okay=True, resolve_path=True,
@@ -199,7 +200,7 @@ def triton(
             signal.signal(signum, handler)
 
 
-@serve_app.command("search")
+@serve_app.command("search", short_help="Run the gRPC search service until SIGTERM.")
 def search_service(
     index_root: Path = typer.Option(..., "--index-root", exists=True, file_okay=False, help="Index root (from `lenscope index build`)."),
     triton: str = typer.Option("127.0.0.1:8001", "--triton", envvar="LENSCOPE_TRITON_URL", help="Triton gRPC host:port."),
