@@ -130,3 +130,18 @@ def test_benchmarks_write_tracked_reports_only_with_publish(monkeypatch: pytest.
     with pytest.raises(SystemExit):
         reporting.output_dir(Path("x"), publish=True)
     sys.modules.pop("reporting", None)
+
+
+def test_model_train_recognises_its_checkpoints_and_nothing_else(tmp_path: Path) -> None:
+    import zipfile
+
+    from lenscope.client.cli.app import is_lenscope_checkpoint
+
+    repo = Path(__file__).resolve().parents[2]
+    assert is_lenscope_checkpoint(repo / "export" / "weights" / "lenscope-tiny.pt")
+    other = tmp_path / "other.pt"  # a torch-style zip holding something else
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("other/data.pkl", b"\x80\x02}q\x00X\x05\x00\x00\x00modelq\x01.")
+    assert not is_lenscope_checkpoint(other)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    assert not is_lenscope_checkpoint(tmp_path / "notes.txt")
