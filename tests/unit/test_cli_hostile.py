@@ -80,3 +80,23 @@ def test_every_command_has_hostile_cases() -> None:
     covered = {c.command for c in CASES}
     assert covered >= {"model export", "model build-trt", "model train", "catalog generate", "index build",
                        "serve search", "serve triton", "serve web", "search", "eval", "rerank fit", "demo"}
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["serve", "search", "--index-root", "empty_root"], "empty_root holds no published index"),
+    (["serve", "search", "--index-root", "root_file_current"], "current is not a symlink"),
+    (["index", "build", "--catalog", "catalog.jsonl", "--index-root", "userdata"], "userdata is a folder lenscope did not"),
+])
+def test_the_real_process_prints_one_message(argv: list[str], fragment: str, workspace: Path) -> None:
+    """The same boundary outside CliRunner: a real process, real stderr, no Rich traceback."""
+    import subprocess
+
+    before = snapshot(workspace)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENSCOPE_")}
+    proc = subprocess.run([sys.executable, "-m", "lenscope.client.cli", *argv], cwd=workspace, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and fragment in " ".join(proc.stderr.split()), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2  # the message and its hint
+    assert snapshot(workspace) == before
