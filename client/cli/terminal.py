@@ -22,12 +22,13 @@ _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def escape_controls(text: str, keep_newlines: bool = True) -> str:
-    """`text` with C0/C1 control characters (and bidi overrides) written as escapes, e.g. ESC -> ``\\x1b``."""
+    """`text` with C0/C1 control characters (and bidi overrides) written as escapes, e.g. ESC -> ``\\x1b``;
+    tabs stay, newlines stay unless `keep_newlines` is False (a table cell, a one-line message)."""
     if text.isprintable():
         return text
     out = []
     for ch in text:
-        if ch == "\n" and keep_newlines:
+        if (ch == "\n" and keep_newlines) or ch == "\t":
             out.append(ch)
         elif ch in _BIDI or unicodedata.category(ch) == "Cc":
             out.append(ch.encode("unicode_escape").decode("ascii"))

@@ -67,6 +67,8 @@ def make_workspace(root: Path) -> Path:
     (root / "settings.json").write_text(json.dumps({"theme": "dark"}) + "\n")
     (root / "catalog.jsonl").write_text(json.dumps({"product_id": "p1", "title": "red dress", "image": "p1.png"}) + "\n")
     (root / "feats.jsonl").write_text("".join(json.dumps({"label": i % 2, "visual": i / 10}) + "\n" for i in range(8)))
+    (root / "sp[" / "]").mkdir(parents=True)  # the folder path `sp[/]`: Rich markup if printed as such
+    (root / "sp[" / "]" / "x.json").write_text(json.dumps({"name": "x"}) + "\n")
     os.mkfifo(root / "fifo")
     # an index root whose `current` is a regular file (someone replaced the link)
     (root / "root_file_current").mkdir()
@@ -92,7 +94,8 @@ def _cases() -> list[CliCase]:
     add(me, "onnx-dir-user-folder", ["--out", "newrepo", "--onnx-dir", "userdata"], "--onnx-dir userdata is a folder")
     add(me, "onnx-dir-equals-out", ["--out", "onnxdir", "--onnx-dir", "onnxdir"], "is also the input")
     add(me, "spec-missing", ["--spec", "nope.json"], "nope.json does not exist")
-    add(me, "spec-markup-path", ["--spec", "sp[/]/x.json"], "sp[/]/x.json does not exist")
+    add(me, "spec-markup-path-missing", ["--spec", "sp[/]/nope.json"], "sp[/]/nope.json does not exist")
+    add(me, "spec-markup-path-invalid", ["--spec", "sp[/]/x.json", "--out", "newrepo"], "sp[/]/x.json")
     add(me, "spec-escape-path", ["--spec", f"{ESC}]0;pwn\x07.json"], "\\x1b]0;pwn\\x07.json does not exist")
     add(me, "spec-empty", ["--spec", "empty.txt", "--out", "newrepo"], "empty.txt")
     add(me, "spec-folder", ["--spec", "adir"], "adir is a folder")
