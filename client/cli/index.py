@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lenscope.client.cli.paths import input_file, text_file
+from lenscope.client.cli.paths import check_current_link, input_file, text_file
 from lenscope.client.cli.terminal import fail, literal, log_to
 from lenscope.client.core.outputs import check_output_dir
 
@@ -79,6 +79,7 @@ def index_build_command(
     if split and (bad := sorted(set(split) - set(SPLITS))):
         _fail(f"--split must be among {list(SPLITS)}, got {bad}")
     check_output_dir(index_root, "--index-root", INDEX_ROOT_MARKERS, "an index")
+    check_current_link(index_root)
     config = IndexBuildConfig(
         catalog=catalog, index_root=index_root, index_kind=index_kind, batch_size=batch_size,  # type: ignore[arg-type]
         concurrency=concurrency, rejects_path=rejects, fusion_weights=fusion_weights,

@@ -74,3 +74,14 @@ def text_file(value: Path | None) -> Path | None:
     if value is not None:
         check_utf8(value)
     return value
+
+
+def check_current_link(index_root: Path) -> None:
+    """Fail (exit 2) when an index root's `current` exists but is not the symlink `index build` publishes."""
+    from lenscope.client.cli.terminal import fail
+    from lenscope.client.index.bundle_store import CURRENT_LINK
+
+    link = Path(index_root) / CURRENT_LINK
+    if os.path.lexists(link) and not link.is_symlink():
+        fail(f"{link} is not a symlink: an index root's '{CURRENT_LINK}' is the link 'lenscope index build' publishes",
+             hint=f"move it away and rebuild with 'lenscope index build --catalog CATALOG --index-root {index_root}'")

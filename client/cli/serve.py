@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from lenscope.client.cli.paths import input_file
+from lenscope.client.cli.paths import check_current_link, input_file
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.server import TritonServer, TritonServerConfig
@@ -85,11 +85,7 @@ def published_index(index_root: Path) -> str:
     empty root or a `current` that is not the symlink `lenscope index build` writes."""
     from lenscope.client.index.bundle_store import CURRENT_LINK, BundleStore
 
-    link = index_root / CURRENT_LINK
-    if os.path.lexists(link) and not link.is_symlink():
-        fail(f"{link} is not a symlink: an index root's '{CURRENT_LINK}' is the link 'lenscope index build' publishes",
-             hint="move it away and rebuild with 'lenscope index build --catalog CATALOG --index-root "
-                  f"{index_root}'")
+    check_current_link(index_root)
     version = BundleStore(index_root).current_version()
     if version is None:
         fail(f"--index-root {index_root} holds no published index (no '{CURRENT_LINK}' link)",

@@ -140,6 +140,8 @@ def _cases() -> list[CliCase]:
                                              "settings.json", "--rejects", "settings.json", *base], "is also the input")
     add(ib, "index-root-user-folder", ["--catalog", "catalog.jsonl", "--index-root", "userdata", *base],
         "--index-root userdata is a folder lenscope did not write")
+    add(ib, "index-root-current-is-regular-file", ["--catalog", "catalog.jsonl", "--index-root", "root_file_current", *base],
+        "current is not a symlink")
     add(ib, "index-root-is-file", ["--catalog", "catalog.jsonl", "--index-root", "notes.txt", *base], "notes.txt exists and is not a folder")
     add(ib, "catalog-missing", ["--catalog", "nope.jsonl", "--index-root", "newidx", *base], "nope.jsonl does not exist")
     add(ib, "catalog-empty", ["--catalog", "empty.txt", "--index-root", "newidx", *base], "empty.txt")
