@@ -15,6 +15,8 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@echo "lenscope is installed in $(VENV): run '$(VENV)/bin/lenscope --help',"
+	@echo "or 'source $(VENV)/bin/activate' first to put 'lenscope' on your PATH."
 
 DEMO_ARGS ?=
 demo: setup

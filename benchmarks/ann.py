@@ -454,8 +454,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--milvus-ef", type=ints, default=[64, 128])
     p.add_argument("--spec", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "ann")
-    p.add_argument("--out", type=Path, default=reporting.REPORTS)
-    return p.parse_args(argv)
+    reporting.add_output_options(p)
+    args = p.parse_args(argv)
+    args.out = reporting.output_dir(args.out, args.publish)
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -222,9 +222,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compare", dest="compare_inflight", action="store_const", const=0)
     p.add_argument("--spec", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "load")
-    p.add_argument("--out", type=Path, default=reporting.REPORTS)
+    reporting.add_output_options(p)
     p.add_argument("--from-json", type=Path, default=None, help="re-render an earlier run's JSON (no measuring)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = reporting.output_dir(args.out, args.publish)
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -468,11 +468,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repo", type=Path, default=None, help="with --server: the repository it serves (in-process baseline)")
     p.add_argument("--ort-provider", default="cpu", help="in-process baseline: cpu | cuda | tensorrt-fp16")
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "perf_analyzer")
-    p.add_argument("--out", type=Path, default=reporting.REPORTS, help="report directory")
+    reporting.add_output_options(p)
     p.add_argument("--fresh", action="store_true", help="re-export the model even if the workdir has it")
     p.add_argument("--from-json", type=Path, default=None,
                    help="re-render the Markdown/PNG (and summary) of an earlier run's JSON without measuring")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = reporting.output_dir(args.out, args.publish)
+    return args
 
 
 def rerender(path: Path, out: Path) -> dict[str, Any]:

@@ -23,14 +23,15 @@ same configuration):
 ``fit``
     the shipped default's calibration + fusion weights fitted on the val split through the live
     stack (``lenscope rerank fit``), written to ``export/weights/lenscope-tiny.{fusion,calibration}.json``
-    (deterministic: a rerun rewrites the same files) + ``benchmarks/reports/relevance_fit.json``.
+    (deterministic: a rerun rewrites the same files) + ``relevance_fit.json`` in the reports folder.
 ``eval``
     every model through the live stack (``lenscope.client.eval.harness``: export -> tritonserver ->
     index of the test split -> SearchEngine), with calibration + fusion fitted on the val split
     through the same stack (the default uses its shipped, val-fitted files). Export fidelity
     (Triton vs torch Recall@10) is checked for every model.
 ``report``
-    ``benchmarks/reports/relevance.md`` / ``.json`` + PNG plots.
+    ``relevance.md`` / ``.json`` + PNG plots in the reports folder: ``.lenscope/bench/reports/``
+    (git-ignored), or the tracked ``benchmarks/reports/`` with ``--publish``.
 
 The budgets are deliberately short so the whole run fits a shared 2-core CPU box (stated in the
 report with the measured times); with a GPU, raise ``--pretrain-epochs`` / ``--finetune-epochs``.
@@ -51,8 +52,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reporting  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-REPORTS = REPO / "benchmarks" / "reports"
 DEFAULT_WORKDIR = REPO / ".lenscope" / "bench" / "relevance"
 SHIPPED_SPEC = REPO / "export" / "specs" / "lenscope-tiny.json"
 SHIPPED_CHECKPOINT = REPO / "export" / "weights" / "lenscope-tiny.pt"
@@ -632,9 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-epochs", type=int, default=Budget.pretrain_epochs)
     ap.add_argument("--finetune-epochs", type=int, default=Budget.finetune_epochs)
     ap.add_argument("--threads", type=int, default=Budget.threads)
-    ap.add_argument("--reports", type=Path, default=REPORTS)
+    reporting.add_output_options(ap, "--reports")
     ap.add_argument("--models", default=None, help="comma-separated subset to evaluate (default: all trained + default)")
     args = ap.parse_args(argv)
+    args.reports = reporting.output_dir(args.reports, args.publish)
     budget = Budget(args.corpus_images, args.pretrain_epochs, args.finetune_epochs, args.threads)
     stages = set(args.stages.split(","))
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """What every benchmark report carries: the machine it ran on, latency percentiles, and the three files
-(JSON for machines, Markdown for people, a PNG plot) written side by side under ``benchmarks/reports/``.
+(JSON for machines, Markdown for people, a PNG plot) written side by side under ``.lenscope/bench/reports/``
+(git-ignored), or with ``--publish`` under the tracked ``benchmarks/reports/``.
 
 Numbers from a shared 2-core box drift by tens of percent between minutes, so the reports put compared
 configurations next to each other from the SAME run and state ratios; absolute figures only make sense
@@ -26,9 +27,27 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-REPORTS = Path(__file__).resolve().parent / "reports"
+# The tracked reports the README quotes: rewritten only with --publish, so a trial run changes no
+# tracked file.
+PUBLISHED = Path(__file__).resolve().parent / "reports"
 # Scratch space (exported models, catalogs, indexes): git-ignored; LENSCOPE_BENCH_WORK moves it (tests).
 WORK = Path(os.environ.get("LENSCOPE_BENCH_WORK") or REPO / ".lenscope" / "bench")
+REPORTS = WORK / "reports"  # where a run writes its report by default (git-ignored)
+
+
+def add_output_options(parser: Any, flag: str = "--out") -> None:
+    """``--out DIR`` and ``--publish``: reports go to the git-ignored REPORTS unless published."""
+    parser.add_argument(flag, type=Path, default=None,
+                        help=f"report directory (default: {REPORTS.relative_to(REPO) if REPORTS.is_relative_to(REPO) else REPORTS}; "
+                             "with --publish: benchmarks/reports, the tracked reports the README quotes)")
+    parser.add_argument("--publish", action="store_true",
+                        help="write the tracked reports in benchmarks/reports/ (what the README quotes)")
+
+
+def output_dir(value: Path | None, publish: bool) -> Path:
+    if value is not None and publish:
+        raise SystemExit("--publish writes benchmarks/reports/: give either it or an output directory")
+    return value if value is not None else (PUBLISHED if publish else REPORTS)
 
 
 # ------------------------------------------------------------------------------------------------

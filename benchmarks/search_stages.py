@@ -1,7 +1,7 @@
 """Per-stage latency of the search service on the demo stack: p50 / p99 of each stage the service
 reports (embed, retrieve, calibrate, fuse, facets, total) for text, photo and photo+text queries.
 
-    python benchmarks/search_stages.py [--queries 300] [--out benchmarks/reports]
+    python benchmarks/search_stages.py [--queries 300] [--out DIR | --publish]
 
 Loopback only, bounded: a fixed number of sequential queries. Writes search_stages.{json,md}.
 """
@@ -17,6 +17,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 from rich.console import Console
+
+import sys as _sys
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reporting  # noqa: E402
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
 from lenscope.client.catalog.reader import read_catalog
@@ -50,8 +55,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300, help="queries per type")
     ap.add_argument("--workdir", type=Path, default=Path(".lenscope/demo"))
     ap.add_argument("--repository", type=Path, default=Path("model_repository/cpu"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/reports"))
+    reporting.add_output_options(ap)
     args = ap.parse_args()
+    args.out = reporting.output_dir(args.out, args.publish)
     console = Console(width=150)
     ensure_repository(args.repository, False, console)
     manifest = load_manifest(args.repository)

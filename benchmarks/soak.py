@@ -4,7 +4,7 @@ latency drift and memory growth.
     python benchmarks/soak.py                          # ~4.5 min: saturation probe + 3 min soak
     python benchmarks/soak.py --duration 4h            # hours (windows widen to duration / 20)
     python benchmarks/soak.py --rate 60                # a fixed rate instead of measuring saturation
-    python benchmarks/soak.py --from-load-report benchmarks/reports/load.json   # saturation from load.py
+    python benchmarks/soak.py --from-load-report .lenscope/bench/reports/load.json   # saturation from load.py
 
 Same stack as load.py (tritonserver with the default model, the 600-product catalog indexed through it,
 ``lenscope serve search`` in its own process, open-loop mixed queries from this process, loopback only).
@@ -286,8 +286,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mix", default="image=0.4,text=0.4,image+text=0.2")
     p.add_argument("--spec", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "soak")
-    p.add_argument("--out", type=Path, default=reporting.REPORTS)
+    reporting.add_output_options(p)
     args = p.parse_args(argv)
+    args.out = reporting.output_dir(args.out, args.publish)
     args.window_s = args.window or max(15.0, args.duration / 20)
     return args
 

@@ -14,11 +14,12 @@ from typing import Callable
 from lenscope.client.core import contract
 from lenscope.client.core.manifest import CheckpointInfo, Manifest, RankingFit, compute_model_hash
 from lenscope.client.core.modelspec import load_spec
+from lenscope.client.core.outputs import check_not_input, check_output_dir
 from lenscope.client.ranking.calibration import parse_calibration
 from lenscope.client.ranking.fusion import parse_weights
 from lenscope.export.model import build_model, sha256_file
 from lenscope.export.onnx_export import export_onnx
-from lenscope.export.repository import RepositorySettings, write_repository
+from lenscope.export.repository import RepositorySettings, check_repository_out, write_repository
 from lenscope.export.verify import verify
 
 DEFAULT_SPEC = Path(__file__).parent / "specs" / "lenscope-tiny.json"
@@ -59,6 +60,10 @@ def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_reposit
                  log: Callable[[str], None] = print) -> Manifest:
     """Export and verify a model, then write its repository. Raises VerificationError on mismatch."""
     spec_path = Path(spec_path)
+    check_repository_out(Path(out))  # before minutes of work: never replace a folder we did not write
+    if onnx_dir is not None:
+        check_not_input(Path(onnx_dir), "--onnx-dir", {"--out": Path(out)})
+        check_output_dir(Path(onnx_dir), "--onnx-dir", (contract.MANIFEST_FILE, contract.IMAGE_ONNX), "ONNX files")
     spec = load_spec(spec_path)
     log(f"building {spec.name} ({spec.architecture}) from {spec_path}")
     model = build_model(spec, spec_path.parent)

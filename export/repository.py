@@ -1,14 +1,17 @@
 """Write a Triton model repository from exported graphs and a manifest, for the cpu or gpu profile.
 
 Every config is a typed object validated before anything touches disk; the repository is written
-into a temporary sibling and swapped in, so a failed export never leaves half a repository behind.
+into a temporary sibling and swapped in, so a failed export never leaves half a repository behind,
+and only a folder the project wrote (it holds the export manifest) is ever replaced.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lenscope.client.core import contract
 from lenscope.client.core.contract import Tensor
 from lenscope.client.core.manifest import Manifest
+from lenscope.client.core.outputs import check_output_dir
 from lenscope.export.triton_config import (
     DynamicBatching,
     EnsembleStep,
@@ -206,35 +210,47 @@ def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: 
     return files
 
 
+def check_repository_out(out: Path, option: str = "--out") -> None:
+    """Refuse an output that is a file or a folder the project did not write (no export manifest):
+    the repository replaces the folder as a whole."""
+    check_output_dir(out, option, (contract.MANIFEST_FILE,), "a model repository")
+
+
 def write_repository(out: Path, manifest: Manifest, onnx_paths: dict[str, Path], vocab_path: Path,
                      settings: RepositorySettings = RepositorySettings(), plans: dict[str, Path] | None = None) -> Path:
-    """Validate every config, write into a sibling temp dir, then swap it in place of `out`."""
+    """Validate every config, write into a fresh hidden sibling, then swap it in place of `out`.
+
+    `out` is replaced only when it is new, empty or a repository written here (it holds the export
+    manifest); the sibling names are fresh, so no neighbouring folder is ever touched."""
+    out = Path(out)
+    check_repository_out(out)
     configs = build_configs(manifest, settings)
     rendered = {name: render(cfg) for name, cfg in configs.items()}
     files = {name: _model_files(name, manifest, onnx_paths, settings, vocab_path, plans) for name in configs}
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, text in rendered.items():
-        model_dir = tmp / name
-        model_dir.mkdir()
-        (model_dir / "config.pbtxt").write_text(text)
-        for rel, content in files[name].items():
-            dest = model_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copyfile(content, dest)
-            else:
-                dest.write_bytes(content)
-    (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json() + "\n")
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for name, text in rendered.items():
+            model_dir = tmp / name
+            model_dir.mkdir()
+            (model_dir / "config.pbtxt").write_text(text)
+            for rel, content in files[name].items():
+                dest = model_dir / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, Path):
+                    shutil.copyfile(content, dest)
+                else:
+                    dest.write_bytes(content)
+        (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json() + "\n")
+        check_repository_out(out)  # again: another process may have filled it meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old: Path | None = None
     if out.exists():
-        out.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.rename(out, old)  # onto the fresh empty folder: atomic on POSIX
     tmp.rename(out)
-    if old.exists():
+    if old is not None:
         shutil.rmtree(old)
     return out

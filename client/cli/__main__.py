@@ -1,4 +1,4 @@
-"""`python -m lenscope.client.cli.app`."""
-from lenscope.client.cli.app.app import app
+"""`python -m lenscope.client.cli`."""
+from lenscope.client.cli.app import app
 
 app()

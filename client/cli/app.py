@@ -11,41 +11,56 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from lenscope.client.cli.boundary import BoundaryGroup
 from lenscope.client.cli.eval import eval_command, fit_fusion_command
+from lenscope.client.cli.paths import input_file, text_file
+from lenscope.client.cli.terminal import log_to
 from lenscope.client.cli.search import search_command
 from lenscope.client.cli.serve import serve_app
 from lenscope.client.cli.web import serve_web_command
 from lenscope.client.cli.index import catalog_generate_command, index_build_command
 
-app = typer.Typer(help="Lenscope: visual product search on Triton.", no_args_is_help=True, add_completion=False)
-model_app = typer.Typer(help="Export, verify and build models.", no_args_is_help=True, add_completion=False)
+# Plain (click) help: it wraps at any width, where Rich's option panels cut names at 80 columns.
+PLAIN = dict(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app = typer.Typer(help="Lenscope: visual product search on Triton.", cls=BoundaryGroup, pretty_exceptions_enable=False,
+                  **PLAIN)
+model_app = typer.Typer(help="Export, verify and build models.", **PLAIN)
 app.add_typer(model_app, name="model")
-serve_app.command("web")(serve_web_command)
+serve_app.command("web", short_help="Serve the web demo (photo/text search, facets, scores).")(serve_web_command)
 app.add_typer(serve_app, name="serve")
-app.command("search")(search_command)
-app.command("eval")(eval_command)
-rerank_app = typer.Typer(help="Fit fusion weights and calibration from labelled queries.", no_args_is_help=True,
-                         add_completion=False)
-rerank_app.command("fit")(fit_fusion_command)
+app.command("search", short_help="Search by photo and/or text; hits with score breakdown.")(search_command)
+app.command("eval", short_help="Recall@K, nDCG, MRR of labelled queries via the live stack.")(eval_command)
+rerank_app = typer.Typer(help="Fit fusion weights and calibration from labelled queries.", **PLAIN)
+rerank_app.command("fit", short_help="Learn fusion weights and calibration from labelled data.")(fit_fusion_command)
 app.add_typer(rerank_app, name="rerank")
-index_app = typer.Typer(help="Build and inspect search indexes.", no_args_is_help=True, add_completion=False)
-index_app.command("build")(index_build_command)
+index_app = typer.Typer(help="Build and inspect search indexes.", **PLAIN)
+index_app.command("build", short_help="Embed a catalog through Triton, publish an index bundle.")(index_build_command)
 app.add_typer(index_app, name="index")
-catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", no_args_is_help=True, add_completion=False)
-catalog_app.command("generate")(catalog_generate_command)
+catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", **PLAIN)
+catalog_app.command("generate", short_help="Generate the procedural catalog (images, photos, queries).")(catalog_generate_command)
 app.add_typer(catalog_app, name="catalog")
 
-console = Console()
+console = Console(highlight=False)
+log = log_to(console)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+def is_lenscope_checkpoint(path: Path) -> bool:
+    """A checkpoint `model train` wrote: a torch zip whose pickle holds the clip/heads/meta keys (torch-free)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        pickles = [n for n in z.namelist() if n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            return False
+        head = z.read(pickles[0])  # the pickle only: tensors live in other members
+    return all(key in head for key in (b"clip", b"heads", b"meta"))
 
 
-@model_app.command("export")
+@model_app.command("export", short_help="Export to ONNX, verify against torch, write a repository.")
 def model_export(
-    spec: Optional[Path] = typer.Option(None, help="Model spec (JSON/YAML). Default: the shipped lenscope-tiny."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec (JSON/YAML). Default: the shipped lenscope-tiny."),
     out: Path = typer.Option(Path("model_repository/cpu"), help="Where to write the Triton model repository."),
     profile: str = typer.Option("cpu", help="cpu (python backend + onnxruntime) | gpu (onnxruntime/TensorRT backends)."),
     gpu_backend: str = typer.Option("onnxruntime-trt", help="gpu profile: onnxruntime-trt | onnxruntime | tensorrt_plan."),
@@ -56,49 +71,41 @@ def model_export(
     onnx_dir: Optional[Path] = typer.Option(None, help="Keep the exported ONNX files here (for build-trt)."),
 ) -> None:
     """Export the spec's towers to ONNX, verify them against torch, write the repository."""
-    from pydantic import ValidationError
-
-    from lenscope.client.core.modelspec import SpecError
     from lenscope.export.pipeline import DEFAULT_SPEC, export_model
     from lenscope.export.repository import RepositorySettings
-    from lenscope.export.verify import VerificationError
 
-    try:
-        settings = RepositorySettings(
-            profile=profile, gpu_backend=gpu_backend, max_batch_size=max_batch_size,
-            max_queue_delay_microseconds=queue_delay_us, encoder_instances=encoder_instances,
-            intra_op_threads=intra_op_threads,
-        )
-        export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=console.print)
-    except ValidationError as err:
-        _fail(f"invalid option: {err}")
-    except (SpecError, VerificationError, FileNotFoundError) as err:
-        _fail(str(err))
+    settings = RepositorySettings(
+        profile=profile, gpu_backend=gpu_backend, max_batch_size=max_batch_size,
+        max_queue_delay_microseconds=queue_delay_us, encoder_instances=encoder_instances,
+        intra_op_threads=intra_op_threads,
+    )
+    export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=log)
 
 
-@model_app.command("build-trt")
+@model_app.command("build-trt", short_help="Build TensorRT engines and a tensorrt_plan repository.")
 def model_build_trt(
     onnx_dir: Path = typer.Option(..., exists=True, file_okay=False, help="ONNX files from `model export --onnx-dir`."),
     out: Path = typer.Option(..., help="Where to write the gpu repository with TensorRT engines."),
-    spec: Optional[Path] = typer.Option(None, help="Model spec the ONNX files came from."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec the ONNX files came from."),
     fp16: bool = typer.Option(True, help="Build fp16 engines."),
     max_batch_size: int = typer.Option(32, help="Largest batch the engines accept."),
 ) -> None:
     """Build TensorRT engines (needs a GPU and the `tensorrt` package) and write a tensorrt_plan repository."""
-    from lenscope.export.trt import TensorRTUnavailable, build_trt_repository
+    from lenscope.client.core.outputs import check_not_input
+    from lenscope.export.repository import check_repository_out
+    from lenscope.export.trt import build_trt_repository
 
-    try:
-        build_trt_repository(onnx_dir, out, spec, fp16=fp16, max_batch_size=max_batch_size, log=console.print)
-    except (TensorRTUnavailable, FileNotFoundError) as err:
-        _fail(str(err))
+    check_not_input(out, "--out", {"--onnx-dir": onnx_dir})
+    check_repository_out(out)
+    build_trt_repository(onnx_dir, out, spec, fp16=fp16, max_batch_size=max_batch_size, log=log)
 
 
-@model_app.command("train")
+@model_app.command("train", short_help="Contrastive (CLIP) training; defaults = the shipped model.")
 def model_train(
-    spec: Optional[Path] = typer.Option(None, help="Model spec. Default: the shipped lenscope-tiny."),
-    catalog: Optional[Path] = typer.Option(None, help="Catalog (JSONL/CSV). Default: generate the bundled 6,000-product catalog (seed 0)."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec. Default: the shipped lenscope-tiny."),
+    catalog: Optional[Path] = typer.Option(None, callback=text_file, help="Catalog (JSONL/CSV). Default: generate the bundled 6,000-product catalog (seed 0)."),
     out: Path = typer.Option(Path(".lenscope/train/model.pt"), help="Checkpoint to write (export/weights/lenscope-tiny.pt replaces the shipped one)."),
-    init_checkpoint: Optional[Path] = typer.Option(None, help="Start from this lenscope/open_clip checkpoint (fine-tune). Default: the seeded init."),
+    init_checkpoint: Optional[Path] = typer.Option(None, callback=input_file, help="Start from this lenscope/open_clip checkpoint (fine-tune). Default: the seeded init."),
     epochs: int = typer.Option(28, help="Contrastive epochs (28 = the shipped recipe)."),
     strategy: str = typer.Option("full", help="full | frozen_text | frozen_image | last_n"),
     last_n_blocks: int = typer.Option(1, help="With strategy last_n: trainable blocks per tower."),
@@ -107,42 +114,37 @@ def model_train(
     seed: int = typer.Option(0),
 ) -> None:
     """Contrastive (CLIP) training, CPU-capable; the defaults reproduce the shipped lenscope-tiny."""
-    from pydantic import ValidationError
-
-    from lenscope.client.core.modelspec import SpecError, load_spec
+    from lenscope.client.core.modelspec import load_spec
+    from lenscope.client.core.outputs import check_output_file
     from lenscope.export.pipeline import DEFAULT_SPEC
-    from lenscope.export.training.config import TrainConfig, TrainError
+    from lenscope.export.training.config import TrainConfig
     from lenscope.export.training.loop import train
 
     spec_path = spec or DEFAULT_SPEC
-    try:
-        model_spec = load_spec(spec_path).model_copy(update={"checkpoint": None})  # never resume silently
-        cfg = TrainConfig(epochs=epochs, strategy=strategy, last_n_blocks=last_n_blocks, heads=heads,
-                          batch_size=batch_size, seed=seed)
-    except (SpecError, ValidationError) as err:
-        _fail(str(err))
+    check_output_file(out, "--out", is_lenscope_checkpoint, "a checkpoint",
+                      inputs={"--spec": spec_path, "--catalog": catalog, "--init-checkpoint": init_checkpoint})
+    model_spec = load_spec(spec_path).model_copy(update={"checkpoint": None})  # never resume silently
+    cfg = TrainConfig(epochs=epochs, strategy=strategy, last_n_blocks=last_n_blocks, heads=heads,
+                      batch_size=batch_size, seed=seed)
     if catalog is None:
         from lenscope.client.synth.catalog import generate_catalog
 
         catalog = Path(".lenscope/train-catalog/catalog.jsonl")
         if not catalog.is_file():
-            console.print("generating the bundled catalog (6,000 products, seed 0) ...")
+            log("generating the bundled catalog (6,000 products, seed 0) ...")
             catalog = generate_catalog(catalog.parent, 6000, seed=0, progress=True).catalog
-    try:
-        result = train(model_spec, catalog, out, cfg, spec_dir=Path(spec_path).parent, init_checkpoint=init_checkpoint)
-    except (TrainError, SpecError) as err:
-        _fail(str(err))
+    result = train(model_spec, catalog, out, cfg, spec_dir=Path(spec_path).parent, init_checkpoint=init_checkpoint)
     timing = result.meta.get("timing", {})
-    console.print(f"wrote {result.checkpoint} ({result.checkpoint.stat().st_size / 1e6:.1f} MB) "
-                  f"in {timing.get('total_s', 0):.0f} s; point a spec's checkpoint at it and run 'lenscope model export'")
+    log(f"wrote {result.checkpoint} ({result.checkpoint.stat().st_size / 1e6:.1f} MB) "
+        f"in {timing.get('total_s', 0):.0f} s; point a spec's checkpoint at it and run 'lenscope model export'")
 
 
-@app.command("demo")
+@app.command("demo", short_help="Export, index, serve and query the bundled catalog.")
 def demo(
     repository: Path = typer.Option(Path("model_repository/cpu"), help="Model repository (exported if missing)."),
     reexport: bool = typer.Option(False, help="Export again even if the repository exists."),
     web: bool = typer.Option(True, help="After the queries, serve the web demo on top of the stack."),
-    web_port: int = typer.Option(8080, help="Web demo port."),
+    web_port: int = typer.Option(8080, min=1, max=65535, help="Web demo port."),
     web_seconds: float = typer.Option(0.0, help="Stop the web demo after this many seconds (0 = at Ctrl-C)."),
 ) -> None:
     """Export the default model, index the bundled catalog through Triton, serve search, run queries."""

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import grpc
 from rich.console import Console
+from rich.text import Text
 
 from lenscope.client.core import contract
 from lenscope.client.api import search_pb2, search_pb2_grpc
 from lenscope.client.catalog.reader import read_catalog
 from lenscope.client.cli.search import render
+from lenscope.client.cli.terminal import literal, log_to
 from lenscope.client.core.manifest import load_manifest
 from lenscope.client.triton.server import start_server
 
@@ -27,8 +29,10 @@ DEMO_SEED = 0
 def ensure_repository(repository: Path, reexport: bool, console: Console) -> None:
     if reexport or not (repository / contract.MANIFEST_FILE).is_file():
         from lenscope.export.pipeline import export_model  # torch only when exporting
+        from lenscope.export.repository import check_repository_out
 
-        export_model(out=repository, log=console.print)
+        check_repository_out(repository, "--repository")
+        export_model(out=repository, log=log_to(console))
 
 
 def ensure_catalog(workdir: Path, console: Console) -> Path:
@@ -36,9 +40,14 @@ def ensure_catalog(workdir: Path, console: Console) -> Path:
 
     catalog = workdir / "catalog" / "catalog.jsonl"
     if not catalog.is_file():
-        console.print(f"[bold]catalog[/] generating {DEMO_PRODUCTS} products (seed {DEMO_SEED}) in {catalog.parent}")
+        console.print(_step("catalog", f"generating {DEMO_PRODUCTS} products (seed {DEMO_SEED}) in {catalog.parent}"))
         catalog = generate_catalog(catalog.parent, DEMO_PRODUCTS, seed=DEMO_SEED).catalog
     return catalog
+
+
+def _step(name: str, message: str) -> Text:
+    """``<name> <message>``: the step name in bold, the message (paths, titles) literal."""
+    return Text.assemble((name, "bold"), " ", literal(message))
 
 
 def demo_queries(catalog: Path) -> list[tuple[str, search_pb2.SearchRequest]]:
@@ -98,13 +107,13 @@ def run_demo(repository: Path, reexport: bool = False, console: Console | None =
     t0 = time.perf_counter()
     ensure_repository(repository, reexport, console)
     manifest = load_manifest(repository)
-    console.print(f"[bold]model[/] {manifest.spec.name} hash {manifest.model_hash} weights={manifest.weights}")
+    console.print(_step("model", f"{manifest.spec.name} hash {manifest.model_hash} weights={manifest.weights}"))
     catalog = ensure_catalog(workdir, console)
     index_root = workdir / "index"
     log_path = workdir / "tritonserver.log"
     responses = []
     with start_server(repository, log_path=log_path) as server:
-        console.print(f"[bold]tritonserver[/] ready: grpc {server.grpc_url}, metrics {server.metrics_url} (log {log_path})")
+        console.print(_step("tritonserver", f"ready: grpc {server.grpc_url}, metrics {server.metrics_url} (log {log_path})"))
         store = BundleStore(index_root)
         current = None
         if store.current_version():
@@ -117,18 +126,18 @@ def run_demo(repository: Path, reexport: bool = False, console: Console | None =
             with TritonEmbedder(ClientConfig(url=server.grpc_url, timeout_s=30.0, max_concurrency=16)) as emb:
                 report = build_index(IndexBuildConfig(catalog=catalog, index_root=index_root, progress=False,
                                                       use_shipped_fit=True), emb)
-            console.print(f"[bold]index[/] built {report.indexed} products ({report.rejected} rejected) "
-                          f"at {report.rows_per_s:.0f} rows/s -> {report.bundle_path}")
+            console.print(_step("index", f"built {report.indexed} products ({report.rejected} rejected) "
+                                         f"at {report.rows_per_s:.0f} rows/s -> {report.bundle_path}"))
         engine = open_engine(server.grpc_url, str(index_root), SearchSettings(default_deadline_s=5.0), triton_timeout_s=5.0)
         service_log = open(workdir / "search-service.log", "a", encoding="utf-8")  # JSON lines, kept off the tables
         running = serve(engine, ServiceSettings(grpc_port=0, metrics_port=0, default_deadline_s=5.0), log_stream=service_log)
-        console.print(f"[bold]search service[/] grpc 127.0.0.1:{running.port}, metrics :{running.metrics_port}, "
-                      f"index {engine.index_version}")
+        console.print(_step("search service", f"grpc 127.0.0.1:{running.port}, metrics :{running.metrics_port}, "
+                                                f"index {engine.index_version}"))
         try:
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 stub = search_pb2_grpc.SearchServiceStub(channel)
                 for title, request in demo_queries(catalog):
-                    console.rule(f"[bold]{title}")
+                    console.rule(literal(title, "bold", keep_newlines=False))
                     response = stub.Search(request, timeout=10)
                     render(response, console)
                     responses.append(response)

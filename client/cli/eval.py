@@ -8,20 +8,38 @@ labelled data).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+from lenscope.client.cli.paths import input_file, text_file
+from lenscope.client.cli.terminal import fail, log_to, warn
+from lenscope.client.core.outputs import check_not_input, check_output_dir, check_output_file
+
+console = Console(stderr=True, highlight=False)
+log = log_to(console)
+# Entries an eval / rerank-fit workdir holds once used (the server log, the exported repository).
+WORKDIR_MARKERS = ("tritonserver.log", "repository/export_manifest.json")
 
 SPLITS = ("train", "val", "test", "all")
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+    fail(message, code)
+
+
+def _loads_as(loader: Callable[[Path], Any]) -> Callable[[Path], bool]:
+    """A file is ours when the loader of its kind accepts it (fusion weights, calibration)."""
+    def ours(path: Path) -> bool:
+        try:
+            loader(path)
+        except Exception:  # noqa: BLE001 - any failure means: not a file of this kind
+            return False
+        return True
+    return ours
 
 
 def _threshold(value: str) -> int | str:
@@ -62,16 +80,16 @@ def _torch_ranker() -> Any:
 
 
 def eval_command(
-    catalog: Path = typer.Option(..., exists=True, dir_okay=False, help="Catalog (.jsonl/.csv) in the documented format."),
-    queries: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+    catalog: Path = typer.Option(..., callback=text_file, help="Catalog (.jsonl/.csv) in the documented format."),
+    queries: Optional[Path] = typer.Option(None, callback=text_file,
                                            help="Labelled queries (.jsonl). Default: queries.jsonl next to the catalog."),
     repository: Optional[Path] = typer.Option(None, help="Model repository to serve (default: model_repository/cpu)."),
-    spec: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+    spec: Optional[Path] = typer.Option(None, callback=text_file,
                                         help="Model spec: exported into the workdir (needs torch); also enables the "
                                              "fidelity check for any model."),
     split: str = typer.Option("test", help="Split to evaluate: train | val | test | all (queries without a split)."),
-    fusion: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Fusion weights file."),
-    calibration: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Calibration file."),
+    fusion: Optional[Path] = typer.Option(None, callback=text_file, help="Fusion weights file."),
+    calibration: Optional[Path] = typer.Option(None, callback=text_file, help="Calibration file."),
     fit_on: str = typer.Option("val", help="Without files (given or shipped with the model): fit calibration + "
                                            "fusion on this split's labelled queries first; 'none' = the index's own."),
     shipped: bool = typer.Option(True, "--shipped/--no-shipped",
@@ -102,7 +120,12 @@ def eval_command(
     if fit_on not in ("none", *SPLITS[:3]):
         _fail(f"--fit-on must be one of ['none', 'train', 'val', 'test'], got {fit_on!r}")
     if fit_on == split:
-        console.print(f"[yellow]warning:[/] fitting on the evaluated split {split!r}: the numbers are optimistic")
+        warn(f"fitting on the evaluated split {split!r}: the numbers are optimistic")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        _fail(f"--name {name!r} must be a plain file stem (letters, digits, '_', '.', '-')")
+    check_output_dir(out, "--out", (f"{name}.json", f"{name}.md"), "an evaluation report")
+    check_output_dir(workdir, "--workdir", WORKDIR_MARKERS, "scratch files")
+    check_not_input(workdir, "--workdir", {"--repository": repository})
     repository, spec = _model_source(repository, spec)
     config = EvalConfig(
         catalog=catalog, queries=queries, workdir=workdir, split=split, repository=repository, spec=spec,
@@ -112,7 +135,7 @@ def eval_command(
         torch_ranker=_torch_ranker() if fidelity else None,
     )
     try:
-        report = evaluate(config, log=console.print)
+        report = evaluate(config, log=log)
     except (EvaluationError, CatalogError, SpecError, CalibrationError, WeightsError, FitError) as err:
         _fail(str(err))
     files = write_report(report, out, name, plots=plots)
@@ -120,10 +143,10 @@ def eval_command(
 
     for t, h in report["headline"].items():
         fused = h.get("fused", {})
-        console.print(f"{TYPE_LABEL[t]:<24} raw ANN R@10 {h.get('raw_ann', {}).get('R@10', float('nan')):.3f}  "
+        log(f"{TYPE_LABEL[t]:<24} raw ANN R@10 {h.get('raw_ann', {}).get('R@10', float('nan')):.3f}  "
                       f"fused R@10 {fused.get('R@10', float('nan')):.3f} nDCG@10 {fused.get('nDCG@10', float('nan')):.3f}"
                       f"  (fused - best single {h.get('fused_minus_best_single_ndcg10_points', float('nan')):+.2f} pt)")
-    console.print("report: " + ", ".join(str(p) for p in files.values()))
+    log("report: " + ", ".join(str(p) for p in files.values()))
     f = report["fidelity"]
     if f.get("checked") and not f.get("ok"):
         _fail("export fidelity outside tolerance: " + json.dumps(f["types"]), 1)
@@ -132,15 +155,15 @@ def eval_command(
 def fit_fusion_command(
     out: Path = typer.Option(..., help="Fusion weights file to write (JSON; what `index build --fusion-weights` reads)."),
     calibration_out: Optional[Path] = typer.Option(None, help="Also write the fitted calibration (JSON)."),
-    catalog: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+    catalog: Optional[Path] = typer.Option(None, callback=text_file,
                                            help="Catalog in the documented format (fit through the live stack)."),
-    queries: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+    queries: Optional[Path] = typer.Option(None, callback=text_file,
                                            help="Labelled queries (.jsonl). Default: queries.jsonl next to the catalog."),
-    features: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+    features: Optional[Path] = typer.Option(None, callback=text_file,
                                             help="Instead of a catalog: labelled rows (JSONL: {\"label\": 0|1, <signal>: "
                                                  "value, ...}), e.g. from logged searches and clicks."),
     repository: Optional[Path] = typer.Option(None, help="Model repository to serve (default: model_repository/cpu)."),
-    spec: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Model spec (exported, needs torch)."),
+    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec (exported, needs torch)."),
     split: str = typer.Option("val", help="Split whose labelled queries are fitted on (never the test split)."),
     relevant: str = typer.Option("auto", help="Which grade counts as relevant: 'auto' (the better of 'max' and 2 "
                                               "on the fitting queries' nDCG@10), 'max', or a grade."),
@@ -160,6 +183,14 @@ def fit_fusion_command(
         _fail(f"--method must be platt or isotonic, got {method!r}")
     if (catalog is None) == (features is None):
         _fail("give either --catalog (labelled queries through the live stack) or --features (labelled rows)")
+    from lenscope.client.ranking.calibration import load_calibration
+    from lenscope.client.ranking.fusion import load_weights
+
+    inputs = {"--catalog": catalog, "--queries": queries, "--features": features, "--spec": spec}
+    check_output_file(out, "--out", _loads_as(load_weights), "a fusion weights file", inputs)
+    if calibration_out is not None:
+        check_output_file(calibration_out, "--calibration-out", _loads_as(load_calibration), "a calibration file",
+                          {**inputs, "--out": out})
     if features is not None:
         if calibration_out is not None:
             _fail("--calibration-out needs raw cosines: fit from --catalog")
@@ -169,26 +200,27 @@ def fit_fusion_command(
         except FitError as err:
             _fail(str(err))
         save_weights(fit.weights, out)
-        console.print(f"fitted on {fit.n_rows} rows ({fit.n_relevant} relevant; {fit.iterations} imputation "
+        log(f"fitted on {fit.n_rows} rows ({fit.n_relevant} relevant; {fit.iterations} imputation "
                       f"iterations, converged {fit.converged}): {fit.weights.model_dump()} -> {out}")
         return
     if split not in SPLITS[:3]:
         _fail(f"--split must be one of {list(SPLITS[:3])}, got {split!r}")
     if split == "test":
-        console.print("[yellow]warning:[/] fitting on the test split: evaluate on another split")
+        warn("fitting on the test split: evaluate on another split")
     thresholds = ("max", 2) if relevant == "auto" else (_threshold(relevant),)
     from lenscope.client.eval.config import EvalConfig, EvaluationError
     from lenscope.client.eval.fitting import fit_and_save
 
+    check_output_dir(workdir, "--workdir", WORKDIR_MARKERS, "scratch files")
     repository, spec = _model_source(repository, spec)
     config = EvalConfig(catalog=catalog, queries=queries, workdir=workdir, split=split,  # type: ignore[arg-type]
                         repository=repository, spec=spec, max_queries_per_type=max_queries, fidelity=False,
                         exporter=_export_model)
     try:
         summary = fit_and_save(config, out, calibration_out, thresholds=thresholds, method=method,  # type: ignore[arg-type]
-                               log=console.print)
+                               log=log)
     except (EvaluationError, CatalogError, SpecError, FitError) as err:
         _fail(str(err))
     console.print_json(json.dumps({k: summary[k] for k in ("min_grade", "weights", "selection_ndcg10",
                                                           "baseline_ndcg10", "fit")}))
-    console.print(f"wrote {out}" + (f" and {calibration_out}" if calibration_out else ""))
+    log(f"wrote {out}" + (f" and {calibration_out}" if calibration_out else ""))

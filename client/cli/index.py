@@ -14,6 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lenscope.client.cli.paths import check_current_link, input_file, text_file
+from lenscope.client.cli.terminal import fail, literal, log_to
+from lenscope.client.core.outputs import check_output_dir
+
 console = Console(stderr=True)
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -22,8 +26,11 @@ SPLITS = ("train", "val", "test")
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+    fail(message, code)
+
+
+# Entries an index root always holds once a build started: a folder without any is the user's.
+INDEX_ROOT_MARKERS = ("current", "versions", ".work")
 
 
 def _make_embedder(url: str, timeout_s: float, concurrency: int, batch_size: int):
@@ -34,7 +41,7 @@ def _make_embedder(url: str, timeout_s: float, concurrency: int, batch_size: int
 
 
 def index_build_command(
-    catalog: Path = typer.Option(..., exists=True, dir_okay=False, help="Catalog file (.jsonl or .csv); image "
+    catalog: Path = typer.Option(..., callback=text_file, help="Catalog file (.jsonl or .csv); image "
                                  "paths resolve against its directory."),
     index_root: Path = typer.Option(..., help="Bundle root: versions/, current -> the served version."),
     triton: str = typer.Option("127.0.0.1:8001", help="Triton gRPC address (host:port)."),
@@ -44,11 +51,11 @@ def index_build_command(
     timeout: float = typer.Option(30.0, min=0.1, help="Per-request deadline to Triton, seconds."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (JSONL). Default: <index-root>/rejects.jsonl."),
     calibration: Optional[Path] = typer.Option(
-        None, help="Calibration JSON to attach instead of fitting one on the catalog's own pairs."),
+        None, callback=text_file, help="Calibration JSON to attach instead of fitting one on the catalog's own pairs."),
     shipped_fit: bool = typer.Option(
         True, help="Without --fusion-weights/--calibration: use the pair shipped with the served model's checkpoint."),
     fusion_weights: Optional[Path] = typer.Option(
-        None, exists=True, dir_okay=False, help="Fusion weights JSON stored with the index (defaults if absent)."),
+        None, callback=text_file, help="Fusion weights JSON stored with the index (defaults if absent)."),
     calibration_method: str = typer.Option("platt", help="platt | isotonic."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Index only these splits (repeatable)."),
     seed: int = typer.Option(0, help="Seed of the calibration's unmatched-pair sampling."),
@@ -71,6 +78,8 @@ def index_build_command(
         _fail(f"--calibration-method must be one of {list(CALIBRATION_METHODS)}, got {calibration_method!r}")
     if split and (bad := sorted(set(split) - set(SPLITS))):
         _fail(f"--split must be among {list(SPLITS)}, got {bad}")
+    check_output_dir(index_root, "--index-root", INDEX_ROOT_MARKERS, "an index")
+    check_current_link(index_root)
     config = IndexBuildConfig(
         catalog=catalog, index_root=index_root, index_kind=index_kind, batch_size=batch_size,  # type: ignore[arg-type]
         concurrency=concurrency, rejects_path=rejects, fusion_weights=fusion_weights,
@@ -109,7 +118,7 @@ def _print_report(report) -> None:  # noqa: ANN001
     table.add_row("rows/s (embedding)", f"{report.rows_per_s:.1f}")
     table.add_row("seconds (read/embed/write/total)",
                   " / ".join(f"{report.seconds.get(k, 0):.1f}" for k in ("read", "embed", "write", "total")))
-    table.add_row("rejects file", str(report.rejects_path))
+    table.add_row("rejects file", literal(report.rejects_path))
     Console().print(table)
 
 
@@ -126,7 +135,8 @@ def catalog_generate_command(
 
     if image_format not in ("png", "jpeg"):
         _fail(f"--image-format must be png or jpeg, got {image_format!r}")
+    check_output_dir(out, "--out", ("manifest.json",), "a catalog")
     paths = generate_catalog(out, n_products, seed=seed, image_size=image_size, image_format=image_format,
                              progress=progress and console.is_terminal)
-    Console().print(f"wrote {n_products} products to {paths.catalog} (queries: {paths.queries}) "
-                    f"in {paths.seconds:.1f}s")
+    log_to(Console())(f"wrote {n_products} products to {paths.catalog} (queries: {paths.queries}) "
+                      f"in {paths.seconds:.1f}s")

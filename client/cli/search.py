@@ -2,7 +2,9 @@
 
 A thin client of the public API (``lenscope.client.api``), exactly what a frontend would send, so it
 doubles as a smoke test of a deployment. Exit codes: 0 hits printed, 1 the service answered with an
-error (its status and message are printed), 2 bad command-line input.
+error (its status and message are printed), 2 bad command-line input or no service at ``--target``.
+Everything the service returns (titles, ids, facet values) is printed literally, control characters
+escaped (:mod:`lenscope.client.cli.terminal`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ import typer
 from google.protobuf.json_format import MessageToJson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
+from lenscope.client.cli.paths import input_file
+from lenscope.client.cli.terminal import escape_controls, fail, literal
 from lenscope.client.search.models import ordered_timings
 
 REQUEST_ID_KEY = "x-request-id"
 # Protobuf maps arrive unordered: print stages in pipeline order, unknown ones after, totals last.
 
-console = Console()
+console = Console(highlight=False)
+# The largest photo read from --image: the service refuses anything bigger (ServiceSettings.max_image_bytes).
+MAX_IMAGE_FILE_BYTES = 10 * 1024 * 1024
 
 
 def parse_filters(exprs: list[str]) -> list[search_pb2.Filter]:
@@ -64,34 +71,54 @@ def render(response: search_pb2.SearchResponse, out: Console) -> None:
     table.add_column("title", overflow="fold")
     table.add_column("score", justify="right")
     for name in signals:
-        table.add_column(name, justify="right", style="dim")
+        table.add_column(literal(name, keep_newlines=False), justify="right", style="dim")
     for rank, hit in enumerate(response.hits, 1):
         table.add_row(
-            str(rank), hit.product_id, hit.title, f"{hit.score:.4f}",
+            str(rank), literal(hit.product_id, keep_newlines=False), literal(hit.title, keep_newlines=False),
+            f"{hit.score:.4f}",
             *(f"{hit.breakdown[s]:+.4f}" if s in hit.breakdown else "" for s in signals),
         )
     out.print(table)
 
     for facet in response.facets:
         counts = ", ".join(f"{fv.value} ({fv.count})" for fv in facet.values) or "(none)"
-        out.print(f"[bold]{facet.facet}[/]: {counts}")
+        out.print(Text.assemble(literal(facet.facet, "bold", keep_newlines=False), ": ",
+                                literal(counts, keep_newlines=False)))
     for attr, probs in sorted(response.query_attributes.items()):
         top = sorted(probs.probabilities.items(), key=lambda kv: -kv[1])[:3]
-        out.print(f"[bold]query {attr}[/]: " + ", ".join(f"{label} {p:.2f}" for label, p in top))
-    parts = [f"[bold]{s} {ms:.1f}[/]" if s == "total" else f"{s} {ms:.1f}"
-             for s, ms in ordered_timings(dict(response.timings_ms))]
-    out.print("timings (ms): " + " | ".join(parts))
+        out.print(Text.assemble(literal(f"query {attr}", "bold", keep_newlines=False), ": ",
+                                literal(", ".join(f"{label} {p:.2f}" for label, p in top), keep_newlines=False)))
+    timings = Text("timings (ms): ")
+    for i, (stage, ms) in enumerate(ordered_timings(dict(response.timings_ms))):
+        timings.append(" | " if i else "")
+        timings.append_text(literal(f"{stage} {ms:.1f}", "bold" if stage == "total" else None, keep_newlines=False))
+    out.print(timings)
     of = response.over_fetch
-    out.print(
-        f"[dim]model {response.model_hash[:12]} | index {response.index_version} | "
+    out.print(literal(
+        f"model {response.model_hash[:12]} | index {response.index_version} | "
         f"candidates {of.candidates} in {of.rounds} round(s){'' if of.filled else ', top_k not filled'}"
-        f"{' (bound reached)' if of.hit_bound else ''} | request {response.request_id}[/]"
-    )
+        f"{' (bound reached)' if of.hit_bound else ''} | request {response.request_id}", "dim", keep_newlines=False))
+
+
+def read_photo(path: Path) -> bytes:
+    """The query photo: a regular file, read with a bound (a FIFO or /dev/zero would never end)."""
+    import stat
+
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise typer.BadParameter(f"{escape_controls(str(path))} is not a regular file", param_hint="--image")
+    with open(path, "rb") as f:
+        data = f.read(MAX_IMAGE_FILE_BYTES + 1)
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise typer.BadParameter(f"{escape_controls(str(path))} is larger than {MAX_IMAGE_FILE_BYTES // (1024 * 1024)} "
+                                 "MiB, the largest photo the service accepts", param_hint="--image")
+    if not data:
+        raise typer.BadParameter(f"{escape_controls(str(path))} is empty", param_hint="--image")
+    return data
 
 
 def search_command(
     image: Optional[Path] = typer.Option(
-        None, "--image", exists=True, dir_okay=False, readable=True, help="Query photo (JPEG/PNG/...)."
+        None, "--image", callback=input_file, help="Query photo (JPEG/PNG/...)."
     ),
     text: Optional[str] = typer.Option(None, "--text", help="Query text."),
     filters: Optional[list[str]] = typer.Option(
@@ -106,13 +133,13 @@ def search_command(
     explain: bool = typer.Option(False, "--explain", help="Also show the attributes predicted for the query image."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw response as JSON instead of tables."),
     tls_ca: Optional[Path] = typer.Option(
-        None, "--tls-ca", exists=True, dir_okay=False, help="CA of the server certificate (enables TLS)."
+        None, "--tls-ca", callback=input_file, help="CA of the server certificate (enables TLS)."
     ),
     tls_cert: Optional[Path] = typer.Option(
-        None, "--tls-cert", exists=True, dir_okay=False, help="Client certificate (mutual TLS)."
+        None, "--tls-cert", callback=input_file, help="Client certificate (mutual TLS)."
     ),
     tls_key: Optional[Path] = typer.Option(
-        None, "--tls-key", exists=True, dir_okay=False, help="Client key (mutual TLS)."
+        None, "--tls-key", callback=input_file, help="Client key (mutual TLS)."
     ),
 ) -> None:
     """Search the catalog by image, text or both; print ranked hits with their score breakdown."""
@@ -122,7 +149,7 @@ def search_command(
         filters=parse_filters(filters or []), facets=facets or [], top_k=top_k, explain=explain
     )
     if image is not None:
-        request.image = image.read_bytes()
+        request.image = read_photo(image)
     if text is not None:
         request.text = text
 
@@ -133,12 +160,13 @@ def search_command(
         try:
             response = stub.Search(request, timeout=timeout)
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                fail(f"no search service answers at {target}: {err.details()}", 2,
+                     "start one with 'lenscope serve search --index-root DIR' or pass --target HOST:PORT")
             request_id = dict(err.trailing_metadata() or ()).get(REQUEST_ID_KEY)
-            console.print(f"[bold red]error:[/] {err.code().name}: {err.details()}")
-            if request_id:
-                console.print(f"[dim]request {request_id}[/]")
-            raise typer.Exit(1) from None
+            fail(f"{err.code().name}: {err.details()}" + (f" (request {request_id})" if request_id else ""), 1)
     if as_json:
-        console.print_json(MessageToJson(response, preserving_proto_field_name=True))
+        # JSON escapes control characters itself; print it as plain text so no markup is read
+        console.print(literal(MessageToJson(response, preserving_proto_field_name=True)), soft_wrap=True)
     else:
         render(response, console)

@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from lenscope.client.cli.paths import check_current_link, input_file
+from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.server import TritonServer, TritonServerConfig
 
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 serve_app = typer.Typer(
     help="Run serving processes in the foreground (logs on stdout, SIGTERM stops cleanly).",
+    short_help="Run tritonserver, the search service or the web demo.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False, rich_markup_mode=None,
 )
 
 
@@ -43,8 +50,47 @@ _stdout_lock = threading.Lock()
 
 def _echo(line: str) -> None:
     with _stdout_lock:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        echo_plain(line)
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Fail with one line, before any work, when `host:port` cannot be listened on (in use, bad address;
+    port 0 checks the address only)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except socket.gaierror as err:
+            fail(f"host {host!r} is not an address of this machine: {err.strerror}",
+                 hint="listen on 127.0.0.1, 0.0.0.0 or an address of this machine (--host / LENSCOPE_HOST)")
+        except OSError as err:
+            fail(f"{option} {port}: cannot listen on {host}:{port}: {err.strerror}",
+                 hint=f"pick another {option} or stop the process that holds the port")
+        except (OverflowError, UnicodeError) as err:
+            fail(f"{option} {port} / host {host!r}: {err}", hint="ports are 0-65535; hosts are addresses of this machine")
+
+
+def settings_message(err: "ValidationError", env_prefix: str) -> str:
+    """A settings validation error naming the environment variables and the values they held."""
+    parts = []
+    for e in err.errors():
+        name = env_prefix.upper() + "_".join(str(p) for p in e.get("loc", ())).upper()
+        parts.append(f"{name}={e.get('input')!r}: {e.get('msg')}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def published_index(index_root: Path) -> str:
+    """The version `current` points at, checked before Triton is asked anything: one clear line for an
+    empty root or a `current` that is not the symlink `lenscope index build` writes."""
+    from lenscope.client.index.bundle_store import CURRENT_LINK, BundleStore
+
+    check_current_link(index_root)
+    version = BundleStore(index_root).current_version()
+    if version is None:
+        fail(f"--index-root {index_root} holds no published index (no '{CURRENT_LINK}' link)",
+             hint=f"build one with 'lenscope index build --catalog CATALOG --index-root {index_root}'")
+    return version
 
 
 def _grpc_tls_args(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path]) -> tuple[str, ...]:
@@ -59,15 +105,15 @@ def _grpc_tls_args(cert: Optional[Path], key: Optional[Path], client_ca: Optiona
     return tuple(args)
 
 
-@serve_app.command("triton")
+@serve_app.command("triton", short_help="Run tritonserver on a model repository until SIGTERM.")
 def triton(
     model_repository: Path = typer.Option(
         ..., "--model-repository", exists=True, file_okay=False, dir_okay=True, resolve_path=True,
         help="Triton model repository (as written by `lenscope model export`).",
     ),
-    http_port: int = typer.Option(8000, help="HTTP/REST port (also serves /v2/health/ready)."),
-    grpc_port: int = typer.Option(8001, help="gRPC port (what the search service talks to)."),
-    metrics_port: int = typer.Option(8002, help="Prometheus metrics port (/metrics)."),
+    http_port: int = typer.Option(8000, min=1, max=65535, help="HTTP/REST port (also serves /v2/health/ready)."),
+    grpc_port: int = typer.Option(8001, min=1, max=65535, help="gRPC port (what the search service talks to)."),
+    metrics_port: int = typer.Option(8002, min=1, max=65535, help="Prometheus metrics port (/metrics)."),
     host: str = typer.Option("127.0.0.1", help="Listen address for all three; 0.0.0.0 in a container."),
     log_verbose: int = typer.Option(0, min=0, help="Triton --log-verbose level."),
     exit_timeout_secs: int = typer.Option(
@@ -84,9 +130,9 @@ def triton(
     log_file: Optional[Path] = typer.Option(
         None, help="Also keep the server log here (default: a temporary file)."
     ),
-    grpc_tls_cert: Optional[Path] = typer.Option(None, help="Serve gRPC over TLS with this certificate (PEM)."),
-    grpc_tls_key: Optional[Path] = typer.Option(None, help="Private key for --grpc-tls-cert (PEM)."),
-    grpc_tls_client_ca: Optional[Path] = typer.Option(None, help="Require client certificates signed by this CA (mutual TLS)."),
+    grpc_tls_cert: Optional[Path] = typer.Option(None, callback=input_file, help="Serve gRPC over TLS with this certificate (PEM)."),
+    grpc_tls_key: Optional[Path] = typer.Option(None, callback=input_file, help="Private key for --grpc-tls-cert (PEM)."),
+    grpc_tls_client_ca: Optional[Path] = typer.Option(None, callback=input_file, help="Require client certificates signed by this CA (mutual TLS)."),
 ) -> None:
     """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT."""
     try:
@@ -106,6 +152,8 @@ def triton(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
+    if log_file is not None and log_file.exists() and not log_file.is_file():
+        fail(f"--log-file {log_file} is not a regular file (a folder, FIFO or device); the log is appended to a file")
     server = TritonServer(config, log_path=log_file, log_sink=_echo)
     stopping = threading.Event()
 
@@ -125,8 +173,7 @@ def triton(
         try:
             server.start()
         except TritonServerError as exc:
-            typer.echo(f"lenscope: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            fail(str(exc), 1)
         if stopping.is_set():  # a signal arrived while launching
             server.terminate()
         try:
@@ -134,7 +181,7 @@ def triton(
         except TritonServerError as exc:
             if stopping.is_set():
                 raise typer.Exit(_exit_code(server.wait())) from exc
-            typer.echo(f"lenscope: {exc}", err=True)
+            echo_plain(f"lenscope: {exc}\n")
             code = server.stop()
             raise typer.Exit(_exit_code(code) or 1) from exc
         _echo(
@@ -149,32 +196,45 @@ def triton(
             signal.signal(signum, handler)
 
 
-@serve_app.command("search")
+@serve_app.command("search", short_help="Run the gRPC search service until SIGTERM.")
 def search_service(
     index_root: Path = typer.Option(..., "--index-root", exists=True, file_okay=False, help="Index root (from `lenscope index build`)."),
     triton: str = typer.Option("127.0.0.1:8001", "--triton", envvar="LENSCOPE_TRITON_URL", help="Triton gRPC host:port."),
-    grpc_port: Optional[int] = typer.Option(None, help="gRPC port (default: LENSCOPE_GRPC_PORT or 50051)."),
-    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (default: LENSCOPE_METRICS_PORT or 9464)."),
+    grpc_port: Optional[int] = typer.Option(None, min=0, max=65535, help="gRPC port (default: LENSCOPE_GRPC_PORT or 50051)."),
+    metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="Prometheus port (default: LENSCOPE_METRICS_PORT or 9464)."),
     host: Optional[str] = typer.Option(None, help="Listen address (default: LENSCOPE_HOST or 127.0.0.1)."),
-    triton_ca: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_CA", help="Talk TLS to Triton, trusting this CA (PEM)."),
-    triton_cert: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_CERT", help="Client certificate for mutual TLS to Triton."),
-    triton_key: Optional[Path] = typer.Option(None, envvar="LENSCOPE_TRITON_KEY", help="Client key for mutual TLS to Triton."),
+    triton_ca: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_CA", help="Talk TLS to Triton, trusting this CA (PEM)."),
+    triton_cert: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_CERT", help="Client certificate for mutual TLS to Triton."),
+    triton_key: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_KEY", help="Client key for mutual TLS to Triton."),
 ) -> None:
     """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT."""
+    from pydantic import ValidationError
+
     from lenscope.client.search.engine import open_engine
     from lenscope.client.service.server import serve
     from lenscope.client.service.settings import ServiceSettings
     from lenscope.client.triton.client import ClientConfig
 
     overrides = {k: v for k, v in {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host}.items() if v is not None}
-    settings = ServiceSettings(**overrides)
+    try:
+        settings = ServiceSettings(**overrides)  # LENSCOPE_* values are validated here, before any work
+    except ValidationError as err:
+        fail(settings_message(err, ServiceSettings.model_config.get("env_prefix", "")),
+             hint="fix the environment variable (or pass the option); client/service/settings.py lists them")
+    published_index(index_root)
+    check_port_free(settings.host, settings.grpc_port, "--grpc-port")
+    check_port_free(settings.host, settings.metrics_port, "--metrics-port")
     tls = {}
     if triton_ca is not None:
         tls = dict(ssl=True, root_certificates=str(triton_ca),
                    certificate_chain=str(triton_cert) if triton_cert else None,
                    private_key=str(triton_key) if triton_key else None)
     engine = open_engine(triton, str(index_root), client_config=ClientConfig(url=triton, timeout_s=2.0, **tls))
-    running = serve(engine, settings)
+    try:
+        running = serve(engine, settings)
+    except BaseException:
+        engine.close()
+        raise
     _echo(f"lenscope: search service on {settings.host}:{running.port} (metrics :{running.metrics_port}), "
           f"model {engine.model_hash}, index {engine.index_version}\n")
     stop = threading.Event()

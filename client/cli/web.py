@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import typer
 
+from lenscope.client.cli.terminal import echo_plain
 from lenscope.client.web.settings import MiB
 
 
 def _echo(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    echo_plain(line + "\n")
 
 
 def _bind(host: str, port: int) -> socket.socket:

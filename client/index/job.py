@@ -20,6 +20,7 @@ right after checkpointing its N-th chunk (how the tests interrupt a build at cho
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from typing import Any, Literal
 
 import structlog
 
+from lenscope.client.core.outputs import check_output_file
 from lenscope.client.index.checkpoint import WorkDir, atomic_write
 from lenscope.client.index.embedder import (
     TRANSIENT_STATUSES,
@@ -112,6 +114,9 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
     if config.batch_size < 1 or config.concurrency < 1:
         raise ValueError("batch_size and concurrency must be >= 1")
     fusion_path, calibration_path = config.fusion_weights, config.calibration
+    rejects_path = config.rejects_path or Path(config.index_root) / DEFAULT_REJECTS
+    check_output_file(rejects_path, "--rejects", is_rejects_file, "a rejects file",
+                      inputs={"--catalog": config.catalog, "--fusion-weights": fusion_path, "--calibration": calibration_path})
     fusion = load_weights(fusion_path) if fusion_path else FusionWeights()
     calibration = load_calibration(calibration_path) if calibration_path else None
     t0 = time.perf_counter()
@@ -141,7 +146,6 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
         a = assemble(chunks.values(), scan.rows, model)
         all_rejects = sorted([*scan.rejects, *a.rejects], key=lambda r: (r.line, r.kept, r.reason))
         counts = _counts(scan, len(a), all_rejects)
-        rejects_path = config.rejects_path or Path(config.index_root) / DEFAULT_REJECTS
         rejects_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(rejects_path, rejects_jsonl(all_rejects))
 
@@ -251,6 +255,18 @@ def _served_model(embedder: Embedder) -> ModelInfo:
             raise IndexBuildInterrupted(f"cannot read the served model manifest: {err}", None, 0, 0) from err
         raise
     return ModelInfo.from_manifest(manifest)
+
+
+def is_rejects_file(path: Path, sample_lines: int = 20) -> bool:
+    """A rejects file this job wrote: its first lines are JSON objects with the Reject fields."""
+    with open(path, "rb") as f:
+        lines = [f.readline(1 << 16) for _ in range(sample_lines)]
+    rows = [line for line in lines if line.strip()]
+    try:
+        parsed = [json.loads(line) for line in rows]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return bool(parsed) and all(isinstance(d, dict) and {"line", "reason", "message"} <= d.keys() for d in parsed)
 
 
 def _counts(scan: CatalogScan, indexed: int, rejects: list[Reject]) -> dict[str, Any]:
