@@ -23,13 +23,16 @@ from lenscope.client.ranking.calibration import CalibrationSet
 from lenscope.client.ranking.facets import AttributeTable, FacetError, FilterSpec, UnknownFacetError, apply_filters, facet_counts, over_fetch
 from lenscope.client.index.bundle import IndexBundle, ModelVersionMismatch
 from lenscope.client.core.manifest import Manifest
-from lenscope.client.ranking.fusion import SIGNAL_PAIR, FusionWeights, attribute_agreement, encode_labels, fuse, popularity_prior
+from lenscope.client.ranking.fusion import FusionWeights, attribute_agreement, encode_labels, fuse, popularity_prior
+from lenscope.client.ranking.policy import RankingPolicy, query_type_of
+from lenscope.client.ranking.signals import prepare_signals
 from lenscope.client.search.models import (
     BackendUnavailable,
     DeadlineExceeded,
     Hit,
     OverFetchInfo,
     QueryError,
+    RankingInfo,
     SearchQuery,
     SearchResult,
 )
@@ -40,6 +43,7 @@ _log = structlog.get_logger("lenscope.search")
 
 CALIBRATION_ATTACHMENT = "calibration.json"
 FUSION_ATTACHMENT = "fusion.json"
+POLICY_ATTACHMENT = "ranking_policy.json"
 TITLE_VECTORS = "title_vectors"
 
 
@@ -80,6 +84,9 @@ class SearchEngine:
 
         self.calibration = _load_model(bundle, CALIBRATION_ATTACHMENT, CalibrationSet)
         self.weights = _load_model(bundle, FUSION_ATTACHMENT, FusionWeights) or FusionWeights()
+        # per query type: fused, or ranked by one raw signal (the index build's held-out decision);
+        # None (bundles built before it existed): every query type fused
+        self.policy: RankingPolicy | None = _load_model(bundle, POLICY_ATTACHMENT, RankingPolicy)
         titles = bundle.load_array(TITLE_VECTORS)
         self.title_vectors = None if titles is None else np.asarray(titles, dtype=np.float32)
 
@@ -155,8 +162,9 @@ class SearchEngine:
         _check_deadline(deadline, "retrieval")
 
         raw = self._raw_signals(emb, matched)
-        calibrated = {name: self._calibrate(name, s) for name, s in raw.items() if self._usable(name)}
-        signals: dict[str, np.ndarray | None] = dict(calibrated)
+        prepared = prepare_signals(raw, self.calibration)  # the raw-cosine rule: no signal is dropped
+        calibrated = {name: prepared.values[name] for name in prepared.calibrated}
+        signals: dict[str, np.ndarray | None] = dict(prepared.values)
         if emb.attributes and self._label_codes and self.model.heads_trained:  # untrained heads: noise
             probs = {a: emb.attributes[contract.attribute_output(a)] for a in self._label_codes}
             signals["attributes"] = attribute_agreement(probs, {a: c[matched] for a, c in self._label_codes.items()})
@@ -164,7 +172,10 @@ class SearchEngine:
         t3 = time.perf_counter()
         timings["calibrate"] = 1000 * (t3 - t2)
 
-        fused = fuse(signals, self.weights)
+        query_type = query_type_of(emb.image is not None, emb.text is not None)
+        ranking = self._ranking_info(query_type, prepared.calibrated, prepared.raw)
+        weights = self.policy.weights_for(query_type, self.weights) if self.policy is not None else self.weights
+        fused = fuse(signals, weights)
         order = fused.order(q.top_k)
         t4 = time.perf_counter()
         timings["fuse"] = 1000 * (t4 - t3)
@@ -183,6 +194,7 @@ class SearchEngine:
         return SearchResult(
             hits=hits, facets=facets, timings_ms=timings, model_hash=self.model.model_hash,
             index_version=self.bundle.version, query_attributes=query_attrs,
+            ranking=ranking,
             over_fetch=OverFetchInfo(candidates=int(pool.size), rounds=len(of.ks),
                                      filled=int(of.mask.sum()) >= q.top_k, hit_bound=of.hit_bound),
         )
@@ -257,16 +269,21 @@ class SearchEngine:
                 raw["text_title"] = titles @ emb.text
         return {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
 
-    def _usable(self, signal: str) -> bool:
-        """A raw cosine never sits next to calibrated probabilities: with a calibration set, a
-        signal whose modality pair was not fitted is left out of fusion (it is still reported raw)."""
-        return self.calibration is None or SIGNAL_PAIR[signal] in self.calibration.pairs
-
     def _calibrate(self, signal: str, scores: np.ndarray) -> np.ndarray:
-        pair = SIGNAL_PAIR[signal]
-        if self.calibration is None or pair not in self.calibration.pairs:
-            return np.asarray(scores, dtype=np.float64)  # uncalibrated: raw cosine (documented)
-        return self.calibration.apply(pair, np.asarray(scores, dtype=np.float64))
+        return prepare_signals({signal: scores}, self.calibration).values[signal]
+
+    def _ranking_info(self, query_type: str, calibrated: tuple[str, ...], raw: tuple[str, ...]) -> RankingInfo:
+        """What ranked this query and why: the index build's decision for its query type."""
+        if self.policy is None:
+            return RankingInfo(query_type=query_type, ranked_by="fused", calibrated_signals=list(calibrated),
+                               raw_signals=list(raw), source="legacy",
+                               reason="index built before the held-out check: every query type fused")
+        d = self.policy.decisions.get(query_type)
+        return RankingInfo(
+            query_type=query_type, ranked_by=self.policy.ranked_by(query_type), calibrated_signals=list(calibrated),
+            raw_signals=list(raw), source=self.policy.source, reason=d.reason if d else "",
+            held_out={k: v.model_dump() for k, v in d.held_out.items()} if d else {},
+        )
 
     def _hits(self, ids: np.ndarray, order: np.ndarray, fused, raw: dict, calibrated: dict) -> list[Hit]:
         chosen = ids[order]
