@@ -30,6 +30,7 @@ from lenscope.client.index.reader import scan_catalog
 from lenscope.client.index.writer import make_index
 from lenscope.client.index.job import KILL_HOOK_ENV, IndexBuildConfig, IndexBuildInterrupted, build_index
 from lenscope.client.ranking.fusion import FusionWeights, save_weights
+from lenscope.client.ranking.policy import TYPE_SIGNALS, RankingPolicy
 
 DIM = 16
 COLORS = ("red", "blue", "green")
@@ -298,16 +299,25 @@ def test_every_row_is_indexed_or_rejected_with_a_reason(tmp_path: Path) -> None:
         no_photo = {pids.index(pid) for pid in ("p0011", "p0013", "p0015")}
         assert {int(i) for i in np.flatnonzero(np.isnan(photos).any(axis=1))} == no_photo
         assert b.load_array("attr_probs_color").shape == (report.indexed, len(COLORS))
-        assert FusionWeights.model_validate_json(b.read_attachment("fusion.json")) == FusionWeights()
-        assert b.read_attachment("rejects.jsonl") == report.rejects_path.read_bytes()
         info = json.loads(b.read_attachment("index_info.json"))
+        ranking = info["ranking"]
+        assert ranking["source"] == "self-check" and len(ranking["catalog_fingerprint"]) == 16
+        # the weights in force are the self-check's fit, and the policy decides every query type
+        assert (FusionWeights.model_validate_json(b.read_attachment("fusion.json")).model_dump()
+                == ranking["self_check"]["fit"]["weights"])
+        policy = RankingPolicy.model_validate_json(b.read_attachment("ranking_policy.json"))
+        assert set(policy.decisions) == {"text", "image", "image+text"}
+        assert policy.binding.model_hash == MODEL_HASH
+        assert all(d.reason and d.ranked_by in ("fused", *TYPE_SIGNALS[t]) for t, d in policy.decisions.items())
+        assert b.read_attachment("rejects.jsonl") == report.rejects_path.read_bytes()
         assert info["catalog"]["sha256"] == hashlib.sha256(catalog.read_bytes()).hexdigest()
         assert info["model_hash"] == MODEL_HASH and info["counts"]["indexed"] == report.indexed
         assert info["index_config"]["kind"] == "flat"
         assert set(info["timings_s"]) >= {"read", "embed"} and info["rows_per_s"] > 0
-        assert info["calibration"]["notes"]["text_title"] == NO_TEXT_TITLE
         cal = load_calibration(b.attachment_path("calibration.json"))
-        assert set(cal.pairs) == {"text_image", "image_title", "image_image"} and cal.model_hash == MODEL_HASH
+        # pseudo-queries (a title with a word left out) calibrate text_title too
+        assert set(cal.pairs) == {"text_image", "image_title", "image_image", "text_title"}
+        assert cal.model_hash == MODEL_HASH and set(info["calibration"]["notes"]) == set(cal.pairs)
         xs = np.linspace(-1, 1, 201)
         for pair in cal.pairs:
             assert np.all(np.diff(cal.apply(pair, xs)) >= 0)
@@ -351,7 +361,8 @@ def test_unavailable_server_stops_the_job_and_a_rerun_resumes(tmp_path: Path, ca
     healthy = FakeEmbedder()
     report = build(catalog, tmp_path / "idx", healthy, batch_size=4, concurrency=1)
     assert (report.chunks_resumed, report.chunks_embedded) == (3, 5)
-    assert healthy.calls == 2 * 5  # one image and one text call per missing chunk, none for the resumed ones
+    # one image and one text call per missing chunk, none for the resumed ones, + the self-check's queries
+    assert healthy.calls == 2 * 5 + report.info["ranking"]["self_check"]["embed_calls"]
     build(catalog, tmp_path / "ref", batch_size=4)
     assert_same(snapshot(tmp_path / "idx"), snapshot(tmp_path / "ref"))
 
