@@ -15,7 +15,7 @@ from lenscope.client.cli.eval import eval_command, fit_fusion_command
 from lenscope.client.cli.search import search_command
 from lenscope.client.cli.serve import serve_app
 from lenscope.client.cli.web import serve_web_command
-from lenscope.client.cli.index import catalog_generate_command, index_build_command
+from lenscope.client.cli.index import catalog_generate_command, index_build_command, index_inspect_command
 
 app = typer.Typer(help="Lenscope: visual product search on Triton.", no_args_is_help=True, add_completion=False)
 model_app = typer.Typer(help="Export, verify and build models.", no_args_is_help=True, add_completion=False)
@@ -30,6 +30,7 @@ rerank_app.command("fit")(fit_fusion_command)
 app.add_typer(rerank_app, name="rerank")
 index_app = typer.Typer(help="Build and inspect search indexes.", no_args_is_help=True, add_completion=False)
 index_app.command("build")(index_build_command)
+index_app.command("inspect")(index_inspect_command)
 app.add_typer(index_app, name="index")
 catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", no_args_is_help=True, add_completion=False)
 catalog_app.command("generate")(catalog_generate_command)

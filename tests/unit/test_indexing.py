@@ -340,6 +340,35 @@ def test_fusion_weights_file_and_splits(tmp_path: Path, catalog: Path) -> None:
         assert all(int(p.product_id[1:]) % 4 == 0 for p in b.metadata.get(b.metadata.row_ids()))
 
 
+def test_shipped_fit_is_applied_only_where_it_is_bound(tmp_path: Path, catalog: Path) -> None:
+    first = build(catalog, tmp_path / "a")
+    fingerprint = first.info["ranking"]["catalog_fingerprint"]
+    shipped = FusionWeights(visual=3.0, text_image=0.0)
+
+    class Shipping(FakeEmbedder):
+        def __init__(self, binding: dict) -> None:
+            super().__init__()
+            self.binding = binding
+
+        def manifest(self) -> dict:
+            cal = json.loads(first.bundle_path.joinpath("attachments", "calibration.json").read_text())
+            return {**super().manifest(), "ranking_fit": {"source": "x.fusion.json, x.calibration.json",
+                                                          "fusion": shipped.model_dump(), "calibration": cal,
+                                                          **self.binding}}
+
+    bound = build(catalog, tmp_path / "b", Shipping({"model_hash": MODEL_HASH, "catalog_fingerprint": fingerprint}),
+                  use_shipped_fit=True)
+    assert bound.info["ranking"]["source"] == "bound fit" and "shipped_fit" not in bound.info["ranking"]
+    with BundleStore(tmp_path / "b").open_current(expected_model_hash=MODEL_HASH) as b:
+        assert FusionWeights.model_validate_json(b.read_attachment("fusion.json")) == shipped
+    for binding, why in (({"model_hash": MODEL_HASH, "catalog_fingerprint": "0" * 16}, "made on catalog 0000"),
+                         ({"model_hash": "other", "catalog_fingerprint": fingerprint}, "made for model other"),
+                         ({}, "applied nowhere else")):
+        other = build(catalog, tmp_path / f"c{len(binding)}{why[:4]}", Shipping(binding), use_shipped_fit=True)
+        assert other.info["ranking"]["source"] == "self-check"
+        assert why in other.info["ranking"]["shipped_fit"]["reason"]
+
+
 def test_transient_errors_are_retried_not_rejected(tmp_path: Path, catalog: Path) -> None:
     flaky = frozenset({b"IMG:p0001:catalog", b"IMG:p0002:photo"})
     report = build(catalog, tmp_path / "a", FakeEmbedder(flaky=flaky), batch_size=4)
@@ -509,6 +538,20 @@ def test_cli_build_and_exit_codes(tmp_path: Path, catalog: Path, monkeypatch: py
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "indexed" in res.output and (tmp_path / "rej.jsonl").is_file()
+
+    # `index inspect`: rows, facets, model and the fit decision with its held-out numbers
+    app.command("inspect")(index_cli.index_inspect_command)
+    res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path / "idx"), "--json"])
+    assert res.exit_code == 0, res.output
+    seen = json.loads(res.output)
+    assert seen["model_hash"] == MODEL_HASH and seen["rows"] == 24 and seen["facets"]["category"] == {"mug": 24}
+    assert "unknown" not in seen["facets"]["color"] and sum(seen["facets"]["color"].values()) == 24
+    assert set(seen["policy"]["decisions"]) == {"text", "image", "image+text"}
+    assert seen["ranking"]["source"] == "self-check"
+    res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path / "idx")])
+    assert res.exit_code == 0 and "ranking per query type" in res.output and "self-check" in res.output, res.output
+    res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path)])
+    assert res.exit_code == 2 and "cannot open the index" in res.output, res.output
 
     monkeypatch.setattr(index_cli, "_make_embedder", lambda *a: FakeEmbedder(unavailable_after=0))
     res = runner.invoke(app, [*args[:4], str(tmp_path / "idx2"), "--no-progress"])
