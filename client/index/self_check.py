@@ -130,12 +130,15 @@ def build_pools(queries: Sequence[PseudoQuery], ids: Sequence[str], parts: Mappi
 
 def held_out_scores(pools: Sequence[CandidatePool], calibration: CalibrationSet | None,
                     weights: FusionWeights | None) -> dict[str, dict[str, Score]]:
-    """query type -> ranking ("fused", each raw signal) -> mean nDCG@10 and R@10 on these pools."""
+    """query type -> ranking ("fused", each raw signal) -> nDCG@10 and R@10 on these pools, the mean
+    over the type's pseudo-query kinds of each kind's mean (so that, say, 90 title queries do not
+    outvote 40 attribute-phrase queries of the same type)."""
     out: dict[str, dict[str, Score]] = {}
     for qtype in QUERY_TYPES:
         mine = [p for p in pools if p.query_type == qtype]
         if not mine:
             continue
+        kinds = sorted({_kind(p) for p in mine})
         rankings: dict[str, Callable[[CandidatePool], list[str]]] = {
             s: (lambda p, s=s: [p.product_ids[i] for i in np.argsort(-p.signals[s], kind="stable")])
             for s in TYPE_SIGNALS[qtype]}
@@ -144,10 +147,18 @@ def held_out_scores(pools: Sequence[CandidatePool], calibration: CalibrationSet 
         out[qtype] = {}
         for name, rank in rankings.items():
             ranked = [rank(p) for p in mine]
-            out[qtype][name] = Score(
-                ndcg10=round(float(np.mean([ndcg_at_k(r, p.relevance, 10) for r, p in zip(ranked, mine)])), 4),
-                r10=round(float(np.mean([recall_at_k(r, p.relevance, 10) for r, p in zip(ranked, mine)])), 4))
+            nd = {k: [] for k in kinds}
+            r10 = {k: [] for k in kinds}
+            for r, p in zip(ranked, mine):
+                nd[_kind(p)].append(ndcg_at_k(r, p.relevance, 10))
+                r10[_kind(p)].append(recall_at_k(r, p.relevance, 10))
+            out[qtype][name] = Score(ndcg10=round(float(np.mean([np.mean(nd[k]) for k in kinds])), 4),
+                                     r10=round(float(np.mean([np.mean(r10[k]) for k in kinds])), 4))
     return out
+
+
+def _kind(pool: CandidatePool) -> str:
+    return pool.query_id.split(":")[1]  # "<part>:<kind>:..." (pseudo_queries' ids)
 
 
 def self_check(views: Sequence[ProductView], vectors: CatalogVectors, embedder: Embedder, root: Path, *,

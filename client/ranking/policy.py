@@ -7,9 +7,10 @@ beats the best single raw signal; otherwise that raw signal ranks the query type
 once so a user can read it:
 
     metric: mean nDCG@10 over the type's held-out queries, R@10 (a relevant product in the top 10)
-    as the tie-break; fused is published iff there are >= ``min_queries`` held-out queries and
-    fused nDCG@10 > best raw nDCG@10 + ``margin``, or equal within ``margin`` and fused R@10 > best
-    raw R@10 + ``margin``.
+    as the tie-break; the best raw signal is the one with the highest (nDCG@10, R@10). Fused is
+    published iff there are >= ``min_queries`` held-out queries, fused R@10 is not below the best
+    raw signal's by more than one query's share (1 / n), and fused nDCG@10 > best raw nDCG@10 +
+    ``margin``, or equal within ``margin`` and fused R@10 > best raw R@10 + ``margin``.
 
 A fit (calibration + weights) is bound to the model and the catalog it was fitted on
 (``FitBinding``) and is applied only there (``binding_mismatch``). Pure, no I/O.
@@ -32,8 +33,8 @@ TYPE_SIGNALS: dict[str, tuple[str, ...]] = {
     "image+text": ("visual", "text_image", "image_title", "text_title"),
 }
 FUSED = "fused"
-METRIC = ("mean nDCG@10 over held-out pseudo-queries, R@10 as tie-break; fused published only if it beats "
-          "the best single raw signal")
+METRIC = ("nDCG@10 on held-out pseudo-queries (mean over query kinds), R@10 as tie-break; fused published only "
+          "if it beats the best single raw signal and loses R@10 on at most one query")
 
 PolicySource = Literal["self-check", "bound fit", "supplied files", "legacy"]
 
@@ -119,6 +120,9 @@ def decide(query_type: str, scores: Mapping[str, Score], n_queries: int, *, min_
         why = "no fit"
     elif n_queries < min_queries:
         why = f"only {n_queries} held-out queries (< {min_queries})"
+    elif fused.r10 < b.r10 - 1.0 / n_queries - 1e-9:
+        why = (f"fused R@10 {fused.r10:.3f} loses more than one held-out query against {best} "
+               f"({b.r10:.3f})")
     elif fused.ndcg10 > b.ndcg10 + margin or (abs(fused.ndcg10 - b.ndcg10) <= margin and fused.r10 > b.r10 + margin):
         return Decision(query_type=query_type, ranked_by=FUSED, n_queries=n_queries, held_out=held,
                         reason=(f"fused nDCG@10 {fused.ndcg10:.3f} / R@10 {fused.r10:.3f} beats the best raw "

@@ -60,6 +60,10 @@ def test_decide_publishes_fused_only_when_it_beats_the_best_raw_signal() -> None
     assert lose.ranked_by == "text_image" and "does not beat" in lose.reason
     tie_r10 = decide("image", {FUSED: _s(0.6, 0.95), "visual": _s(0.6, 0.9)}, 30)
     assert tie_r10.ranked_by == FUSED
+    loses_r10 = decide("image", {FUSED: _s(0.9, 0.85), "visual": _s(0.6, 0.9)}, 30)
+    assert loses_r10.ranked_by == "visual" and "loses more than one" in loses_r10.reason
+    one_query = decide("image", {FUSED: _s(0.9, 0.9 - 1 / 30), "visual": _s(0.6, 0.9)}, 30)
+    assert one_query.ranked_by == FUSED
     tie = decide("image", {FUSED: _s(0.6, 0.9), "visual": _s(0.6, 0.9)}, 30)
     assert tie.ranked_by == "visual"
     few = decide("image", {FUSED: _s(0.9, 1.0), "visual": _s(0.6, 0.9), "image_title": _s(0.7, 0.9)}, 5)
@@ -90,3 +94,27 @@ def test_binding_applies_a_fit_only_to_its_model_and_catalog() -> None:
     assert "model m1" in binding_mismatch(b, "m2", "c1")
     assert "catalog c1" in binding_mismatch(b, "m1", "c2")
     assert "applied nowhere else" in binding_mismatch(None, "m1", "c1")
+
+
+def test_held_out_scores_compare_fused_with_each_raw_signal() -> None:
+    from lenscope.client.index.self_check import held_out_scores
+    from lenscope.client.ranking.fusion import FusionWeights
+    from lenscope.client.ranking.pools import CandidatePool
+
+    rng = np.random.default_rng(0)
+    pools = []
+    for q in range(12):
+        n = 30
+        grades = np.zeros(n, dtype=np.int64)
+        grades[q % n] = 1
+        good = rng.uniform(0, 0.5, n)
+        good[q % n] = 0.9  # text_image finds the product; text_title is noise
+        pools.append(CandidatePool(f"held_out:title:{q}", "text", tuple(f"p{i}" for i in range(n)),
+                                   {"text_image": good, "text_title": rng.uniform(0, 1, n)}, grades,
+                                   {f"p{q % n}": 1}))
+    noisy = FusionWeights(bias=0.0, visual=0, image_title=0, text_image=0.01, text_title=1.0, attributes=0, popularity=0)
+    scores = held_out_scores(pools, None, noisy)["text"]
+    assert scores["text_image"].ndcg10 == 1.0 and scores["text_image"].r10 == 1.0
+    assert scores[FUSED].ndcg10 < 0.9
+    assert decide("text", scores, len(pools)).ranked_by == "text_image"
+    assert FUSED not in held_out_scores(pools, None, None)["text"]
