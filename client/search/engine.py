@@ -8,7 +8,6 @@ calibration, fusion weights); a search touches SQLite only for the final hits' t
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -147,10 +146,11 @@ class SearchEngine:
         t1 = time.perf_counter()
         timings["embed"] = 1000 * (t1 - t0)
 
-        queries = [v for v in (emb.image, emb.text) if v is not None]
+        query_type = query_type_of(emb.image is not None, emb.text is not None)
+        first = self.policy.ranked_by(query_type) if self.policy is not None else None
         target = max(q.top_k, self.settings.rerank_depth)
         of = over_fetch(
-            lambda k: self._fetch(queries, emb, k),
+            lambda k: self._fetch(emb, k, first),
             lambda pool: apply_filters(self.attributes.take(pool), filters),
             target, max_candidates=max(self.settings.max_candidates, target),
             initial_k=target, growth=self.settings.growth,
@@ -172,7 +172,6 @@ class SearchEngine:
         t3 = time.perf_counter()
         timings["calibrate"] = 1000 * (t3 - t2)
 
-        query_type = query_type_of(emb.image is not None, emb.text is not None)
         ranking = self._ranking_info(query_type, prepared.calibrated, prepared.raw)
         weights = self.policy.weights_for(query_type, self.weights) if self.policy is not None else self.weights
         fused = fuse(signals, weights)
@@ -237,23 +236,27 @@ class SearchEngine:
         return _Embedded(image=None if img is None else img.embedding, text=None if txt is None else txt.embedding,
                          attributes={} if img is None else img.attributes)
 
-    def _fetch(self, queries: list[np.ndarray], emb: _Embedded, k: int) -> np.ndarray:
-        """The k best products for the query: each query vector's ANN top-k, merged on the
-        calibrated scale (raw cosines of different modality pairs are not comparable)."""
-        best: dict[int, float] = {}
+    def _fetch(self, emb: _Embedded, k: int, first: str | None = None) -> np.ndarray:
+        """The k candidates for the query: each similarity signal's own best products (ANN over the
+        image index; exact over the title vectors, which are in memory), merged round-robin, so that
+        the top of every signal is in the pool whichever signal ranks it (raw cosines of different
+        modality pairs are not comparable, so they are not merged by score). ``first``: the signal
+        the query type is ranked by leads the round-robin."""
+        lists: list[tuple[str, np.ndarray]] = []
         for name, vec in (("visual", emb.image), ("text_image", emb.text)):
-            if vec is None:
-                continue
-            res = self.bundle.index.search(vec[None, :].astype(np.float32), k)
-            self.recall.observe(vec[None, :].astype(np.float32), res)
-            ids, scores = res.ids[0], res.scores[0]
-            keep = ids >= 0
-            cal = self._calibrate(name, scores[keep])
-            for i, s in zip(ids[keep].tolist(), cal.tolist()):
-                if s > best.get(i, -math.inf):
-                    best[i] = s
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])[:k]
-        return np.fromiter((i for i, _ in ranked), np.int64, len(ranked))
+            if vec is not None:
+                q = vec[None, :].astype(np.float32)
+                res = self.bundle.index.search(q, k)
+                self.recall.observe(q, res)
+                lists.append((name, res.ids[0][res.ids[0] >= 0]))
+        if self.title_vectors is not None and self.title_vectors.shape[0]:
+            for name, vec in (("image_title", emb.image), ("text_title", emb.text)):
+                if vec is not None:
+                    scores = self.title_vectors @ vec.astype(np.float32)
+                    top = np.argpartition(-scores, min(k, scores.size) - 1)[:k]
+                    lists.append((name, top[np.argsort(-scores[top], kind="stable")].astype(np.int64)))
+        lists.sort(key=lambda item: item[0] != first)
+        return round_robin([ids for _, ids in lists], k)
 
     def _raw_signals(self, emb: _Embedded, ids: np.ndarray) -> dict[str, np.ndarray]:
         image_vecs = self.bundle.index.get_vectors(ids) if ids.size else np.zeros((0, self.model.embed_dim), np.float32)
@@ -268,9 +271,6 @@ class SearchEngine:
             if titles is not None:
                 raw["text_title"] = titles @ emb.text
         return {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
-
-    def _calibrate(self, signal: str, scores: np.ndarray) -> np.ndarray:
-        return prepare_signals({signal: scores}, self.calibration).values[signal]
 
     def _ranking_info(self, query_type: str, calibrated: tuple[str, ...], raw: tuple[str, ...]) -> RankingInfo:
         """What ranked this query and why: the index build's decision for its query type."""
@@ -301,6 +301,19 @@ class SearchEngine:
                 popularity=float(product.popularity or 0.0),
             ))
         return hits
+
+
+def round_robin(lists: list[np.ndarray], k: int) -> np.ndarray:
+    """At most k distinct ids taking each list's next best in turn (first list first)."""
+    out: dict[int, None] = {}
+    depth = max((len(x) for x in lists), default=0)
+    for i in range(depth):
+        for ids in lists:
+            if i < len(ids):
+                out.setdefault(int(ids[i]), None)
+                if len(out) >= k:
+                    return np.fromiter(out, np.int64, len(out))
+    return np.fromiter(out, np.int64, len(out))
 
 
 def _check_deadline(deadline: float, stage: str) -> None:

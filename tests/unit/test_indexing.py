@@ -1,6 +1,6 @@
 """The indexing job's pipeline logic with a fake embedder: every row accounted for, deterministic row
 ids, resumability (in-process after an outage, and across SIGKILLs of a real subprocess), damaged
-checkpoints, calibration pair construction, and the CLI wrapper.
+checkpoints, the ranking fit (self-check, binding), and the CLI wrapper (build, inspect).
 
 Run as a script (`python test_indexing.py CATALOG ROOT BATCH CONCURRENCY`) this file builds an index
 with the fake embedder: that is the subprocess the kill tests SIGKILL through the job's test hook.
@@ -24,7 +24,6 @@ import pytest
 from lenscope.client.ranking.calibration import load_calibration
 from lenscope.client.catalog.rows import CatalogError
 from lenscope.client.index.bundle_store import BundleStore
-from lenscope.client.index.calibration import NO_TEXT_TITLE, calibration_pairs, fit_catalog_calibration
 from lenscope.client.index.checkpoint import WORK_DIR, WorkDir, WorkDirBusy
 from lenscope.client.index.reader import scan_catalog
 from lenscope.client.index.writer import make_index
@@ -459,54 +458,6 @@ def test_sigkilled_job_resumes_to_the_same_bundle(tmp_path: Path, catalog: Path)
 
     build(catalog, tmp_path / "ref", batch_size=3, concurrency=1)
     assert_same(snapshot(root), snapshot(tmp_path / "ref"))
-
-
-# -- calibration pairs -------------------------------------------------------------------------------
-
-
-def test_calibration_pairs_are_matched_and_seeded() -> None:
-    rng = np.random.default_rng(0)
-    n = 50
-    base = rng.standard_normal((n, DIM))
-    norm = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
-    image = norm(base + 0.3 * rng.standard_normal((n, DIM)))
-    title = norm(base + 0.8 * rng.standard_normal((n, DIM)))
-    photo = norm(base + 0.5 * rng.standard_normal((n, DIM)))
-    photo[:10] = np.nan
-
-    data, notes = calibration_pairs(image, title, photo, negatives=3, seed=1)
-    assert set(data) == {"text_image", "image_title", "image_image"} and notes["text_title"] == NO_TEXT_TITLE
-    s, y = data["text_image"]
-    assert (y == 1).sum() == n and (y == 0).sum() == 3 * n
-    np.testing.assert_allclose(s[:n], np.einsum("ij,ij->i", title, image), rtol=1e-6)
-    assert not np.any(np.isclose(s[n:][:, None], s[:n][None, :], rtol=0, atol=0).all(axis=0))
-    s, y = data["image_image"]
-    assert (y == 1).sum() == 40  # only rows with a photo
-    np.testing.assert_allclose(s[:40], np.einsum("ij,ij->i", photo[10:], image[10:]), rtol=1e-6)
-    s, _ = data["image_title"]  # photo where there is one, else the catalog image
-    np.testing.assert_allclose(s[:10], np.einsum("ij,ij->i", image[:10], title[:10]), rtol=1e-6)
-    np.testing.assert_allclose(s[10:n], np.einsum("ij,ij->i", photo[10:], title[10:]), rtol=1e-6)
-
-    again, _ = calibration_pairs(image, title, photo, negatives=3, seed=1)
-    other, _ = calibration_pairs(image, title, photo, negatives=3, seed=2)
-    np.testing.assert_array_equal(again["text_image"][0], data["text_image"][0])
-    assert not np.array_equal(other["text_image"][0], data["text_image"][0])
-
-    cal, notes = fit_catalog_calibration(data, notes, model_hash="m")
-    assert set(cal.pairs) == set(data)
-    for pair, c in cal.pairs.items():
-        assert c.report.separation > 0, pair  # matched pairs score higher than random ones
-        matched, unmatched = cal.apply(pair, np.array([c.report.mean_matched, c.report.mean_unmatched]))
-        assert matched > unmatched, pair
-
-
-def test_calibration_pairs_without_photos_or_with_one_row() -> None:
-    v = np.eye(DIM, dtype=np.float32)[:4]
-    data, notes = calibration_pairs(v, v, np.full_like(v, np.nan))
-    assert set(data) == {"text_image", "image_title"} and notes["image_image"].startswith("skipped")
-    data, notes = calibration_pairs(v[:1], v[:1], None)
-    assert data == {} and all(n.startswith("skipped") for n in notes.values())
-    assert fit_catalog_calibration(data, notes)[0] is None
 
 
 def test_index_kind_selection() -> None:

@@ -118,3 +118,12 @@ def test_held_out_scores_compare_fused_with_each_raw_signal() -> None:
     assert scores[FUSED].ndcg10 < 0.9
     assert decide("text", scores, len(pools)).ranked_by == "text_image"
     assert FUSED not in held_out_scores(pools, None, None)["text"]
+
+
+def test_round_robin_keeps_the_top_of_every_list() -> None:
+    from lenscope.client.search.engine import round_robin
+
+    a, b = np.array([1, 2, 3, 4, 5]), np.array([9, 2, 8, 7])
+    assert round_robin([a, b], 4).tolist() == [1, 9, 2, 3]
+    assert round_robin([b, a], 100).tolist() == [9, 1, 2, 8, 3, 7, 4, 5]
+    assert round_robin([], 3).size == 0
