@@ -39,7 +39,10 @@ from lenscope.client.ranking.policy import (
 )
 from lenscope.client.ranking.pools import CandidatePool, FitError
 
-MAX_CANDIDATES = 500  # a part larger than this is ranked over the union of each signal's top candidates
+# Each query's pool: the union of each raw signal's top products (like the engine's round-robin pool
+# at its default rerank depth), so a single signal's top 10 is always in it and the fit sees the hard
+# candidates the engine re-ranks, not the whole part.
+MAX_CANDIDATES = 100
 EMBED_BATCH = 64
 
 
@@ -116,7 +119,8 @@ def build_pools(queries: Sequence[PseudoQuery], ids: Sequence[str], parts: Mappi
             raw["text_image"] = vectors.image[cand] @ tv
             raw["text_title"] = vectors.title[cand] @ tv
         if cand.size > MAX_CANDIDATES:
-            keep = np.unique(np.concatenate([np.argsort(-v, kind="stable")[:MAX_CANDIDATES // 4] for v in raw.values()]))
+            per = -(-MAX_CANDIDATES // len(raw))
+            keep = np.unique(np.concatenate([np.argsort(-v, kind="stable")[:per] for v in raw.values()]))
             cand = cand[keep]
             raw = {k: v[keep] for k, v in raw.items()}
         pids = tuple(ids[i] for i in cand)
