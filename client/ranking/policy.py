@@ -120,7 +120,7 @@ def decide(query_type: str, scores: Mapping[str, Score], n_queries: int, *, min_
         why = "no fit"
     elif n_queries < min_queries:
         why = f"only {n_queries} held-out queries (< {min_queries})"
-    elif fused.r10 < b.r10 - 1.0 / n_queries - 1e-9:
+    elif fused.r10 < b.r10 - 1.0 / n_queries - 1e-4:  # 1e-4: the scores are rounded to 4 decimals
         why = (f"fused R@10 {fused.r10:.3f} loses more than one held-out query against {best} "
                f"({b.r10:.3f})")
     elif fused.ndcg10 > b.ndcg10 + margin or (abs(fused.ndcg10 - b.ndcg10) <= margin and fused.r10 > b.r10 + margin):

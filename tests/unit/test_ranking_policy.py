@@ -64,6 +64,8 @@ def test_decide_publishes_fused_only_when_it_beats_the_best_raw_signal() -> None
     assert loses_r10.ranked_by == "visual" and "loses more than one" in loses_r10.reason
     one_query = decide("image", {FUSED: _s(0.9, 0.9 - 1 / 30), "visual": _s(0.6, 0.9)}, 30)
     assert one_query.ranked_by == FUSED
+    rounded = decide("image", {FUSED: _s(0.92, round(1 - 1 / 91, 4)), "visual": _s(0.91, 1.0)}, 91)
+    assert rounded.ranked_by == FUSED  # exactly one query lost, as the stored (rounded) numbers say
     tie = decide("image", {FUSED: _s(0.6, 0.9), "visual": _s(0.6, 0.9)}, 30)
     assert tie.ranked_by == "visual"
     few = decide("image", {FUSED: _s(0.9, 1.0), "visual": _s(0.6, 0.9), "image_title": _s(0.7, 0.9)}, 5)
