@@ -10,6 +10,9 @@ it, and an attribute phrase ("red dress") names every product with those attribu
 - ``phrase`` (text):        one or two attribute values -> every product that has them (grade 1).
 - ``photo+phrase`` (image+text): an extra photo + one of its product's attribute values -> the
   product (grade 2) and the products that have that value and share another value with it (1).
+- ``photo+title`` (image+text): an extra photo + a word of its title that names no attribute (a
+  brand, a material, a model name) -> the product (2) and the products whose titles have that word
+  and that share an attribute value with it (1): what a shopper adds that the photo cannot show.
 
 Products are split (seeded, by product id) into a fit part and a held-out part; every query and
 its relevance live inside one part, and each part's queries are ranked among that part's products
@@ -32,7 +35,9 @@ import numpy as np
 from lenscope.client.index.reader import SourceRow
 
 FIT, HELD_OUT = "fit", "held_out"
-KIND_TYPE = {"title": "text", "phrase": "text", "photo": "image", "photo+phrase": "image+text"}
+KIND_TYPE = {"title": "text", "phrase": "text", "photo": "image", "photo+phrase": "image+text",
+             "photo+title": "image+text"}
+STOPWORDS = frozenset({"a", "an", "and", "by", "for", "from", "in", "of", "on", "the", "with"})
 ROW_ATTRIBUTES = ("category", "color", "pattern", "material")
 
 
@@ -88,6 +93,10 @@ def _drop_one_word(title: str, rng: np.random.Generator) -> str | None:
     return " ".join(words[:i] + words[i + 1:])
 
 
+def _words(title: str) -> frozenset[str]:
+    return frozenset(w for w in (t.strip(".,;:!?()[]|/-'\"").lower() for t in title.split()) if len(w) >= 3)
+
+
 def _phrase(attrs: Sequence[tuple[str, str]], order: Sequence[str]) -> str:
     # later catalog attributes first: "red dress" from (category=dress, color=red)
     rank = {a: i for i, a in enumerate(order)}
@@ -115,7 +124,8 @@ def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str],
             titles.append(PseudoQuery(f"{part}:title:{v.product_id}", "title", part, text, None, {v.product_id: 1}))
     out += cap(titles)
 
-    photos, mixed = [], []
+    photos, mixed, worded = [], [], []
+    words_of = {v.product_id: _words(v.title) for v in views}
     for v in views:
         same = set.intersection(*(having[av] for av in v.attributes.items())) if v.attributes else set()
         for j, img in enumerate(v.images):
@@ -128,7 +138,16 @@ def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str],
                 rel = {pid: 1 for pid in near} | {v.product_id: 2}
                 mixed.append(PseudoQuery(f"{part}:photo+phrase:{v.product_id}:{j}", "photo+phrase", part, val, img,
                                          rel))
-    out += cap(photos) + cap(mixed)
+            values = {w.lower() for w in v.attributes.values()}
+            candidates = sorted(w for w in words_of[v.product_id] if w not in values and w not in STOPWORDS)
+            if candidates:
+                word = candidates[int(rng.integers(len(candidates)))]
+                near = {u.product_id for u in views if word in words_of[u.product_id]
+                        and set(u.attributes.items()) & set(v.attributes.items())}
+                rel = {pid: 1 for pid in near} | {v.product_id: 2}
+                worded.append(PseudoQuery(f"{part}:photo+title:{v.product_id}:{j}", "photo+title", part, word, img,
+                                          rel))
+    out += cap(photos) + cap(mixed) + cap(worded)
 
     phrases = []
     n = len(views)

@@ -38,6 +38,9 @@ def test_every_kind_with_its_relevance() -> None:
     assert photo.query_type == "image" and photo.image == "ph/d1.png" and photo.relevance == {"d1": 2, "d2": 1}
     mixed = by["fit:photo+phrase:s1:0"]
     assert mixed.query_type == "image+text" and mixed.text in ("red", "trousers") and mixed.relevance["s1"] == 2
+    worded = by["fit:photo+title:d1:0"]  # photo + a title word that names no attribute
+    assert worded.query_type == "image+text" and worded.text in ("cherry", "cotton", "ostara")  # not "dress", "by"
+    assert worded.relevance == {"d1": 2}  # no other title has the word
     assert all(q.relevance for q in qs)
     # a phrase every product has ranks nothing and is not made
     assert not any(q.kind == "phrase" and len(q.relevance) == len(VIEWS) for q in qs)
