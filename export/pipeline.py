@@ -43,7 +43,12 @@ def default_vocab() -> Path:
 
 def ranking_fit_beside(checkpoint: Path | None) -> RankingFit | None:
     """The fit shipped beside a checkpoint (`<stem>.fusion.json` + `<stem>.calibration.json`), both or
-    neither, validated here so that a broken file stops the export instead of a later index build."""
+    neither, validated here so that a broken file stops the export instead of a later index build.
+
+    Its binding: the model hash is the one the calibration records (what it was fitted with); the
+    catalog fingerprint comes from an optional `<stem>.binding.json` (``{"catalog_fingerprint": ...}``,
+    the fingerprint `lenscope index inspect` shows for the catalog the fit was made on). Without it
+    the fit is bound to no catalog, and index builds fit their own (see ``RankingFit``)."""
     if checkpoint is None:
         return None
     files = {kind: checkpoint.with_name(f"{checkpoint.stem}.{kind}.json") for kind in ("fusion", "calibration")}
@@ -51,8 +56,16 @@ def ranking_fit_beside(checkpoint: Path | None) -> RankingFit | None:
         return None
     data = {kind: json.loads(f.read_text(encoding="utf-8")) for kind, f in files.items()}
     parse_weights(data["fusion"], str(files["fusion"]))
-    parse_calibration(data["calibration"], f"calibration file {files['calibration']}")
-    return RankingFit(source=", ".join(f.name for f in files.values()), **data)
+    cal = parse_calibration(data["calibration"], f"calibration file {files['calibration']}")
+    binding_file = checkpoint.with_name(f"{checkpoint.stem}.binding.json")
+    fingerprint = None
+    if binding_file.is_file():
+        binding = json.loads(binding_file.read_text(encoding="utf-8"))
+        fingerprint = binding.get("catalog_fingerprint") if isinstance(binding, dict) else None
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ValueError(f"{binding_file}: catalog_fingerprint must be a non-empty string, got {fingerprint!r}")
+    return RankingFit(source=", ".join(f.name for f in files.values()), model_hash=cal.model_hash,
+                      catalog_fingerprint=fingerprint, **data)
 
 
 def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_repository/cpu"),

@@ -121,8 +121,41 @@ class AttributeProbabilities(_message.Message):
     probabilities: _containers.ScalarMap[str, float]
     def __init__(self, probabilities: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class HeldOutScore(_message.Message):
+    __slots__ = ("ndcg10", "r10")
+    NDCG10_FIELD_NUMBER: _ClassVar[int]
+    R10_FIELD_NUMBER: _ClassVar[int]
+    ndcg10: float
+    r10: float
+    def __init__(self, ndcg10: _Optional[float] = ..., r10: _Optional[float] = ...) -> None: ...
+
+class RankingInfo(_message.Message):
+    __slots__ = ("query_type", "ranked_by", "calibrated_signals", "raw_signals", "source", "reason", "held_out")
+    class HeldOutEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: HeldOutScore
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[HeldOutScore, _Mapping]] = ...) -> None: ...
+    QUERY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RANKED_BY_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    RAW_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FIELD_NUMBER: _ClassVar[int]
+    query_type: str
+    ranked_by: str
+    calibrated_signals: _containers.RepeatedScalarFieldContainer[str]
+    raw_signals: _containers.RepeatedScalarFieldContainer[str]
+    source: str
+    reason: str
+    held_out: _containers.MessageMap[str, HeldOutScore]
+    def __init__(self, query_type: _Optional[str] = ..., ranked_by: _Optional[str] = ..., calibrated_signals: _Optional[_Iterable[str]] = ..., raw_signals: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., held_out: _Optional[_Mapping[str, HeldOutScore]] = ...) -> None: ...
+
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "facets", "timings_ms", "model_hash", "index_version", "over_fetch", "query_attributes", "request_id")
+    __slots__ = ("hits", "facets", "timings_ms", "model_hash", "index_version", "over_fetch", "query_attributes", "request_id", "ranking")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +178,7 @@ class SearchResponse(_message.Message):
     OVER_FETCH_FIELD_NUMBER: _ClassVar[int]
     QUERY_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     facets: _containers.RepeatedCompositeFieldContainer[FacetCount]
     timings_ms: _containers.ScalarMap[str, float]
@@ -153,4 +187,5 @@ class SearchResponse(_message.Message):
     over_fetch: OverFetch
     query_attributes: _containers.MessageMap[str, AttributeProbabilities]
     request_id: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., facets: _Optional[_Iterable[_Union[FacetCount, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_hash: _Optional[str] = ..., index_version: _Optional[str] = ..., over_fetch: _Optional[_Union[OverFetch, _Mapping]] = ..., query_attributes: _Optional[_Mapping[str, AttributeProbabilities]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    ranking: RankingInfo
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., facets: _Optional[_Iterable[_Union[FacetCount, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_hash: _Optional[str] = ..., index_version: _Optional[str] = ..., over_fetch: _Optional[_Union[OverFetch, _Mapping]] = ..., query_attributes: _Optional[_Mapping[str, AttributeProbabilities]] = ..., request_id: _Optional[str] = ..., ranking: _Optional[_Union[RankingInfo, _Mapping]] = ...) -> None: ...

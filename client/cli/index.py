@@ -140,3 +140,65 @@ def catalog_generate_command(
                              progress=progress and console.is_terminal)
     log_to(Console())(f"wrote {n_products} products to {paths.catalog} (queries: {paths.queries}) "
                       f"in {paths.seconds:.1f}s")
+
+
+def index_inspect_command(
+    index_root: Path = typer.Option(..., exists=True, file_okay=False, help="Bundle root given to `index build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
+) -> None:
+    """Show the served index bundle: rows, facets, model, and the ranking fit decision with its numbers."""
+    import json
+    from collections import Counter
+
+    from lenscope.client.index.bundle import BundleError
+    from lenscope.client.index.bundle_store import BundleStore
+
+    try:
+        bundle = BundleStore(index_root).open_current(expected_model_hash=None, fallback=False)
+    except (BundleError, FileNotFoundError, OSError) as err:
+        _fail(f"cannot open the index under {index_root}: {err}")
+    with bundle:
+        info = json.loads(bundle.read_attachment("index_info.json") or b"{}")
+        policy = json.loads(bundle.read_attachment("ranking_policy.json") or b"null")
+        ids = bundle.metadata.row_ids().tolist()
+        names = sorted(bundle.metadata.attribute_names())
+        values = bundle.metadata.attribute_values(ids, names)
+        facets = {f: dict(Counter(v for vals in values[f] for v in vals).most_common()) for f in names}
+        summary = {"bundle": bundle.version, "model_hash": bundle.model_manifest_hash, "rows": len(ids),
+                   "counts": info.get("counts"), "facets": facets, "ranking": info.get("ranking"), "policy": policy}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    _print_inspect(summary)
+
+
+def _print_inspect(s: dict) -> None:
+    out = Console(highlight=False)
+    head = Table(title=literal(f"index {s['bundle']}"), show_header=False)
+    head.add_column("what")
+    head.add_column("value")
+    head.add_row("model", literal(s["model_hash"]))
+    head.add_row("rows", str(s["rows"]))
+    ranking = s.get("ranking") or {}
+    head.add_row("catalog fingerprint", literal(ranking.get("catalog_fingerprint", "-")))
+    head.add_row("ranking fit", literal(ranking.get("source", "- (built before the self-checked fit)")))
+    if ranking.get("shipped_fit"):
+        head.add_row("shipped fit", literal(f"not applied: {ranking['shipped_fit']['reason']}"))
+    if ranking.get("note"):
+        head.add_row("note", literal(ranking["note"]))
+    for facet, counts in s["facets"].items():  # facet names and values come from the catalog: literal
+        head.add_row(literal(f"facet {facet}", keep_newlines=False),
+                     literal(", ".join(f"{v} ({n})" for v, n in list(counts.items())[:12])
+                             + (" ..." if len(counts) > 12 else ""), keep_newlines=False))
+    out.print(head)
+    policy = s.get("policy")
+    if not policy:
+        out.print("no ranking policy stored: every query type is fused (index built before the held-out check)")
+        return
+    table = Table(title=f"ranking per query type ({policy['metric']})")
+    for col in ("query type", "ranked by", "held-out queries", "held-out nDCG@10 / R@10", "why"):
+        table.add_column(col)
+    for qtype, d in policy["decisions"].items():
+        scores = "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in d["held_out"].items())
+        table.add_row(qtype, d["ranked_by"], str(d["n_queries"]), scores or "-", literal(d["reason"]))
+    out.print(table)

@@ -31,9 +31,15 @@ class RankingFit(BaseModel):
     The manifest carries them so that consumers find a model's fit through the model repository alone,
     never through the export package's folders. `source` names the files they came from."""
 
+
     source: str
     fusion: dict[str, Any]
     calibration: dict[str, Any]
+    # What the fit was fitted on: it is applied only to an index of this model AND this catalog
+    # (`lenscope.client.ranking.policy.binding_mismatch`). Absent (manifests written before the
+    # binding existed): the fit is never applied to any catalog; the index build fits its own.
+    model_hash: str | None = None
+    catalog_fingerprint: str | None = None
 
 
 class Manifest(BaseModel):

@@ -66,12 +66,13 @@ def _search(engine: Any, qset: QuerySet, q: Query, top_k: int = TOP_K):
 
 @contextmanager
 def _engine_state(engine: Any, weights: FusionWeights, calibration: CalibrationSet | None) -> Iterator[None]:
-    saved = engine.weights, engine.calibration
-    engine.weights, engine.calibration = weights, calibration
+    # the variant's weights rank every query type (the bundle's per-type policy is set aside)
+    saved = engine.weights, engine.calibration, getattr(engine, "policy", None)
+    engine.weights, engine.calibration, engine.policy = weights, calibration, None
     try:
         yield
     finally:
-        engine.weights, engine.calibration = saved
+        engine.weights, engine.calibration, engine.policy = saved
 
 
 def signal_values(hit: Any, weights: FusionWeights) -> dict[str, float]:

@@ -47,9 +47,10 @@ from lenscope.client.index.embedder import (
     RetryPolicy,
 )
 from lenscope.client.index.reader import CatalogScan, Reject, fingerprint, scan_catalog
+from lenscope.client.index.ranking_setup import choose_ranking
 from lenscope.client.index.writer import IndexKind, WriterSettings, assemble, rejects_jsonl, write_bundle
-from lenscope.client.ranking.calibration import CalibrationSet, load_calibration, parse_calibration
-from lenscope.client.ranking.fusion import FusionWeights, load_weights, parse_weights
+from lenscope.client.ranking.calibration import load_calibration
+from lenscope.client.ranking.fusion import load_weights
 
 KILL_HOOK_ENV = "LENSCOPE_TEST_KILL_AFTER_CHUNKS"
 DEFAULT_REJECTS = "rejects.jsonl"
@@ -74,10 +75,10 @@ class IndexBuildConfig:
     batch_size: int = 32  # rows per chunk: one embed call per modality, one checkpoint file
     concurrency: int = 4  # chunks in flight
     rejects_path: Path | None = None  # default: <index_root>/rejects.jsonl
-    fusion_weights: Path | None = None  # default: FusionWeights() defaults
-    calibration: Path | None = None  # default: fitted on the catalog's own pairs
-    # Use the fusion weights + calibration the served model's manifest carries (fitted on
-    # labelled validation queries at export time), when neither file is given.
+    fusion_weights: Path | None = None  # supplied: applied as given (see index/ranking_setup.py)
+    calibration: Path | None = None  # supplied: applied as given; default: the catalog's self-checked fit
+    # Consider the fit the served model's manifest carries, when neither file is given; it is
+    # applied only if it is bound to this model and this catalog.
     use_shipped_fit: bool = False
     calibration_method: Literal["platt", "isotonic"] = "platt"
     splits: tuple[str, ...] | None = None  # index only these catalog splits
@@ -117,16 +118,11 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
     rejects_path = config.rejects_path or Path(config.index_root) / DEFAULT_REJECTS
     check_output_file(rejects_path, "--rejects", is_rejects_file, "a rejects file",
                       inputs={"--catalog": config.catalog, "--fusion-weights": fusion_path, "--calibration": calibration_path})
-    fusion = load_weights(fusion_path) if fusion_path else FusionWeights()
+    fusion = load_weights(fusion_path) if fusion_path else None
     calibration = load_calibration(calibration_path) if calibration_path else None
     t0 = time.perf_counter()
     scan = scan_catalog(config.catalog, splits=config.splits)
     model = _served_model(embedder)
-    if config.use_shipped_fit and fusion_path is None and calibration_path is None:
-        shipped = _shipped_fit(embedder)
-        if shipped is not None:
-            fusion, calibration, source = shipped
-            log.info("using the fit the served model's manifest carries", source=source)
     t_read = time.perf_counter()
 
     work = WorkDir.open(config.index_root, catalog=scan.path.resolve(), catalog_sha256=scan.sha256,
@@ -144,6 +140,13 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
                 "models cannot share an index", None, 0, work.n_chunks)
 
         a = assemble(chunks.values(), scan.rows, model)
+        t_fit0 = time.perf_counter()
+        ranking = (choose_ranking(a, model.model_hash, embedder.manifest(), scan.root, embedder, fusion=fusion,
+                                  calibration=calibration, use_shipped_fit=config.use_shipped_fit, seed=config.seed)
+                   if len(a) else None)
+        t_fit = time.perf_counter() - t_fit0
+        if ranking is not None:
+            _log_ranking(log, ranking)
         all_rejects = sorted([*scan.rejects, *a.rejects], key=lambda r: (r.line, r.kept, r.reason))
         counts = _counts(scan, len(a), all_rejects)
         rejects_path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +154,7 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
 
         embedded_now = sum(len(work.chunk_range(k)) for k in todo)
         embed_s = t_embed - t_embed0
-        seconds = {"read": round(t_read - t0, 3), "embed": round(embed_s, 3)}
+        seconds = {"read": round(t_read - t0, 3), "embed": round(embed_s, 3), "ranking_fit": round(t_fit, 3)}
         info = {
             "schema_version": 1,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -163,7 +166,7 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
             "rows_per_s": round(embedded_now / embed_s, 2) if embed_s > 0 and embedded_now else None,
         }
         t_write0 = time.perf_counter()
-        settings = WriterSettings(index_kind=config.index_kind, fusion=fusion, calibration=calibration,
+        settings = WriterSettings(index_kind=config.index_kind, ranking=ranking,
                                   calibration_method=config.calibration_method, seed=config.seed)
         bundle_id, info = write_bundle(Path(config.index_root), a, all_rejects, model, settings, info)
         seconds["write"] = round(time.perf_counter() - t_write0, 3)
@@ -236,15 +239,14 @@ def _embed_all(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, wo
     return chunks, resumed, todo
 
 
-def _shipped_fit(embedder: Embedder) -> tuple[FusionWeights, CalibrationSet, str] | None:
-    """The fusion weights + calibration the served model's manifest carries (fitted for that model at
-    export time), or None; found through the model repository, never the export package."""
-    fit = embedder.manifest().get("ranking_fit")
-    if not fit:
-        return None
-    return (parse_weights(fit["fusion"], f"in the served manifest ({fit['source']})"),
-            parse_calibration(fit["calibration"], f"calibration in the served manifest ({fit['source']})"),
-            fit["source"])
+def _log_ranking(log: Any, ranking: Any) -> None:
+    """Say in the build log which fit the index is served with, and why (do no harm, say what you did)."""
+    shipped = ranking.info.get("shipped_fit")
+    if shipped:
+        log.warning("shipped_fit_not_applied", source=shipped["source"], reason=shipped["reason"])
+    decisions = {t: f"{d.ranked_by} ({d.reason})" for t, d in ranking.policy.decisions.items()}
+    log.info("ranking_fit", source=ranking.policy.source, catalog_fingerprint=ranking.info.get("catalog_fingerprint"),
+             calibrated_pairs=sorted(ranking.calibration.pairs) if ranking.calibration else [], decisions=decisions)
 
 
 def _served_model(embedder: Embedder) -> ModelInfo:

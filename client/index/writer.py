@@ -14,11 +14,14 @@ uninterrupted one. The bundle (see index/bundle_store.py) holds:
                                                   when the catalog has photos)
     ``attr_probs_<name>.npy``      float32 [N, L]  attribute head probabilities of the catalog image,
                                                   columns in the order of the model's labels
-    ``calibration.json``           CalibrationSet fitted on the catalog's own pairs (index_calibration)
-    ``fusion.json``                FusionWeights (the caller's file, or the defaults)
+    ``calibration.json``           CalibrationSet in force (see index/ranking_setup.py), when any
+    ``fusion.json``                FusionWeights in force (the caller's file, a bound fit, the self-check's)
+    ``ranking_policy.json``        RankingPolicy: per query type fused or one raw signal, with the
+                                   held-out numbers it was decided on (ranking/policy.py)
     ``rejects.jsonl``              every rejected row / skipped photo (line, product_id, reason, message, kept)
     ``index_info.json``            catalog path + sha256, counts, rejects by reason, model, timings,
-                                   calibration notes and gap report, head agreement with catalog labels
+                                   calibration notes and gap report, head agreement with catalog labels,
+                                   ``ranking``: the fit's source, binding, self-check summary, decisions
 
 Swapping FAISS for another `VectorIndex` backend means changing `make_index`, nothing upstream.
 """
@@ -31,18 +34,20 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig, IVFPQConfig
 from lenscope.client.index.bundle_store import BundleStore
-from lenscope.client.ranking.calibration import CalibrationSet
-from lenscope.client.index.calibration import calibration_pairs, fit_catalog_calibration, gap_summary
+from lenscope.client.index.calibration import gap_summary
 from lenscope.client.index.embedder import EmbeddedChunk, ModelInfo
 from lenscope.client.index.reader import Reject, SourceRow
 from lenscope.client.index.metadata import Product
 from lenscope.client.ranking.fusion import FusionWeights
+
+if TYPE_CHECKING:
+    from lenscope.client.index.ranking_setup import RankingSetup
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
 FLAT_MAX_ROWS = 50_000  # "auto": exact search below this, HNSW above
@@ -52,6 +57,7 @@ PHOTO_VECTORS = "photo_vectors"
 ATTR_PROBS_PREFIX = "attr_probs_"
 CALIBRATION = "calibration.json"
 FUSION = "fusion.json"
+RANKING_POLICY = "ranking_policy.json"
 REJECTS = "rejects.jsonl"
 INDEX_INFO = "index_info.json"
 
@@ -135,14 +141,11 @@ def head_agreement(a: Assembled, model: ModelInfo) -> dict[str, float | None]:
 @dataclass(frozen=True)
 class WriterSettings:
     index_kind: IndexKind = "auto"
-    fusion: FusionWeights = FusionWeights()
+    # calibration + weights + per-query-type policy chosen by index/ranking_setup.py; None: the
+    # default weights, no calibration (raw cosines), every query type fused
+    ranking: "RankingSetup | None" = None
     calibration_method: Literal["platt", "isotonic"] = "platt"
-    calibration_negatives: int = 4
-    calibration_max_queries: int = 20_000
     seed: int = 0
-    # A calibration fitted elsewhere (e.g. on labelled validation queries, shipped with the model):
-    # attached instead of the catalog self-fit. It must go with the fusion weights fitted with it.
-    calibration: CalibrationSet | None = None
 
 
 def rejects_jsonl(rejects: Iterable[Reject]) -> bytes:
@@ -160,13 +163,12 @@ def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], 
     index = make_index(settings.index_kind, n, dim)
     index.add(np.arange(n, dtype=np.int64), a.image)
 
-    if settings.calibration is not None:
-        cal, notes = settings.calibration, {"source": "supplied (fitted elsewhere, e.g. shipped with the model)"}
-    else:
-        data, notes = calibration_pairs(a.image, a.title, a.photo, negatives=settings.calibration_negatives,
-                                        max_queries=settings.calibration_max_queries, seed=settings.seed)
-        cal, notes = fit_catalog_calibration(data, notes, method=settings.calibration_method,
-                                             model_hash=model.model_hash)
+    ranking = settings.ranking
+    cal = ranking.calibration if ranking else None
+    fusion = ranking.fusion if ranking else FusionWeights()
+    notes = dict((ranking.info.get("self_check") or {}).get("fit", {}).get("calibration_notes") or {}) if ranking else {}
+    if ranking is not None and ranking.info.get("source") != "self-check":
+        notes = {"source": ranking.info.get("note", "")}
     has_photos = bool(np.isfinite(a.photo).all(axis=1).any())
     info = {
         **info,
@@ -177,11 +179,13 @@ def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], 
             "title_vectors": f"{TITLE_VECTORS}.npy", "photo_vectors": f"{PHOTO_VECTORS}.npy" if has_photos else None,
             "attribute_probabilities": {name: f"{ATTR_PROBS_PREFIX}{name}.npy" for name in model.attributes},
             "calibration": CALIBRATION if cal is not None else None, "fusion": FUSION, "rejects": REJECTS,
+            "ranking_policy": RANKING_POLICY if ranking else None,
         },
         "attribute_labels": {k: list(v) for k, v in model.attributes.items()},
         "attribute_head_agreement": head_agreement(a, model),
         "calibration": {"method": settings.calibration_method, "seed": settings.seed, "notes": notes,
                         **gap_summary(cal)},
+        "ranking": ranking.info if ranking else None,
     }
     store = BundleStore(index_root)
     with store.writer(model_manifest_hash=model.model_hash, index=index) as w:
@@ -193,7 +197,9 @@ def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], 
             w.attach_array(ATTR_PROBS_PREFIX + name, probs)
         if cal is not None:
             w.attach(CALIBRATION, (cal.model_dump_json(indent=2) + "\n").encode())
-        w.attach(FUSION, (settings.fusion.model_dump_json(indent=2) + "\n").encode())
+        w.attach(FUSION, (fusion.model_dump_json(indent=2) + "\n").encode())
+        if ranking is not None:
+            w.attach(RANKING_POLICY, (ranking.policy.model_dump_json(indent=2) + "\n").encode())
         w.attach(REJECTS, rejects_jsonl(all_rejects))
         w.attach(INDEX_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     assert w.bundle_id is not None

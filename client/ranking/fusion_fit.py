@@ -154,10 +154,11 @@ def fit_fusion(pools: Sequence[CandidatePool], *, thresholds: Sequence[Threshold
         raise FitError(f"nothing could be fitted: {selection}")
     t, objective, cal, notes, fit, data, fit_pools = best[1]
     weights = fit.weights
-    no_heads = learn(objective, data, all_but_attr).weights
+    # without heads the fit above already is the heads-off fit: do not fit it twice
+    no_heads = learn(objective, data, all_but_attr).weights if use_heads else weights
     if refine:
         weights, _ = refine_coordinate(data, weights, signals=signals)
-        no_heads, _ = refine_coordinate(data, no_heads, signals=all_but_attr)
+        no_heads = refine_coordinate(data, no_heads, signals=all_but_attr)[0] if use_heads else weights
         selection[f"{objective}, relevant grade >= {t}, + coordinate ascent"] = data.ndcg_by_type(weights)
         objective = f"{objective} + coordinate ascent"
     equal = FusionWeights(bias=0.0, **{s: (1.0 if s in SIMILARITY_SIGNALS else 0.0) for s in SIGNALS})

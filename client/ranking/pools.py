@@ -26,6 +26,7 @@ import numpy as np
 from lenscope.client.ranking.calibration import CalibrationSet, fit_pair
 from lenscope.client.ranking.metrics import Threshold
 from lenscope.client.ranking.fusion import SIGNAL_PAIR, SIGNALS
+from lenscope.client.ranking.signals import prepare_signals
 
 QueryType = Literal["text", "image", "image+text"]
 SIMILARITY_SIGNALS: tuple[str, ...] = ("visual", "image_title", "text_image", "text_title")
@@ -142,20 +143,9 @@ def fit_pool_calibration(pools: Sequence[CandidatePool], *, min_grade: Threshold
 
 
 def calibrated_signals(pool: CandidatePool, calibration: CalibrationSet | None) -> dict[str, np.ndarray]:
-    """What the engine fuses: calibrated similarities (a pair without calibration is left out when a
-    calibration set is given, raw when none is; as ``SearchEngine``), attributes and popularity as is."""
-    out: dict[str, np.ndarray] = {}
-    for name, values in pool.signals.items():
-        v = np.asarray(values, dtype=np.float64)
-        if name in SIGNAL_PAIR:
-            pair = SIGNAL_PAIR[name]
-            if calibration is None:
-                out[name] = v
-            elif pair in calibration.pairs:
-                out[name] = np.where(np.isfinite(v), calibration.apply(pair, np.nan_to_num(v)), np.nan)
-        else:
-            out[name] = v
-    return out
+    """What the engine fuses, by the raw-cosine rule (``signals.prepare_signals``): calibrated
+    similarities where the pair has a fit, raw cosines where not, attributes and popularity as is."""
+    return prepare_signals(pool.signals, calibration).values
 
 
 # --------------------------------------------------------------------------------------------------

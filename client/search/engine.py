@@ -8,7 +8,6 @@ calibration, fusion weights); a search touches SQLite only for the final hits' t
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +22,16 @@ from lenscope.client.ranking.calibration import CalibrationSet
 from lenscope.client.ranking.facets import AttributeTable, FacetError, FilterSpec, UnknownFacetError, apply_filters, facet_counts, over_fetch
 from lenscope.client.index.bundle import IndexBundle, ModelVersionMismatch
 from lenscope.client.core.manifest import Manifest
-from lenscope.client.ranking.fusion import SIGNAL_PAIR, FusionWeights, attribute_agreement, encode_labels, fuse, popularity_prior
+from lenscope.client.ranking.fusion import FusionWeights, attribute_agreement, encode_labels, fuse, popularity_prior
+from lenscope.client.ranking.policy import RankingPolicy, query_type_of
+from lenscope.client.ranking.signals import prepare_signals
 from lenscope.client.search.models import (
     BackendUnavailable,
     DeadlineExceeded,
     Hit,
     OverFetchInfo,
     QueryError,
+    RankingInfo,
     SearchQuery,
     SearchResult,
 )
@@ -40,6 +42,7 @@ _log = structlog.get_logger("lenscope.search")
 
 CALIBRATION_ATTACHMENT = "calibration.json"
 FUSION_ATTACHMENT = "fusion.json"
+POLICY_ATTACHMENT = "ranking_policy.json"
 TITLE_VECTORS = "title_vectors"
 
 
@@ -80,6 +83,9 @@ class SearchEngine:
 
         self.calibration = _load_model(bundle, CALIBRATION_ATTACHMENT, CalibrationSet)
         self.weights = _load_model(bundle, FUSION_ATTACHMENT, FusionWeights) or FusionWeights()
+        # per query type: fused, or ranked by one raw signal (the index build's held-out decision);
+        # None (bundles built before it existed): every query type fused
+        self.policy: RankingPolicy | None = _load_model(bundle, POLICY_ATTACHMENT, RankingPolicy)
         titles = bundle.load_array(TITLE_VECTORS)
         self.title_vectors = None if titles is None else np.asarray(titles, dtype=np.float32)
 
@@ -140,10 +146,11 @@ class SearchEngine:
         t1 = time.perf_counter()
         timings["embed"] = 1000 * (t1 - t0)
 
-        queries = [v for v in (emb.image, emb.text) if v is not None]
+        query_type = query_type_of(emb.image is not None, emb.text is not None)
+        first = self.policy.ranked_by(query_type) if self.policy is not None else None
         target = max(q.top_k, self.settings.rerank_depth)
         of = over_fetch(
-            lambda k: self._fetch(queries, emb, k),
+            lambda k: self._fetch(emb, k, first),
             lambda pool: apply_filters(self.attributes.take(pool), filters),
             target, max_candidates=max(self.settings.max_candidates, target),
             initial_k=target, growth=self.settings.growth,
@@ -155,8 +162,9 @@ class SearchEngine:
         _check_deadline(deadline, "retrieval")
 
         raw = self._raw_signals(emb, matched)
-        calibrated = {name: self._calibrate(name, s) for name, s in raw.items() if self._usable(name)}
-        signals: dict[str, np.ndarray | None] = dict(calibrated)
+        prepared = prepare_signals(raw, self.calibration)  # the raw-cosine rule: no signal is dropped
+        calibrated = {name: prepared.values[name] for name in prepared.calibrated}
+        signals: dict[str, np.ndarray | None] = dict(prepared.values)
         if emb.attributes and self._label_codes and self.model.heads_trained:  # untrained heads: noise
             probs = {a: emb.attributes[contract.attribute_output(a)] for a in self._label_codes}
             signals["attributes"] = attribute_agreement(probs, {a: c[matched] for a, c in self._label_codes.items()})
@@ -164,7 +172,9 @@ class SearchEngine:
         t3 = time.perf_counter()
         timings["calibrate"] = 1000 * (t3 - t2)
 
-        fused = fuse(signals, self.weights)
+        ranking = self._ranking_info(query_type, prepared.calibrated, prepared.raw)
+        weights = self.policy.weights_for(query_type, self.weights) if self.policy is not None else self.weights
+        fused = fuse(signals, weights)
         order = fused.order(q.top_k)
         t4 = time.perf_counter()
         timings["fuse"] = 1000 * (t4 - t3)
@@ -183,6 +193,7 @@ class SearchEngine:
         return SearchResult(
             hits=hits, facets=facets, timings_ms=timings, model_hash=self.model.model_hash,
             index_version=self.bundle.version, query_attributes=query_attrs,
+            ranking=ranking,
             over_fetch=OverFetchInfo(candidates=int(pool.size), rounds=len(of.ks),
                                      filled=int(of.mask.sum()) >= q.top_k, hit_bound=of.hit_bound),
         )
@@ -225,23 +236,27 @@ class SearchEngine:
         return _Embedded(image=None if img is None else img.embedding, text=None if txt is None else txt.embedding,
                          attributes={} if img is None else img.attributes)
 
-    def _fetch(self, queries: list[np.ndarray], emb: _Embedded, k: int) -> np.ndarray:
-        """The k best products for the query: each query vector's ANN top-k, merged on the
-        calibrated scale (raw cosines of different modality pairs are not comparable)."""
-        best: dict[int, float] = {}
+    def _fetch(self, emb: _Embedded, k: int, first: str | None = None) -> np.ndarray:
+        """The k candidates for the query: each similarity signal's own best products (ANN over the
+        image index; exact over the title vectors, which are in memory), merged round-robin, so that
+        the top of every signal is in the pool whichever signal ranks it (raw cosines of different
+        modality pairs are not comparable, so they are not merged by score). ``first``: the signal
+        the query type is ranked by leads the round-robin."""
+        lists: list[tuple[str, np.ndarray]] = []
         for name, vec in (("visual", emb.image), ("text_image", emb.text)):
-            if vec is None:
-                continue
-            res = self.bundle.index.search(vec[None, :].astype(np.float32), k)
-            self.recall.observe(vec[None, :].astype(np.float32), res)
-            ids, scores = res.ids[0], res.scores[0]
-            keep = ids >= 0
-            cal = self._calibrate(name, scores[keep])
-            for i, s in zip(ids[keep].tolist(), cal.tolist()):
-                if s > best.get(i, -math.inf):
-                    best[i] = s
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])[:k]
-        return np.fromiter((i for i, _ in ranked), np.int64, len(ranked))
+            if vec is not None:
+                q = vec[None, :].astype(np.float32)
+                res = self.bundle.index.search(q, k)
+                self.recall.observe(q, res)
+                lists.append((name, res.ids[0][res.ids[0] >= 0]))
+        if self.title_vectors is not None and self.title_vectors.shape[0]:
+            for name, vec in (("image_title", emb.image), ("text_title", emb.text)):
+                if vec is not None:
+                    scores = self.title_vectors @ vec.astype(np.float32)
+                    top = np.argpartition(-scores, min(k, scores.size) - 1)[:k]
+                    lists.append((name, top[np.argsort(-scores[top], kind="stable")].astype(np.int64)))
+        lists.sort(key=lambda item: item[0] != first)
+        return round_robin([ids for _, ids in lists], k)
 
     def _raw_signals(self, emb: _Embedded, ids: np.ndarray) -> dict[str, np.ndarray]:
         image_vecs = self.bundle.index.get_vectors(ids) if ids.size else np.zeros((0, self.model.embed_dim), np.float32)
@@ -257,16 +272,18 @@ class SearchEngine:
                 raw["text_title"] = titles @ emb.text
         return {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
 
-    def _usable(self, signal: str) -> bool:
-        """A raw cosine never sits next to calibrated probabilities: with a calibration set, a
-        signal whose modality pair was not fitted is left out of fusion (it is still reported raw)."""
-        return self.calibration is None or SIGNAL_PAIR[signal] in self.calibration.pairs
-
-    def _calibrate(self, signal: str, scores: np.ndarray) -> np.ndarray:
-        pair = SIGNAL_PAIR[signal]
-        if self.calibration is None or pair not in self.calibration.pairs:
-            return np.asarray(scores, dtype=np.float64)  # uncalibrated: raw cosine (documented)
-        return self.calibration.apply(pair, np.asarray(scores, dtype=np.float64))
+    def _ranking_info(self, query_type: str, calibrated: tuple[str, ...], raw: tuple[str, ...]) -> RankingInfo:
+        """What ranked this query and why: the index build's decision for its query type."""
+        if self.policy is None:
+            return RankingInfo(query_type=query_type, ranked_by="fused", calibrated_signals=list(calibrated),
+                               raw_signals=list(raw), source="legacy",
+                               reason="index built before the held-out check: every query type fused")
+        d = self.policy.decisions.get(query_type)
+        return RankingInfo(
+            query_type=query_type, ranked_by=self.policy.ranked_by(query_type), calibrated_signals=list(calibrated),
+            raw_signals=list(raw), source=self.policy.source, reason=d.reason if d else "",
+            held_out={k: v.model_dump() for k, v in d.held_out.items()} if d else {},
+        )
 
     def _hits(self, ids: np.ndarray, order: np.ndarray, fused, raw: dict, calibrated: dict) -> list[Hit]:
         chosen = ids[order]
@@ -284,6 +301,19 @@ class SearchEngine:
                 popularity=float(product.popularity or 0.0),
             ))
         return hits
+
+
+def round_robin(lists: list[np.ndarray], k: int) -> np.ndarray:
+    """At most k distinct ids taking each list's next best in turn (first list first)."""
+    out: dict[int, None] = {}
+    depth = max((len(x) for x in lists), default=0)
+    for i in range(depth):
+        for ids in lists:
+            if i < len(ids):
+                out.setdefault(int(ids[i]), None)
+                if len(out) >= k:
+                    return np.fromiter(out, np.int64, len(out))
+    return np.fromiter(out, np.int64, len(out))
 
 
 def _check_deadline(deadline: float, stage: str) -> None:

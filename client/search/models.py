@@ -70,6 +70,19 @@ class OverFetchInfo(BaseModel):
     hit_bound: bool  # stopped at the configured maximum before filling
 
 
+class RankingInfo(BaseModel):
+    """How the query was ranked: its type, the index's decision for that type and the signals'
+    calibration state (a signal without a fit for this model and catalog fuses as its raw cosine)."""
+
+    query_type: str  # text | image | image+text
+    ranked_by: str  # "fused" or the similarity signal whose raw cosine ranks this query type
+    calibrated_signals: list[str] = []
+    raw_signals: list[str] = []  # similarity signals that reached fusion as raw cosines
+    source: str = ""  # self-check | bound fit | supplied files | legacy
+    reason: str = ""
+    held_out: dict[str, dict[str, float]] = {}  # ranking -> {"ndcg10", "r10"} on held-out pseudo-queries
+
+
 class SearchResult(BaseModel):
     hits: list[Hit]
     facets: dict[str, dict[str, int]]
@@ -77,4 +90,5 @@ class SearchResult(BaseModel):
     model_hash: str
     index_version: str
     over_fetch: OverFetchInfo
+    ranking: RankingInfo | None = None
     query_attributes: dict[str, dict[str, float]] = {}

@@ -23,6 +23,7 @@ from lenscope.client.search.models import (
     DeadlineExceeded,
     Overloaded,
     QueryError,
+    RankingInfo,
     SearchQuery,
     SearchResult,
 )
@@ -112,6 +113,18 @@ def to_response(result: SearchResult, request_id: str, total_ms: float) -> searc
             for attr, probs in result.query_attributes.items()
         },
         request_id=request_id,
+        ranking=_ranking(result.ranking),
+    )
+
+
+def _ranking(info: RankingInfo | None) -> search_pb2.RankingInfo | None:
+    if info is None:
+        return None
+    return search_pb2.RankingInfo(
+        query_type=info.query_type, ranked_by=info.ranked_by, calibrated_signals=info.calibrated_signals,
+        raw_signals=info.raw_signals, source=info.source, reason=info.reason,
+        held_out={k: search_pb2.HeldOutScore(ndcg10=v.get("ndcg10", 0.0), r10=v.get("r10", 0.0))
+                  for k, v in info.held_out.items()},
     )
 
 

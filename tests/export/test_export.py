@@ -167,6 +167,14 @@ def test_ranking_fit_beside_checkpoint_travels_in_the_manifest(tmp_path: Path) -
     fit = ranking_fit_beside(ckpt)
     assert fit is not None and fit.source == "m.fusion.json, m.calibration.json"
     assert fit.fusion == json.loads(FusionWeights().model_dump_json())
+    # bound to the model the calibration was fitted with, and to no catalog without a binding file
+    assert fit.model_hash == json.loads(shipped.read_text())["model_hash"] and fit.catalog_fingerprint is None
+    (tmp_path / "m.binding.json").write_text(json.dumps({"catalog_fingerprint": "abc123"}))
+    assert ranking_fit_beside(ckpt).catalog_fingerprint == "abc123"
+    (tmp_path / "m.binding.json").write_text(json.dumps({"catalog_fingerprint": ""}))
+    with pytest.raises(ValueError, match="m.binding.json: catalog_fingerprint"):
+        ranking_fit_beside(ckpt)
+    (tmp_path / "m.binding.json").unlink()
     (tmp_path / "m.fusion.json").write_text(json.dumps({"schema_version": 1, "visual": -1}))
     with pytest.raises(WeightsError, match="m.fusion.json"):
         ranking_fit_beside(ckpt)

@@ -17,7 +17,6 @@ from lenscope.client.cli import index as index_cli
 from lenscope.client.ranking.calibration import load_calibration
 from lenscope.client.synth.catalog import generate_catalog
 from lenscope.client.index.bundle_store import BundleStore
-from lenscope.client.index.calibration import NO_TEXT_TITLE
 from lenscope.client.index.job import IndexBuildConfig, build_index
 from lenscope.client.core.manifest import Manifest
 from lenscope.client.triton.client import ClientConfig, TritonEmbedder
@@ -95,12 +94,13 @@ def test_bundle_serves_the_model_that_built_it(built, embedder: TritonEmbedder, 
 
         cal = load_calibration(b.attachment_path("calibration.json"))
         assert cal.model_hash == manifest.model_hash
-        assert set(cal.pairs) == {"text_image", "image_title", "image_image"}
+        assert set(cal.pairs) == {"text_image", "image_title", "image_image", "text_title"}  # the self-check's fit
         xs = np.linspace(-1, 1, 401)
         for pair in cal.pairs:
             assert np.all(np.diff(cal.apply(pair, xs)) >= 0), pair
         info = json.loads(b.read_attachment("index_info.json"))
-        assert info["counts"]["indexed"] == N - 3 and info["calibration"]["notes"]["text_title"] == NO_TEXT_TITLE
+        assert info["counts"]["indexed"] == N - 3 and set(info["calibration"]["notes"]) == set(cal.pairs)
+        assert info["ranking"]["source"] == "self-check" and b.read_attachment("ranking_policy.json") is not None
         assert "modality_gap_vs_image_image" in info["calibration"]
         assert info["catalog"]["path"] == str(broken_catalog.resolve())
         assert b.read_attachment("fusion.json") is not None
@@ -119,9 +119,10 @@ def test_cli_stops_with_exit_3_when_triton_is_unreachable(broken_catalog: Path, 
     assert BundleStore(tmp_path / "idx").current_version() is None
 
 
-def test_shipped_fit_is_attached_when_asked(triton, tmp_path: Path) -> None:
-    """The default model ships fusion weights + calibration fitted on labelled val queries: an index
-    built with use_shipped_fit carries exactly those (and so a text_title calibration)."""
+def test_shipped_fit_is_not_applied_to_a_catalog_it_was_not_fitted_on(triton, tmp_path: Path) -> None:
+    """The default model ships fusion weights + calibration fitted on the procedural catalog of its
+    training run, with no catalog binding: an index of another catalog does not apply them, says why
+    in its info and log, and serves its own self-checked fit instead."""
     import lenscope.export
 
     weights = Path(lenscope.export.__file__).parent / "weights"
@@ -129,11 +130,13 @@ def test_shipped_fit_is_attached_when_asked(triton, tmp_path: Path) -> None:
     with TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0)) as emb:
         report = build_index(IndexBuildConfig(catalog=catalog, index_root=tmp_path / "idx", progress=False,
                                               use_shipped_fit=True), emb)
+    ranking = report.info["ranking"]
+    assert ranking["shipped_fit"]["applied"] is False and "applied nowhere else" in ranking["shipped_fit"]["reason"]
+    assert ranking["source"] == "self-check" and set(ranking["decisions"]) == {"text", "image", "image+text"}
     with BundleStore(tmp_path / "idx").open_current(expected_model_hash=report.model_hash) as b:
-        assert json.loads(b.read_attachment("fusion.json")) == json.loads((weights / "lenscope-tiny.fusion.json").read_text())
-        cal = json.loads(b.read_attachment("calibration.json"))
-    assert cal == json.loads((weights / "lenscope-tiny.calibration.json").read_text())
-    assert "text_title" in cal["pairs"]
+        assert json.loads(b.read_attachment("fusion.json")) != json.loads((weights / "lenscope-tiny.fusion.json").read_text())
+        policy = json.loads(b.read_attachment("ranking_policy.json"))
+    assert policy["source"] == "self-check" and "applied nowhere else" in policy["notes"]["shipped_fit"]
 
 
 REAL_PRODUCTS = Path(__file__).resolve().parents[1] / "data" / "real-products" / "products.csv"

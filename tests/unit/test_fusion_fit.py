@@ -124,7 +124,8 @@ def test_calibrated_signals_mirror_the_engine() -> None:
     only_image = CalibrationSet(pairs={"image_image": cal.pairs["image_image"]})
     p = next(q for q in pools if q.query_type == "image+text")
     sig = calibrated_signals(p, only_image)
-    assert "visual" in sig and "text_image" not in sig  # uncalibrated pair left out, as SearchEngine._usable
+    # the raw-cosine rule: an uncalibrated pair reaches fusion as its raw cosine, never dropped
+    assert np.array_equal(sig["text_image"], p.signals["text_image"])
     assert np.allclose(sig["visual"], cal.pairs["image_image"].apply(p.signals["visual"]))
     assert np.array_equal(sig["attributes"], p.signals["attributes"])
     raw = calibrated_signals(p, None)

@@ -1,6 +1,6 @@
 """The indexing job's pipeline logic with a fake embedder: every row accounted for, deterministic row
 ids, resumability (in-process after an outage, and across SIGKILLs of a real subprocess), damaged
-checkpoints, calibration pair construction, and the CLI wrapper.
+checkpoints, the ranking fit (self-check, binding), and the CLI wrapper (build, inspect).
 
 Run as a script (`python test_indexing.py CATALOG ROOT BATCH CONCURRENCY`) this file builds an index
 with the fake embedder: that is the subprocess the kill tests SIGKILL through the job's test hook.
@@ -24,12 +24,12 @@ import pytest
 from lenscope.client.ranking.calibration import load_calibration
 from lenscope.client.catalog.rows import CatalogError
 from lenscope.client.index.bundle_store import BundleStore
-from lenscope.client.index.calibration import NO_TEXT_TITLE, calibration_pairs, fit_catalog_calibration
 from lenscope.client.index.checkpoint import WORK_DIR, WorkDir, WorkDirBusy
 from lenscope.client.index.reader import scan_catalog
 from lenscope.client.index.writer import make_index
 from lenscope.client.index.job import KILL_HOOK_ENV, IndexBuildConfig, IndexBuildInterrupted, build_index
 from lenscope.client.ranking.fusion import FusionWeights, save_weights
+from lenscope.client.ranking.policy import TYPE_SIGNALS, RankingPolicy
 
 DIM = 16
 COLORS = ("red", "blue", "green")
@@ -298,16 +298,25 @@ def test_every_row_is_indexed_or_rejected_with_a_reason(tmp_path: Path) -> None:
         no_photo = {pids.index(pid) for pid in ("p0011", "p0013", "p0015")}
         assert {int(i) for i in np.flatnonzero(np.isnan(photos).any(axis=1))} == no_photo
         assert b.load_array("attr_probs_color").shape == (report.indexed, len(COLORS))
-        assert FusionWeights.model_validate_json(b.read_attachment("fusion.json")) == FusionWeights()
-        assert b.read_attachment("rejects.jsonl") == report.rejects_path.read_bytes()
         info = json.loads(b.read_attachment("index_info.json"))
+        ranking = info["ranking"]
+        assert ranking["source"] == "self-check" and len(ranking["catalog_fingerprint"]) == 16
+        # the weights in force are the self-check's fit, and the policy decides every query type
+        assert (FusionWeights.model_validate_json(b.read_attachment("fusion.json")).model_dump()
+                == ranking["self_check"]["fit"]["weights"])
+        policy = RankingPolicy.model_validate_json(b.read_attachment("ranking_policy.json"))
+        assert set(policy.decisions) == {"text", "image", "image+text"}
+        assert policy.binding.model_hash == MODEL_HASH
+        assert all(d.reason and d.ranked_by in ("fused", *TYPE_SIGNALS[t]) for t, d in policy.decisions.items())
+        assert b.read_attachment("rejects.jsonl") == report.rejects_path.read_bytes()
         assert info["catalog"]["sha256"] == hashlib.sha256(catalog.read_bytes()).hexdigest()
         assert info["model_hash"] == MODEL_HASH and info["counts"]["indexed"] == report.indexed
         assert info["index_config"]["kind"] == "flat"
         assert set(info["timings_s"]) >= {"read", "embed"} and info["rows_per_s"] > 0
-        assert info["calibration"]["notes"]["text_title"] == NO_TEXT_TITLE
         cal = load_calibration(b.attachment_path("calibration.json"))
-        assert set(cal.pairs) == {"text_image", "image_title", "image_image"} and cal.model_hash == MODEL_HASH
+        # pseudo-queries (a title with a word left out) calibrate text_title too
+        assert set(cal.pairs) == {"text_image", "image_title", "image_image", "text_title"}
+        assert cal.model_hash == MODEL_HASH and set(info["calibration"]["notes"]) == set(cal.pairs)
         xs = np.linspace(-1, 1, 201)
         for pair in cal.pairs:
             assert np.all(np.diff(cal.apply(pair, xs)) >= 0)
@@ -328,6 +337,35 @@ def test_fusion_weights_file_and_splits(tmp_path: Path, catalog: Path) -> None:
     with BundleStore(tmp_path / "idx").open_current(expected_model_hash=MODEL_HASH) as b:
         assert FusionWeights.model_validate_json(b.read_attachment("fusion.json")).visual == 2.0
         assert all(int(p.product_id[1:]) % 4 == 0 for p in b.metadata.get(b.metadata.row_ids()))
+
+
+def test_shipped_fit_is_applied_only_where_it_is_bound(tmp_path: Path, catalog: Path) -> None:
+    first = build(catalog, tmp_path / "a")
+    fingerprint = first.info["ranking"]["catalog_fingerprint"]
+    shipped = FusionWeights(visual=3.0, text_image=0.0)
+
+    class Shipping(FakeEmbedder):
+        def __init__(self, binding: dict) -> None:
+            super().__init__()
+            self.binding = binding
+
+        def manifest(self) -> dict:
+            cal = json.loads(first.bundle_path.joinpath("attachments", "calibration.json").read_text())
+            return {**super().manifest(), "ranking_fit": {"source": "x.fusion.json, x.calibration.json",
+                                                          "fusion": shipped.model_dump(), "calibration": cal,
+                                                          **self.binding}}
+
+    bound = build(catalog, tmp_path / "b", Shipping({"model_hash": MODEL_HASH, "catalog_fingerprint": fingerprint}),
+                  use_shipped_fit=True)
+    assert bound.info["ranking"]["source"] == "bound fit" and "shipped_fit" not in bound.info["ranking"]
+    with BundleStore(tmp_path / "b").open_current(expected_model_hash=MODEL_HASH) as b:
+        assert FusionWeights.model_validate_json(b.read_attachment("fusion.json")) == shipped
+    for binding, why in (({"model_hash": MODEL_HASH, "catalog_fingerprint": "0" * 16}, "made on catalog 0000"),
+                         ({"model_hash": "other", "catalog_fingerprint": fingerprint}, "made for model other"),
+                         ({}, "applied nowhere else")):
+        other = build(catalog, tmp_path / f"c{len(binding)}{why[:4]}", Shipping(binding), use_shipped_fit=True)
+        assert other.info["ranking"]["source"] == "self-check"
+        assert why in other.info["ranking"]["shipped_fit"]["reason"]
 
 
 def test_transient_errors_are_retried_not_rejected(tmp_path: Path, catalog: Path) -> None:
@@ -351,7 +389,8 @@ def test_unavailable_server_stops_the_job_and_a_rerun_resumes(tmp_path: Path, ca
     healthy = FakeEmbedder()
     report = build(catalog, tmp_path / "idx", healthy, batch_size=4, concurrency=1)
     assert (report.chunks_resumed, report.chunks_embedded) == (3, 5)
-    assert healthy.calls == 2 * 5  # one image and one text call per missing chunk, none for the resumed ones
+    # one image and one text call per missing chunk, none for the resumed ones, + the self-check's queries
+    assert healthy.calls == 2 * 5 + report.info["ranking"]["self_check"]["embed_calls"]
     build(catalog, tmp_path / "ref", batch_size=4)
     assert_same(snapshot(tmp_path / "idx"), snapshot(tmp_path / "ref"))
 
@@ -421,54 +460,6 @@ def test_sigkilled_job_resumes_to_the_same_bundle(tmp_path: Path, catalog: Path)
     assert_same(snapshot(root), snapshot(tmp_path / "ref"))
 
 
-# -- calibration pairs -------------------------------------------------------------------------------
-
-
-def test_calibration_pairs_are_matched_and_seeded() -> None:
-    rng = np.random.default_rng(0)
-    n = 50
-    base = rng.standard_normal((n, DIM))
-    norm = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
-    image = norm(base + 0.3 * rng.standard_normal((n, DIM)))
-    title = norm(base + 0.8 * rng.standard_normal((n, DIM)))
-    photo = norm(base + 0.5 * rng.standard_normal((n, DIM)))
-    photo[:10] = np.nan
-
-    data, notes = calibration_pairs(image, title, photo, negatives=3, seed=1)
-    assert set(data) == {"text_image", "image_title", "image_image"} and notes["text_title"] == NO_TEXT_TITLE
-    s, y = data["text_image"]
-    assert (y == 1).sum() == n and (y == 0).sum() == 3 * n
-    np.testing.assert_allclose(s[:n], np.einsum("ij,ij->i", title, image), rtol=1e-6)
-    assert not np.any(np.isclose(s[n:][:, None], s[:n][None, :], rtol=0, atol=0).all(axis=0))
-    s, y = data["image_image"]
-    assert (y == 1).sum() == 40  # only rows with a photo
-    np.testing.assert_allclose(s[:40], np.einsum("ij,ij->i", photo[10:], image[10:]), rtol=1e-6)
-    s, _ = data["image_title"]  # photo where there is one, else the catalog image
-    np.testing.assert_allclose(s[:10], np.einsum("ij,ij->i", image[:10], title[:10]), rtol=1e-6)
-    np.testing.assert_allclose(s[10:n], np.einsum("ij,ij->i", photo[10:], title[10:]), rtol=1e-6)
-
-    again, _ = calibration_pairs(image, title, photo, negatives=3, seed=1)
-    other, _ = calibration_pairs(image, title, photo, negatives=3, seed=2)
-    np.testing.assert_array_equal(again["text_image"][0], data["text_image"][0])
-    assert not np.array_equal(other["text_image"][0], data["text_image"][0])
-
-    cal, notes = fit_catalog_calibration(data, notes, model_hash="m")
-    assert set(cal.pairs) == set(data)
-    for pair, c in cal.pairs.items():
-        assert c.report.separation > 0, pair  # matched pairs score higher than random ones
-        matched, unmatched = cal.apply(pair, np.array([c.report.mean_matched, c.report.mean_unmatched]))
-        assert matched > unmatched, pair
-
-
-def test_calibration_pairs_without_photos_or_with_one_row() -> None:
-    v = np.eye(DIM, dtype=np.float32)[:4]
-    data, notes = calibration_pairs(v, v, np.full_like(v, np.nan))
-    assert set(data) == {"text_image", "image_title"} and notes["image_image"].startswith("skipped")
-    data, notes = calibration_pairs(v[:1], v[:1], None)
-    assert data == {} and all(n.startswith("skipped") for n in notes.values())
-    assert fit_catalog_calibration(data, notes)[0] is None
-
-
 def test_index_kind_selection() -> None:
     assert make_index("auto", 100, DIM).config.kind == "flat"
     assert make_index("auto", 60_000, DIM).config.kind == "hnsw"
@@ -498,6 +489,20 @@ def test_cli_build_and_exit_codes(tmp_path: Path, catalog: Path, monkeypatch: py
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "indexed" in res.output and (tmp_path / "rej.jsonl").is_file()
+
+    # `index inspect`: rows, facets, model and the fit decision with its held-out numbers
+    app.command("inspect")(index_cli.index_inspect_command)
+    res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path / "idx"), "--json"])
+    assert res.exit_code == 0, res.output
+    seen = json.loads(res.output)
+    assert seen["model_hash"] == MODEL_HASH and seen["rows"] == 24 and seen["facets"]["category"] == {"mug": 24}
+    assert "unknown" not in seen["facets"]["color"] and sum(seen["facets"]["color"].values()) == 24
+    assert set(seen["policy"]["decisions"]) == {"text", "image", "image+text"}
+    assert seen["ranking"]["source"] == "self-check"
+    res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path / "idx")])
+    assert res.exit_code == 0 and "ranking per query type" in res.output and "self-check" in res.output, res.output
+    res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path)])
+    assert res.exit_code == 2 and "cannot open the index" in res.output, res.output
 
     monkeypatch.setattr(index_cli, "_make_embedder", lambda *a: FakeEmbedder(unavailable_after=0))
     res = runner.invoke(app, [*args[:4], str(tmp_path / "idx2"), "--no-progress"])

@@ -38,6 +38,7 @@ from lenscope.client.search.models import (
     OverFetchInfo,
     Overloaded,
     QueryError,
+    RankingInfo,
     SearchQuery,
     SearchResult,
 )
@@ -111,6 +112,9 @@ def canned_result() -> SearchResult:
         index_version=FakeEngine.index_version,
         over_fetch=OverFetchInfo(candidates=200, rounds=2, filled=True, hit_bound=False),
         query_attributes={"color": {"red": 0.8, "pink": 0.15}},
+        ranking=RankingInfo(query_type="image+text", ranked_by="visual", calibrated_signals=["visual"],
+                            raw_signals=["text_image"], source="self-check", reason="fused did not beat visual",
+                            held_out={"fused": {"ndcg10": 0.5, "r10": 0.9}, "visual": {"ndcg10": 0.6, "r10": 0.9}}),
     )
 
 
@@ -210,6 +214,10 @@ def test_request_and_response_round_trip(svc: Harness) -> None:
     assert dict(hit.attributes) == {"color": "red", "category": "dress"}
     assert hit.popularity == pytest.approx(0.4)
     assert [h.product_id for h in response.hits] == ["p-17", "p-3"]
+    r = response.ranking  # the index's decision for this query type, and which signals were calibrated
+    assert (r.query_type, r.ranked_by, list(r.calibrated_signals), list(r.raw_signals)) == (
+        "image+text", "visual", ["visual"], ["text_image"])
+    assert r.source == "self-check" and r.held_out["visual"].ndcg10 == pytest.approx(0.6)
     # Facet values keep the engine's order (count desc), zero-count selected values included.
     assert [(f.facet, [(v.value, v.count) for v in f.values]) for f in response.facets] == [
         ("color", [("red", 12), ("burgundy", 3), ("blue", 0)]),

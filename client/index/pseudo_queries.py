@@ -1,0 +1,176 @@
+"""Labelled pseudo-queries made from a catalog alone, for the index build's self-checked fit.
+
+The catalog says, without any user query log: a product's title describes it, its extra photos show
+it, and an attribute phrase ("red dress") names every product with those attribute values. So:
+
+- ``title``  (text):        the title with one word left out -> its product. The word is left out
+  so the query is not the very text whose embedding the ``text_title`` signal compares with.
+- ``photo``  (image):       an extra photo -> its product (grade 2) and products sharing all its
+  attribute values (grade 1).
+- ``phrase`` (text):        one or two attribute values -> every product that has them (grade 1).
+- ``photo+phrase`` (image+text): an extra photo + one of its product's attribute values -> the
+  product (grade 2) and the products that have that value and share another value with it (1).
+- ``photo+title`` (image+text): an extra photo + a word of its title that names no attribute (a
+  brand, a material, a model name) -> the product (2) and the products whose titles have that word
+  and that share an attribute value with it (1): what a shopper adds that the photo cannot show.
+
+Products are split (seeded, by product id) into a fit part and a held-out part; every query and
+its relevance live inside one part, and each part's queries are ranked among that part's products
+only, so nothing the fit saw is scored as held-out evidence. Pure functions over ``ProductView``,
+a neutral view of a product (id, title, attributes, extra images); ``views_from_rows`` adapts the
+current catalog rows to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from lenscope.client.index.reader import SourceRow
+
+FIT, HELD_OUT = "fit", "held_out"
+KIND_TYPE = {"title": "text", "phrase": "text", "photo": "image", "photo+phrase": "image+text",
+             "photo+title": "image+text"}
+STOPWORDS = frozenset({"a", "an", "and", "by", "for", "from", "in", "of", "on", "the", "with"})
+
+
+@dataclass(frozen=True)
+class ProductView:
+    """What pseudo-queries need of a product; ``images`` are its extra images (not the main one)."""
+
+    product_id: str
+    title: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PseudoQuery:
+    query_id: str
+    kind: str  # title | photo | phrase | photo+phrase
+    part: str  # fit | held_out
+    text: str | None
+    image: str | None  # catalog path of an extra image
+    relevance: dict[str, int]
+
+    @property
+    def query_type(self) -> str:
+        return KIND_TYPE[self.kind]
+
+
+def views_from_rows(rows: Sequence[SourceRow]) -> list[ProductView]:
+    """The adapter from catalog rows: every attribute the catalog gives, every image but the main one
+    (the main image is what the index embeds, so it cannot be a query for its own product)."""
+    return [ProductView(product_id=s.row.product_id, title=s.row.title, attributes=dict(s.row.attributes),
+                        images=tuple(img.path for img in s.row.images[1:])) for s in rows]
+
+
+def catalog_fingerprint(views: Sequence[ProductView]) -> str:
+    """Identifies the indexed products (ids, titles, attributes): a fit is bound to it."""
+    payload = sorted([v.product_id, v.title, sorted(v.attributes.items())] for v in views)
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def split_parts(views: Sequence[ProductView], held_out_fraction: float, seed: int) -> dict[str, str]:
+    """product id -> fit | held_out, by a seeded hash of the id (stable when products are added)."""
+    def u(pid: str) -> float:
+        return int(hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest()[:12], 16) / 16 ** 12
+    return {v.product_id: HELD_OUT if u(v.product_id) < held_out_fraction else FIT for v in views}
+
+
+def _drop_one_word(title: str, rng: np.random.Generator) -> str | None:
+    words = title.split()
+    if len(words) < 3:
+        return None
+    i = int(rng.integers(len(words)))
+    return " ".join(words[:i] + words[i + 1:])
+
+
+def _words(title: str) -> frozenset[str]:
+    return frozenset(w for w in (t.strip(".,;:!?()[]|/-'\"").lower() for t in title.split()) if len(w) >= 3)
+
+
+def _phrase(attrs: Sequence[tuple[str, str]], order: Sequence[str]) -> str:
+    # later catalog attributes first: "red dress" from (category=dress, color=red)
+    rank = {a: i for i, a in enumerate(order)}
+    return " ".join(v for a, v in sorted(attrs, key=lambda av: -rank.get(av[0], 0)))
+
+
+def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str], rng: np.random.Generator,
+                  max_per_kind: int) -> list[PseudoQuery]:
+    out: list[PseudoQuery] = []
+    having: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for v in views:
+        for a, val in v.attributes.items():
+            having[(a, val)].add(v.product_id)
+
+    def cap(qs: list[PseudoQuery]) -> list[PseudoQuery]:
+        if len(qs) <= max_per_kind:
+            return qs
+        keep = sorted(rng.choice(len(qs), max_per_kind, replace=False).tolist())
+        return [qs[i] for i in keep]
+
+    titles = []
+    for v in views:
+        text = _drop_one_word(v.title, rng)
+        if text:
+            titles.append(PseudoQuery(f"{part}:title:{v.product_id}", "title", part, text, None, {v.product_id: 1}))
+    out += cap(titles)
+
+    photos, mixed, worded = [], [], []
+    words_of = {v.product_id: _words(v.title) for v in views}
+    for v in views:
+        same = set.intersection(*(having[av] for av in v.attributes.items())) if v.attributes else set()
+        for j, img in enumerate(v.images):
+            rel = {pid: 1 for pid in same} | {v.product_id: 2}
+            photos.append(PseudoQuery(f"{part}:photo:{v.product_id}:{j}", "photo", part, None, img, rel))
+            if v.attributes:
+                items = sorted(v.attributes.items())
+                a, val = items[int(rng.integers(len(items)))]
+                near = {pid for b, w in items if b != a for pid in having[(b, w)]} & having[(a, val)]
+                rel = {pid: 1 for pid in near} | {v.product_id: 2}
+                mixed.append(PseudoQuery(f"{part}:photo+phrase:{v.product_id}:{j}", "photo+phrase", part, val, img,
+                                         rel))
+            values = {w.lower() for w in v.attributes.values()}
+            candidates = sorted(w for w in words_of[v.product_id] if w not in values and w not in STOPWORDS)
+            if candidates:
+                word = candidates[int(rng.integers(len(candidates)))]
+                near = {u.product_id for u in views if word in words_of[u.product_id]
+                        and set(u.attributes.items()) & set(v.attributes.items())}
+                rel = {pid: 1 for pid in near} | {v.product_id: 2}
+                worded.append(PseudoQuery(f"{part}:photo+title:{v.product_id}:{j}", "photo+title", part, word, img,
+                                          rel))
+    out += cap(photos) + cap(mixed) + cap(worded)
+
+    phrases = []
+    n = len(views)
+    singles = sorted(having)
+    pairs = sorted({tuple(sorted(c)) for v in views for c in combinations(sorted(v.attributes.items()), 2)})
+    for combo in [(s,) for s in singles] + list(pairs):
+        rel_ids = set.intersection(*(having[av] for av in combo))
+        if 0 < len(rel_ids) < n:  # a phrase every product has ranks nothing
+            text = _phrase(combo, order)
+            phrases.append(PseudoQuery(f"{part}:phrase:{text}", "phrase", part, text, None,
+                                       {pid: 1 for pid in sorted(rel_ids)}))
+    out += cap(phrases)
+    return out
+
+
+def pseudo_queries(views: Sequence[ProductView], *, held_out_fraction: float = 0.3, seed: int = 0,
+                   max_per_kind: int = 200) -> tuple[list[PseudoQuery], dict[str, str]]:
+    """Pseudo-queries of both parts and the product -> part map (see the module docstring)."""
+    parts = split_parts(views, held_out_fraction, seed)
+    order: list[str] = []
+    for v in views:
+        order += [a for a in v.attributes if a not in order]
+    queries: list[PseudoQuery] = []
+    for k, part in enumerate((FIT, HELD_OUT)):
+        members = [v for v in views if parts[v.product_id] == part]
+        queries += _part_queries(members, part, order, np.random.default_rng([seed, k]), max_per_kind)
+    return queries, parts

@@ -1,0 +1,152 @@
+"""Which ranking a query type is served with, decided on held-out evidence: the do-no-harm rule.
+
+For each query type (``text``, ``image``, ``image+text``) the index build compares, on held-out
+pseudo-queries made from the catalog itself, the fused ranking (calibration + fusion weights) with
+every single similarity signal on its raw cosine. ``decide`` publishes the fused ranking only if it
+beats the best single raw signal; otherwise that raw signal ranks the query type. The rule, stated
+once so a user can read it:
+
+    metric: mean nDCG@10 over the type's held-out queries, R@10 (a relevant product in the top 10)
+    as the tie-break; the best raw signal is the one with the highest (nDCG@10, R@10). Fused is
+    published iff there are >= ``min_queries`` held-out queries, fused R@10 is not below the best
+    raw signal's by more than one query's share (1 / n), and fused nDCG@10 > best raw nDCG@10 +
+    ``margin``, or equal within ``margin`` and fused R@10 > best raw R@10 + ``margin``.
+
+A fit (calibration + weights) is bound to the model and the catalog it was fitted on
+(``FitBinding``) and is applied only there (``binding_mismatch``). Pure, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lenscope.client.ranking.fusion import SIGNALS, FusionWeights
+
+QUERY_TYPES: tuple[str, ...] = ("text", "image", "image+text")
+# The similarity signals a query type has, the first one being the default without evidence.
+TYPE_SIGNALS: dict[str, tuple[str, ...]] = {
+    "text": ("text_image", "text_title"),
+    "image": ("visual", "image_title"),
+    "image+text": ("visual", "text_image", "image_title", "text_title"),
+}
+FUSED = "fused"
+METRIC = ("nDCG@10 on held-out pseudo-queries (mean over query kinds), R@10 as tie-break; fused published only "
+          "if it beats the best single raw signal and loses R@10 on at most one query")
+
+PolicySource = Literal["self-check", "bound fit", "supplied files", "legacy"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Score(_Strict):
+    ndcg10: float
+    r10: float
+
+
+class Decision(_Strict):
+    """One query type's ranking and the held-out numbers it was chosen on."""
+
+    query_type: str
+    ranked_by: str  # "fused" or a similarity signal ranked by its raw cosine
+    reason: str
+    n_queries: int = Field(0, ge=0)
+    held_out: dict[str, Score] = {}  # "fused" and each single raw signal -> its held-out score
+
+
+class FitBinding(_Strict):
+    """What a fit was fitted on: it is applied only to this model and this catalog."""
+
+    model_hash: str
+    catalog_fingerprint: str
+
+
+class RankingPolicy(_Strict):
+    """Stored with the index (``ranking_policy.json``); the engine reads it per query type."""
+
+    schema_version: Literal[1] = 1
+    source: PolicySource
+    metric: str = METRIC
+    binding: FitBinding | None = None
+    decisions: dict[str, Decision]
+    notes: dict[str, str] = {}
+
+    def ranked_by(self, query_type: str) -> str:
+        d = self.decisions.get(query_type)
+        return d.ranked_by if d is not None else FUSED
+
+    def weights_for(self, query_type: str, fused: FusionWeights) -> FusionWeights:
+        """The fused weights, or one-hot weights on the raw signal this query type ranks by."""
+        by = self.ranked_by(query_type)
+        return fused if by == FUSED else single_signal_weights(by)
+
+
+def single_signal_weights(signal: str) -> FusionWeights:
+    """Weight 1 on one signal, 0 elsewhere, no bias: ``fuse`` then ranks by that signal alone and
+    still reports every other present signal in the breakdown (with contribution 0)."""
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; known: {list(SIGNALS)}")
+    return FusionWeights(bias=0.0, **{s: (1.0 if s == signal else 0.0) for s in SIGNALS})
+
+
+def query_type_of(has_image: bool, has_text: bool) -> str:
+    if has_image and has_text:
+        return "image+text"
+    return "image" if has_image else "text"
+
+
+def _key(s: Score) -> tuple[float, float]:
+    return (s.ndcg10, s.r10)
+
+
+def decide(query_type: str, scores: Mapping[str, Score], n_queries: int, *, min_queries: int = 10,
+           margin: float = 1e-3) -> Decision:
+    """The do-no-harm rule for one query type (see the module docstring). ``scores`` holds
+    ``"fused"`` (absent when no fit exists) and any of the type's single raw signals."""
+    raw = {s: scores[s] for s in TYPE_SIGNALS[query_type] if s in scores}
+    held = dict(scores)
+    if not raw:
+        default = TYPE_SIGNALS[query_type][0]
+        return Decision(query_type=query_type, ranked_by=default, n_queries=n_queries, held_out=held,
+                        reason=f"no held-out evidence: ranked by the raw {default} cosine (default)")
+    best = max(raw, key=lambda s: (_key(raw[s]), -TYPE_SIGNALS[query_type].index(s)))
+    b = raw[best]
+    fused = scores.get(FUSED)
+    if fused is None:
+        why = "no fit"
+    elif n_queries < min_queries:
+        why = f"only {n_queries} held-out queries (< {min_queries})"
+    elif fused.r10 < b.r10 - 1.0 / n_queries - 1e-4:  # 1e-4: the scores are rounded to 4 decimals
+        why = (f"fused R@10 {fused.r10:.3f} loses more than one held-out query against {best} "
+               f"({b.r10:.3f})")
+    elif fused.ndcg10 > b.ndcg10 + margin or (abs(fused.ndcg10 - b.ndcg10) <= margin and fused.r10 > b.r10 + margin):
+        return Decision(query_type=query_type, ranked_by=FUSED, n_queries=n_queries, held_out=held,
+                        reason=(f"fused nDCG@10 {fused.ndcg10:.3f} / R@10 {fused.r10:.3f} beats the best raw "
+                                f"signal {best} ({b.ndcg10:.3f} / {b.r10:.3f}) on {n_queries} held-out queries"))
+    else:
+        why = (f"fused nDCG@10 {fused.ndcg10:.3f} / R@10 {fused.r10:.3f} does not beat {best} "
+               f"({b.ndcg10:.3f} / {b.r10:.3f})")
+    return Decision(query_type=query_type, ranked_by=best, n_queries=n_queries, held_out=held,
+                    reason=f"{why}: ranked by the raw {best} cosine, the best single signal held out")
+
+
+def binding_mismatch(binding: FitBinding | None, model_hash: str, catalog_fingerprint: str) -> str | None:
+    """Why a fit may not be applied here (None: it may). A fit without a binding is never applied."""
+    if binding is None:
+        return "the fit records no model and catalog it was fitted on, so it is applied nowhere else"
+    if binding.model_hash != model_hash:
+        return f"the fit was made for model {binding.model_hash}, this index is built by model {model_hash}"
+    if binding.catalog_fingerprint != catalog_fingerprint:
+        return (f"the fit was made on catalog {binding.catalog_fingerprint}, this catalog is "
+                f"{catalog_fingerprint}")
+    return None
+
+
+def fused_everywhere(source: PolicySource, reason: str, binding: FitBinding | None = None) -> RankingPolicy:
+    """Every query type fused (a bound fit, or files the user supplied): no held-out check here."""
+    return RankingPolicy(source=source, binding=binding, decisions={
+        t: Decision(query_type=t, ranked_by=FUSED, reason=reason) for t in QUERY_TYPES})

@@ -1,0 +1,131 @@
+"""The do-no-harm rule's pure parts: the raw-cosine rule, the per-query-type decision, fit binding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lenscope.client.ranking.calibration import CalibrationSet, fit_pair
+from lenscope.client.ranking.fusion import SIGNALS, fuse
+from lenscope.client.ranking.policy import (
+    FUSED,
+    FitBinding,
+    RankingPolicy,
+    Score,
+    binding_mismatch,
+    decide,
+    query_type_of,
+    single_signal_weights,
+)
+from lenscope.client.ranking.signals import prepare_signals
+
+
+def _cal(pair: str) -> CalibrationSet:
+    rng = np.random.default_rng(0)
+    s = np.r_[rng.normal(0.6, 0.1, 50), rng.normal(0.3, 0.1, 50)]
+    y = np.r_[np.ones(50), np.zeros(50)].astype(int)
+    return CalibrationSet(pairs={pair: fit_pair(pair, s, y)})
+
+
+def test_uncalibrated_signal_is_its_raw_cosine_never_dropped() -> None:
+    raw = {"visual": np.array([0.9, 0.2, np.nan]), "text_image": np.array([0.3, 0.25, 0.1]),
+           "popularity": np.array([0.5, 0.0, 1.0])}
+    p = prepare_signals(raw, _cal("image_image"))
+    assert set(p.values) == set(raw)
+    assert p.calibrated == ("visual",) and p.raw == ("text_image",)
+    assert np.array_equal(p.values["text_image"], raw["text_image"])
+    assert np.isnan(p.values["visual"][2]) and 0 < p.values["visual"][0] < 1 and p.values["visual"][0] != 0.9
+    none = prepare_signals(raw, None)
+    assert none.calibrated == () and set(none.raw) == {"visual", "text_image"}
+
+
+def test_single_signal_weights_rank_by_that_signal_and_report_the_others() -> None:
+    signals = {"visual": np.array([0.1, 0.9, 0.5]), "text_image": np.array([0.8, 0.1, 0.3])}
+    fused = fuse(signals, single_signal_weights("text_image"))
+    assert fused.order().tolist() == [0, 2, 1]
+    assert set(fused.breakdown(0)) == {"bias", "visual", "text_image"}  # nothing dropped from the breakdown
+    assert fused.breakdown(0)["visual"] == 0.0
+    with pytest.raises(ValueError, match="unknown signal"):
+        single_signal_weights("colour")
+
+
+def _s(n: float, r: float) -> Score:
+    return Score(ndcg10=n, r10=r)
+
+
+def test_decide_publishes_fused_only_when_it_beats_the_best_raw_signal() -> None:
+    win = decide("text", {FUSED: _s(0.7, 0.9), "text_image": _s(0.6, 0.9), "text_title": _s(0.5, 0.8)}, 30)
+    assert win.ranked_by == FUSED and "beats" in win.reason
+    lose = decide("text", {FUSED: _s(0.55, 0.9), "text_image": _s(0.6, 0.9), "text_title": _s(0.5, 0.8)}, 30)
+    assert lose.ranked_by == "text_image" and "does not beat" in lose.reason
+    tie_r10 = decide("image", {FUSED: _s(0.6, 0.95), "visual": _s(0.6, 0.9)}, 30)
+    assert tie_r10.ranked_by == FUSED
+    loses_r10 = decide("image", {FUSED: _s(0.9, 0.85), "visual": _s(0.6, 0.9)}, 30)
+    assert loses_r10.ranked_by == "visual" and "loses more than one" in loses_r10.reason
+    one_query = decide("image", {FUSED: _s(0.9, 0.9 - 1 / 30), "visual": _s(0.6, 0.9)}, 30)
+    assert one_query.ranked_by == FUSED
+    rounded = decide("image", {FUSED: _s(0.92, round(1 - 1 / 91, 4)), "visual": _s(0.91, 1.0)}, 91)
+    assert rounded.ranked_by == FUSED  # exactly one query lost, as the stored (rounded) numbers say
+    tie = decide("image", {FUSED: _s(0.6, 0.9), "visual": _s(0.6, 0.9)}, 30)
+    assert tie.ranked_by == "visual"
+    few = decide("image", {FUSED: _s(0.9, 1.0), "visual": _s(0.6, 0.9), "image_title": _s(0.7, 0.9)}, 5)
+    assert few.ranked_by == "image_title" and "only 5" in few.reason
+    nofit = decide("image+text", {"visual": _s(0.2, 0.3), "text_image": _s(0.4, 0.5)}, 30)
+    assert nofit.ranked_by == "text_image"
+    empty = decide("image+text", {}, 0)
+    assert empty.ranked_by == "visual" and "no held-out evidence" in empty.reason
+
+
+def test_policy_weights_per_query_type() -> None:
+    from lenscope.client.ranking.fusion import FusionWeights
+
+    pol = RankingPolicy(source="self-check", decisions={
+        "text": decide("text", {FUSED: _s(0.1, 0.1), "text_image": _s(0.6, 0.9)}, 30),
+        "image": decide("image", {FUSED: _s(0.9, 0.9), "visual": _s(0.6, 0.9)}, 30)})
+    w = FusionWeights()
+    assert pol.weights_for("image", w) == w
+    assert pol.weights_for("text", w).vector().tolist() == [1.0 if s == "text_image" else 0.0 for s in SIGNALS]
+    assert pol.ranked_by("image+text") == FUSED  # no decision recorded: the fused weights
+    assert RankingPolicy.model_validate_json(pol.model_dump_json()) == pol
+    assert query_type_of(True, True) == "image+text" and query_type_of(False, True) == "text"
+
+
+def test_binding_applies_a_fit_only_to_its_model_and_catalog() -> None:
+    b = FitBinding(model_hash="m1", catalog_fingerprint="c1")
+    assert binding_mismatch(b, "m1", "c1") is None
+    assert "model m1" in binding_mismatch(b, "m2", "c1")
+    assert "catalog c1" in binding_mismatch(b, "m1", "c2")
+    assert "applied nowhere else" in binding_mismatch(None, "m1", "c1")
+
+
+def test_held_out_scores_compare_fused_with_each_raw_signal() -> None:
+    from lenscope.client.index.self_check import held_out_scores
+    from lenscope.client.ranking.fusion import FusionWeights
+    from lenscope.client.ranking.pools import CandidatePool
+
+    rng = np.random.default_rng(0)
+    pools = []
+    for q in range(12):
+        n = 30
+        grades = np.zeros(n, dtype=np.int64)
+        grades[q % n] = 1
+        good = rng.uniform(0, 0.5, n)
+        good[q % n] = 0.9  # text_image finds the product; text_title is noise
+        pools.append(CandidatePool(f"held_out:title:{q}", "text", tuple(f"p{i}" for i in range(n)),
+                                   {"text_image": good, "text_title": rng.uniform(0, 1, n)}, grades,
+                                   {f"p{q % n}": 1}))
+    noisy = FusionWeights(bias=0.0, visual=0, image_title=0, text_image=0.01, text_title=1.0, attributes=0, popularity=0)
+    scores = held_out_scores(pools, None, noisy)["text"]
+    assert scores["text_image"].ndcg10 == 1.0 and scores["text_image"].r10 == 1.0
+    assert scores[FUSED].ndcg10 < 0.9
+    assert decide("text", scores, len(pools)).ranked_by == "text_image"
+    assert FUSED not in held_out_scores(pools, None, None)["text"]
+
+
+def test_round_robin_keeps_the_top_of_every_list() -> None:
+    from lenscope.client.search.engine import round_robin
+
+    a, b = np.array([1, 2, 3, 4, 5]), np.array([9, 2, 8, 7])
+    assert round_robin([a, b], 4).tolist() == [1, 9, 2, 3]
+    assert round_robin([b, a], 100).tolist() == [9, 1, 2, 8, 3, 7, 4, 5]
+    assert round_robin([], 3).size == 0
