@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
+from lenscope.client.core.modelspec import InputLimits
+from lenscope.client.inputs.image_files import ImageFileError, read_image_file
 from lenscope.client.search.models import ordered_timings
 
 REQUEST_ID_KEY = "x-request-id"
@@ -122,7 +124,10 @@ def search_command(
         filters=parse_filters(filters or []), facets=facets or [], top_k=top_k, explain=explain
     )
     if image is not None:
-        request.image = image.read_bytes()
+        try:  # the shared bounded reader: a FIFO or /dev/zero cannot hang or exhaust the command
+            request.image = read_image_file(image, max_bytes=InputLimits().max_image_bytes)
+        except ImageFileError as err:
+            raise typer.BadParameter(str(err), param_hint="--image") from None
     if text is not None:
         request.text = text
 

@@ -7,7 +7,8 @@ and evaluation. An indexing job must instead index every good row and account fo
 CSV header, unknown suffix) raise `CatalogError`.
 
 The reader knows nothing about embeddings or bundles: swapping local files for an object store means
-replacing `load_image` (and `fingerprint`), nothing else.
+replacing `load_image` (and `fingerprint`), nothing else. Images are read through the one bounded,
+confined reader in `lenscope.client.inputs.image_files`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ from lenscope.client.catalog.reader import (
     _problems,
 )
 from lenscope.client.catalog.rows import CatalogError, CatalogRow, Problem
+from lenscope.client.inputs.image_files import (  # noqa: F401 - re-exported reject reasons
+    IMAGE_TOO_LARGE,
+    MISSING_IMAGE,
+    NOT_A_FILE,
+    OUTSIDE_CATALOG,
+    UNREADABLE_IMAGE,
+    ImageFileError,
+    read_catalog_image,
+)
+from lenscope.client.inputs.text import control_character_problem, escape_controls
 
-# Stable reject reasons (the rejects file and the summary count by these).
+# Stable reject reasons (the rejects file and the summary count by these); the image-file ones are
+# the shared image reader's (lenscope.client.inputs.image_files).
 INVALID_ROW = "invalid_row"
 DUPLICATE_ID = "duplicate_product_id"
-MISSING_IMAGE = "missing_image"
-UNREADABLE_IMAGE = "unreadable_image"
-IMAGE_TOO_LARGE = "image_too_large"
 PHOTO_PREFIX = "photo_"  # the same file problems for the optional user photo: the row is kept
 
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -106,7 +115,7 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _raw_product_id(rec: Any) -> str | None:
     pid = rec.get("product_id") if isinstance(rec, dict) else None
-    return pid.strip()[:128] if isinstance(pid, str) and pid.strip() else None
+    return escape_controls(pid.strip()[:128]) if isinstance(pid, str) and pid.strip() else None
 
 
 def scan_catalog(path: str | Path, *, splits: Iterable[str] | None = None) -> CatalogScan:
@@ -126,6 +135,9 @@ def scan_catalog(path: str | Path, *, splits: Iterable[str] | None = None) -> Ca
             continue
         if not isinstance(rec, dict):
             rejects.append(Reject(line, None, INVALID_ROW, f"expected a JSON object, got {type(rec).__name__}"))
+            continue
+        if (problem := control_character_problem(rec)) is not None:  # before anything prints the row
+            rejects.append(Reject(line, _raw_product_id(rec), INVALID_ROW, problem))
             continue
         try:
             row = CatalogRow.model_validate(rec)
@@ -149,20 +161,19 @@ def scan_catalog(path: str | Path, *, splits: Iterable[str] | None = None) -> Ca
 
 
 def image_file(scan_root: Path, rel: str) -> Path:
-    return scan_root / rel  # an absolute `rel` stays absolute (pathlib semantics), as catalog.py documents
+    return scan_root / rel  # for stat only (fingerprints); reading goes through `load_image`
 
 
-def load_image(path: Path, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> tuple[bytes | None, str | None, str]:
-    """(bytes, None, "") or (None, reason, message); never raises for a bad file."""
+def load_image(root: Path, rel: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+               allow_outside: bool = False) -> tuple[bytes | None, str | None, str]:
+    """(bytes, None, "") or (None, reason, message); never raises for a bad file.
+
+    Through the shared bounded reader: regular files only, at most `max_bytes`, confined to the
+    catalog's folder unless `allow_outside`."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            return None, IMAGE_TOO_LARGE, f"{path}: {size} bytes, over the model's limit of {max_bytes}"
-        return path.read_bytes(), None, ""
-    except FileNotFoundError:
-        return None, MISSING_IMAGE, f"{path} does not exist"
-    except OSError as err:
-        return None, UNREADABLE_IMAGE, f"{path}: {err.strerror or err}"
+        return read_catalog_image(root, rel, max_bytes=max_bytes, allow_outside=allow_outside), None, ""
+    except ImageFileError as err:
+        return None, err.reason, err.message
 
 
 def fingerprint(root: Path, rows: Iterable[SourceRow]) -> str:
