@@ -19,6 +19,7 @@ from typing import Optional
 import typer
 
 from lenscope.client.triton.errors import TritonServerError
+from lenscope.client.triton.ports import taken_ports
 from lenscope.client.triton.server import TritonServer, TritonServerConfig
 
 serve_app = typer.Typer(
@@ -106,6 +107,11 @@ def triton(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
+    busy = taken_ports(config.host, {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port})
+    if busy:  # checked here, so that "ready" can never come from another server already on these ports
+        typer.echo(f"lenscope: cannot serve on {'; '.join(busy)}: stop what listens there or choose another "
+                   "port with that option", err=True)
+        raise typer.Exit(2)
     server = TritonServer(config, log_path=log_file, log_sink=_echo)
     stopping = threading.Event()
 

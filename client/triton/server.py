@@ -38,6 +38,10 @@ log = structlog.get_logger(__name__)
 
 _POLL_INTERVAL_S = 0.05
 _LOG_TAIL_LINES = 400
+# Lines only the process we started writes once it has bound its own ports: readiness must be this
+# server's, not another tritonserver answering on the same address.
+_STARTED = {"http": re.compile(r"Started HTTPService at"), "grpc": re.compile(r"Started GRPCInferenceService at")}
+_PR_SET_PDEATHSIG = 1
 _BIND_FAILURE = re.compile(r"(address already in use|failed to (start|bind)|Socket '.*' already in use)", re.I)
 _RESTRICTED_PROTOCOL = re.compile(r"^[a-z-]+(,[a-z-]+)*:[^=\s]+=\S+$")
 
@@ -106,6 +110,14 @@ class TritonServerConfig:
     def connect_host(self) -> str:
         """Where a local client connects (wildcard listen addresses are reached via loopback)."""
         return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    def expected_models(self) -> tuple[str, ...] | None:
+        """The models this server must serve to count as ready: every ``<name>/config.pbtxt`` of the
+        repository (``none``/``poll``), or ``load_models`` (``explicit``; ``*`` = all); None when
+        ``explicit`` loads nothing at startup (models arrive later, through the API)."""
+        if self.model_control_mode == "explicit" and "*" not in self.load_models:
+            return self.load_models or None
+        return tuple(sorted(p.parent.name for p in self.model_repository.glob("*/config.pbtxt")))
 
     def arguments(self, backend_directory: Path, cache_directory: Path | None = None) -> list[str]:
         """tritonserver's arguments (without the binary itself)."""
@@ -180,6 +192,7 @@ class TritonServer:
         self._tail_lock = threading.Lock()
         self.started_at: float | None = None
         self.ready_after_s: float | None = None
+        self._started_services: set[str] = set()
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -229,6 +242,11 @@ class TritonServer:
         """Launch tritonserver (returns at once; call :meth:`wait_ready`)."""
         if self._process is not None:
             raise TritonServerError("this TritonServer was already started")
+        if self.config.expected_models() == ():
+            raise TritonServerError(
+                f"model repository {self.config.model_repository} holds no models (no <name>/config.pbtxt): "
+                "a server on it would be 'ready' serving nothing. Export one with "
+                f"`lenscope model export --out {self.config.model_repository}`")
         install = locate_triton()
         backend_dir = prepare_backend_directory(install, self._cache_dir)
         argv = [str(install.server_binary), *self.config.arguments(backend_dir, install.caches_dir)]
@@ -248,6 +266,7 @@ class TritonServer:
                 env=server_environment(install),
                 start_new_session=True,  # own session and process group
                 close_fds=True,
+                preexec_fn=_parent_death_signal(),
             )
         except OSError as exc:
             log_file.close()
@@ -268,6 +287,7 @@ class TritonServer:
                 line = raw.decode("utf-8", "replace")
                 with self._tail_lock:
                     self._tail.append(line)
+                    self._started_services.update(k for k, rx in _STARTED.items() if rx.search(line))
                 if self._log_sink is not None:
                     try:
                         self._log_sink(line)
@@ -286,10 +306,14 @@ class TritonServer:
             self._log_path.unlink(missing_ok=True)
 
     def wait_ready(self, timeout: float = 60.0) -> float:
-        """Poll ``/v2/health/ready`` until it answers 200; return seconds since :meth:`start`.
+        """Poll until this server is ready; return seconds since :meth:`start`.
 
+        Ready means: our process is alive and has logged that it bound its HTTP and gRPC ports
+        (another tritonserver answering on the same ports does not count), ``/v2/health/ready``
+        answers 200, and so does ``/v2/models/<name>/ready`` for every expected model.
         Raises :class:`TritonServerError`, with the tail of the server log, if the process exits
-        first (e.g. a model fails to load: the server runs with ``--exit-on-error``) or on timeout.
+        first (e.g. a model fails to load, or a port is taken: the server runs with
+        ``--exit-on-error``) or on timeout.
         """
         process = self._require_started()
         url = f"{self.http_url}/v2/health/ready"
@@ -302,7 +326,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready "
                     f"(log: {self._log_path}):\n{self.log_tail()}"
                 )
-            if _http_ok(url):
+            if self._own_ports_bound() and _http_ok(url) and self._models_ready():
                 self.ready_after_s = time.monotonic() - (self.started_at or 0.0)
                 log.info("triton.ready", pid=process.pid, seconds=round(self.ready_after_s, 3))
                 return self.ready_after_s
@@ -313,8 +337,16 @@ class TritonServer:
                 )
             time.sleep(_POLL_INTERVAL_S)
 
+    def _own_ports_bound(self) -> bool:
+        with self._tail_lock:
+            return self._started_services >= set(_STARTED)
+
+    def _models_ready(self) -> bool:
+        return all(_http_ok(f"{self.http_url}/v2/models/{name}/ready") for name in self.config.expected_models() or ())
+
     def is_ready(self) -> bool:
-        return self.is_running() and _http_ok(f"{self.http_url}/v2/health/ready")
+        return (self.is_running() and self._own_ports_bound() and _http_ok(f"{self.http_url}/v2/health/ready")
+                and self._models_ready())
 
     def terminate(self) -> None:
         """Ask the server to shut down (SIGTERM), without waiting."""
@@ -378,6 +410,31 @@ class TritonServer:
         state = "not started" if self._process is None else (
             "running" if self.is_running() else f"exited {self.returncode}")
         return f"<TritonServer pid={self.pid} {state} grpc={self.grpc_url}>"
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec function giving the child SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``),
+    so ``kill -9`` of the launching command cannot orphan tritonserver (which then stops its
+    python-backend stubs itself). The signal follows the *thread* that forks: only set it from the
+    main thread, whose end is the process's end; elsewhere (and off Linux) say so and return None."""
+    if not hasattr(os, "sched_getaffinity") or threading.current_thread() is not threading.main_thread():
+        log.info("triton.no_parent_death_signal", reason="not Linux or not the main thread")
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        log.info("triton.no_parent_death_signal", reason="prctl unavailable")
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: no locks, no logging
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def _http_ok(url: str, timeout: float = 1.0) -> bool:

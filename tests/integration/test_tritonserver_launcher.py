@@ -5,6 +5,7 @@ Talks HTTP/JSON with urllib on purpose: tritonclient belongs to lenscope.client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -257,6 +258,68 @@ def test_cli_serve_triton_stops_cleanly_on_signal(
     with pytest.raises(ProcessLookupError):
         os.kill(server_pid, 0)
     assert "Started HTTPService" in (tmp_path / "triton.log").read_text()
+
+
+def test_ready_is_never_another_servers(add_one_repository: Path, backend_cache: Path, tmp_path: Path) -> None:
+    """A second server on the first one's ports fails to bind: it must fail, not borrow the first's "ready"."""
+    with start_server(add_one_repository, ready_timeout=READY_TIMEOUT, exit_timeout_secs=5,
+                      cache_dir=backend_cache) as first:
+        clash = TritonServer(dataclasses.replace(first.config), log_path=tmp_path / "clash.log",
+                             cache_dir=backend_cache).start()
+        try:
+            with pytest.raises(TritonServerError, match="before becoming ready"):
+                clash.wait_ready(READY_TIMEOUT)
+        finally:
+            clash.stop()
+        assert first.is_ready()
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)  # the server's process group: tritonserver and its python-backend stubs
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_kill_9_of_serve_triton_leaves_no_server_or_stub(
+    add_one_repository: Path, backend_cache: Path, tmp_path: Path
+) -> None:
+    http, grpc, metrics = free_ports(3)
+    cli = subprocess.Popen(
+        [sys.executable, "-c", "from lenscope.client.cli.serve import serve_app; serve_app()",
+         "triton", "--model-repository", str(add_one_repository), "--http-port", str(http),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--exit-timeout-secs", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, ti.CACHE_ENV: str(backend_cache)},
+    )
+    output: list[str] = []
+    server_pid = None
+    try:
+        lines = _line_reader(cli.stdout)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "tritonserver ready in" not in "".join(output):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "CLI exited before ready:\n" + "".join(output)
+            output.append(line)
+        server_pid = int("".join(output).split("tritonserver ready in")[1].split("(pid ")[1].split(",")[0])
+        stubs = subprocess.run(["pgrep", "-g", str(server_pid)], capture_output=True, text=True).stdout.split()
+        assert len(stubs) >= 2, stubs  # tritonserver + the add_one model's stub
+        cli.kill()  # SIGKILL: no handler runs, only the parent-death signal can stop the server
+        cli.wait()
+        assert _gone(server_pid, 60.0), "tritonserver or a stub outlived `serve triton` killed with SIGKILL"
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        if server_pid is not None:
+            try:
+                os.killpg(server_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------
