@@ -1,7 +1,7 @@
 """``lenscope serve ...``: run serving processes in the foreground.
 
 ``lenscope serve triton`` runs the tritonserver shipped in ``nvidia-pytriton`` on CPU (see
-:mod:`lenscope.client.triton.server`), streams its log to stdout, and turns SIGTERM / SIGINT into a
+:mod:`lenscope.client.triton.server`), streams its log to stdout, and turns SIGTERM / SIGINT / SIGHUP into a
 graceful Triton shutdown, exiting with the server's own exit code: what a container entrypoint or a
 process supervisor expects.
 """
@@ -89,7 +89,7 @@ def triton(
     grpc_tls_key: Optional[Path] = typer.Option(None, help="Private key for --grpc-tls-cert (PEM)."),
     grpc_tls_client_ca: Optional[Path] = typer.Option(None, help="Require client certificates signed by this CA (mutual TLS)."),
 ) -> None:
-    """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT."""
+    """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT / SIGHUP."""
     try:
         config = TritonServerConfig(
             model_repository=model_repository,
@@ -126,7 +126,7 @@ def triton(
         os.write(sys.stdout.fileno(), f"lenscope: {signal.Signals(signum).name} received, stopping tritonserver\n".encode())
         server.terminate()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         try:
             server.start()

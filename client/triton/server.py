@@ -6,7 +6,7 @@ The binary, its backend directory and environment come from :mod:`lenscope.clien
 Readiness is checked over HTTP (``/v2/health/ready``) with urllib: this module imports neither
 ``torch`` nor ``tritonclient``, so the serving side and test fixtures can use it anywhere.
 
-A little over 400 lines: the config, the process and ``start_server`` change together (a config
+About 460 lines: the config, the process and ``start_server`` change together (a config
 field is an argument the process passes and a port ``start_server`` picks), so they stay one module.
 """
 
@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import structlog
+from tenacity import retry_if_exception_type
 
+from lenscope.client.core.retry import RetryPolicy
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.install import locate_triton, prepare_backend_directory, server_environment
+from lenscope.client.triton.lifetime import parent_death_signal
 from lenscope.client.triton.ports import free_ports
 
 log = structlog.get_logger(__name__)
@@ -41,7 +44,6 @@ _LOG_TAIL_LINES = 400
 # Lines only the process we started writes once it has bound its own ports: readiness must be this
 # server's, not another tritonserver answering on the same address.
 _STARTED = {"http": re.compile(r"Started HTTPService at"), "grpc": re.compile(r"Started GRPCInferenceService at")}
-_PR_SET_PDEATHSIG = 1
 _BIND_FAILURE = re.compile(r"(address already in use|failed to (start|bind)|Socket '.*' already in use)", re.I)
 _RESTRICTED_PROTOCOL = re.compile(r"^[a-z-]+(,[a-z-]+)*:[^=\s]+=\S+$")
 
@@ -266,7 +268,7 @@ class TritonServer:
                 env=server_environment(install),
                 start_new_session=True,  # own session and process group
                 close_fds=True,
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=parent_death_signal(),
             )
         except OSError as exc:
             log_file.close()
@@ -412,31 +414,6 @@ class TritonServer:
         return f"<TritonServer pid={self.pid} {state} grpc={self.grpc_url}>"
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec function giving the child SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``),
-    so ``kill -9`` of the launching command cannot orphan tritonserver (which then stops its
-    python-backend stubs itself). The signal follows the *thread* that forks: only set it from the
-    main thread, whose end is the process's end; elsewhere (and off Linux) say so and return None."""
-    if not hasattr(os, "sched_getaffinity") or threading.current_thread() is not threading.main_thread():
-        log.info("triton.no_parent_death_signal", reason="not Linux or not the main thread")
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        log.info("triton.no_parent_death_signal", reason="prctl unavailable")
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the child between fork and exec: no locks, no logging
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -461,7 +438,7 @@ def start_server(
     and binding it; any other failure raises at once. The caller owns the result: ``stop()`` it,
     or use it as a context manager.
     """
-    for attempt in range(1, attempts + 1):
+    def attempt() -> TritonServer:
         http, grpc, metrics = free_ports(3)
         cfg = TritonServerConfig(
             model_repository=Path(model_repository),
@@ -472,10 +449,17 @@ def start_server(
         try:
             server.wait_ready(ready_timeout)
             return server
-        except TritonServerError:
+        except TritonServerError as err:
             server.stop()
-            if attempt < attempts and _BIND_FAILURE.search(server.log_tail(lines=40)):
-                log.warning("triton.port_clash_retry", attempt=attempt)
-                continue
+            if _BIND_FAILURE.search(server.log_tail(lines=40)):
+                log.warning("triton.port_clash", ports=[http, grpc, metrics])
+                raise _PortClash(str(err)) from err
             raise
-    raise AssertionError("unreachable")
+
+    # fresh ports at once (nothing to wait for), on the project's one retry policy
+    retrying = RetryPolicy(attempts=attempts, base_delay_s=0.0, max_delay_s=0.0)
+    return retrying.retrying(retry_if_exception_type(_PortClash))(attempt)
+
+
+class _PortClash(TritonServerError):
+    """tritonserver could not bind a port chosen free a moment earlier: worth another try."""

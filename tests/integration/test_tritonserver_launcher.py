@@ -217,7 +217,7 @@ def _line_reader(stream) -> "queue.Queue[str | None]":  # type: ignore[no-untype
     return lines
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_cli_serve_triton_stops_cleanly_on_signal(
     add_one_repository: Path, backend_cache: Path, signum: signal.Signals, tmp_path: Path
 ) -> None:

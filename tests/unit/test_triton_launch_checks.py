@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from lenscope.client.cli.serve import serve_app
 from lenscope.client.triton import server as ts
 from lenscope.client.triton.errors import TritonServerError
+from lenscope.client.triton.lifetime import parent_death_signal
 from lenscope.client.triton.ports import free_ports, taken_ports
 from lenscope.client.triton.server import TritonServer, TritonServerConfig
 
@@ -69,4 +70,4 @@ def test_expected_models_follow_the_control_mode(tmp_path: Path) -> None:
 
 
 def test_parent_death_signal_is_armed_from_the_main_thread() -> None:
-    assert callable(ts._parent_death_signal())
+    assert callable(parent_death_signal())
