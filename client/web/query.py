@@ -131,7 +131,8 @@ def check_upload(data: bytes, filename: str, settings: WebSettings, size: int | 
         raise too_large(max(len(data), size or 0), settings)
     name = filename or "The upload"
     try:
-        check_header(data, _HEADER_LIMITS.model_copy(update={"max_image_bytes": max(settings.max_upload_bytes, 1024)}),
+        # the byte cap is the page's own (checked above), not the default model's
+        check_header(data, _HEADER_LIMITS.model_copy(update={"max_image_bytes": settings.max_upload_bytes}),
                      _HEADER_PREPROCESS)
     except ImageInputError as err:
         if err.reason in _TOO_BIG:
