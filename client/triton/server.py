@@ -34,7 +34,7 @@ from tenacity import retry_if_exception_type
 from lenscope.client.core.retry import RetryPolicy
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.install import locate_triton, prepare_backend_directory, server_environment
-from lenscope.client.triton.lifetime import parent_death_signal
+from lenscope.client.triton.lifetime import with_parent_death_signal
 from lenscope.client.triton.ports import free_ports
 
 log = structlog.get_logger(__name__)
@@ -261,14 +261,13 @@ class TritonServer:
         self.started_at = time.monotonic()
         try:
             self._process = subprocess.Popen(
-                argv,
+                with_parent_death_signal(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=server_environment(install),
                 start_new_session=True,  # own session and process group
                 close_fds=True,
-                preexec_fn=parent_death_signal(),
             )
         except OSError as exc:
             log_file.close()

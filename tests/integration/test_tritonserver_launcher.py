@@ -322,6 +322,40 @@ def test_kill_9_of_serve_triton_leaves_no_server_or_stub(
                 pass
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_dying_start_server_caller_takes_its_server_along(
+    add_one_repository: Path, backend_cache: Path, signum: signal.Signals
+) -> None:
+    """What `lenscope demo` (and the eval harness) do: start_server in the main thread; the process then
+    dies from a signal it does not handle, so no `finally` or atexit runs."""
+    script = ("import sys, time; from pathlib import Path; from lenscope.client.triton.server import start_server; "
+              "s = start_server(Path(sys.argv[1]), ready_timeout=60.0, exit_timeout_secs=5); "
+              "print('SERVER_PID', s.pid, flush=True); time.sleep(600)")
+    caller = subprocess.Popen([sys.executable, "-c", script, str(add_one_repository)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env={**os.environ, ti.CACHE_ENV: str(backend_cache)})
+    server_pid = None
+    try:
+        lines = _line_reader(caller.stdout)
+        deadline = time.monotonic() + READY_TIMEOUT + 10
+        while server_pid is None:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "the caller exited before its server was ready"
+            if line.startswith("SERVER_PID "):
+                server_pid = int(line.split()[1])
+        os.kill(caller.pid, signum)
+        caller.wait()
+        assert _gone(server_pid, 60.0), f"tritonserver outlived its caller killed by {signal.Signals(signum).name}"
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+        if server_pid is not None:
+            try:
+                os.killpg(server_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces that need no running server
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from lenscope.client.cli.serve import serve_app
 from lenscope.client.triton import server as ts
 from lenscope.client.triton.errors import TritonServerError
-from lenscope.client.triton.lifetime import parent_death_signal
+from lenscope.client.triton.lifetime import with_parent_death_signal
 from lenscope.client.triton.ports import free_ports, taken_ports
 from lenscope.client.triton.server import TritonServer, TritonServerConfig
 
@@ -69,5 +69,17 @@ def test_expected_models_follow_the_control_mode(tmp_path: Path) -> None:
     assert TritonServerConfig(repo, model_control_mode="explicit").expected_models() is None
 
 
-def test_parent_death_signal_is_armed_from_the_main_thread() -> None:
-    assert callable(parent_death_signal())
+def test_parent_death_signal_is_armed_from_the_main_thread_only() -> None:
+    import subprocess
+    import sys
+    import threading
+
+    wrapped = with_parent_death_signal([sys.executable, "-c", "print('child ran')"])
+    assert wrapped[:4] == [sys.executable, "-I", "-S", "-c"]
+    out = subprocess.run(wrapped, capture_output=True, text=True, check=True).stdout
+    assert out == "child ran\n"  # the trampoline execs the real command with its arguments
+    seen: list = []
+    worker = threading.Thread(target=lambda: seen.append(with_parent_death_signal(["x"])))
+    worker.start()
+    worker.join()
+    assert seen == [["x"]]
