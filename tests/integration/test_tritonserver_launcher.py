@@ -274,6 +274,18 @@ def test_ready_is_never_another_servers(add_one_repository: Path, backend_cache:
         assert first.is_ready()
 
 
+def _reap(parent: subprocess.Popen, server_pid: int | None) -> None:
+    """Test cleanup whatever happened: the launching process and the server's whole process group."""
+    if parent.poll() is None:
+        parent.kill()
+        parent.wait()
+    if server_pid is not None:
+        try:
+            os.killpg(server_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -312,14 +324,7 @@ def test_kill_9_of_serve_triton_leaves_no_server_or_stub(
         cli.wait()
         assert _gone(server_pid, 60.0), "tritonserver or a stub outlived `serve triton` killed with SIGKILL"
     finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait()
-        if server_pid is not None:
-            try:
-                os.killpg(server_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _reap(cli, server_pid)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -346,14 +351,7 @@ def test_a_dying_start_server_caller_takes_its_server_along(
         caller.wait()
         assert _gone(server_pid, 60.0), f"tritonserver outlived its caller killed by {signal.Signals(signum).name}"
     finally:
-        if caller.poll() is None:
-            caller.kill()
-            caller.wait()
-        if server_pid is not None:
-            try:
-                os.killpg(server_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _reap(caller, server_pid)
 
 
 # ---------------------------------------------------------------------------------------------
