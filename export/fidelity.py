@@ -15,6 +15,7 @@ from lenscope.client.catalog.rows import Catalog, Query, QuerySet
 from lenscope.client.core.manifest import Manifest
 from lenscope.client.eval.config import EvalConfig, TorchRanker
 from lenscope.client.eval.queries import query_image
+from lenscope.client.inputs.image_files import read_catalog_image
 
 
 def torch_rankings(spec_path: Path, product_ids: Sequence[str], catalog: Catalog, qset: QuerySet,
@@ -46,7 +47,8 @@ def torch_rankings(spec_path: Path, product_ids: Sequence[str], catalog: Catalog
                 out.append(text_tower(open_clip_tokenize(spec, items[i:i + 512])).float())
         return torch.cat(out) if out else torch.zeros((0, spec.embed_dim))
 
-    keys = images([catalog.image_path(catalog.get(pid)).read_bytes() for pid in product_ids])
+    keys = images([read_catalog_image(catalog.root, catalog.get(pid).image, max_bytes=spec.limits.max_image_bytes,
+                                      allow_outside=True) for pid in product_ids])
     img_q = [q for q in queries if q.type in ("image", "image+text")]
     txt_q = [q for q in queries if q.type == "text"]
     ranked: dict[str, list[str]] = {}

@@ -20,6 +20,8 @@ from lenscope.client.catalog.reader import read_catalog
 from lenscope.client.cli.search import render
 from lenscope.client.cli.terminal import literal, log_to
 from lenscope.client.core.manifest import load_manifest
+from lenscope.client.core.modelspec import InputLimits
+from lenscope.client.inputs.image_files import read_catalog_image
 from lenscope.client.triton.server import start_server
 
 DEMO_PRODUCTS = 600
@@ -54,7 +56,7 @@ def demo_queries(catalog: Path) -> list[tuple[str, search_pb2.SearchRequest]]:
     """A photo query (a user photo of a test product), a text query, a mixed one, and a filtered one."""
     rows = read_catalog(catalog).rows
     probe = next(r for r in rows if r.split == "test" and r.photo)
-    photo = (catalog.parent / probe.photo).read_bytes()
+    photo = read_catalog_image(catalog.parent, probe.photo, max_bytes=InputLimits().max_image_bytes)
     text = f"{probe.color} {probe.category}"
     return [
         (f"photo of {probe.product_id} ({probe.title})", search_pb2.SearchRequest(image=photo, top_k=5, explain=True)),

@@ -61,6 +61,9 @@ def index_build_command(
     seed: int = typer.Option(0, help="Seed of the calibration's unmatched-pair sampling."),
     keep_work: bool = typer.Option(False, help="Keep the embedding checkpoints after publishing."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (terminal only)."),
+    allow_outside_images: bool = typer.Option(
+        False, "--allow-outside-images", help="Also read image paths that are absolute or lead outside the "
+        "catalog's folder (refused by default: a catalog must not make the indexer read /etc/shadow)."),
 ) -> None:
     """Embed a catalog through Triton and publish a versioned index bundle (resumable: rerun after a crash)."""
     from pydantic import ValidationError
@@ -85,7 +88,7 @@ def index_build_command(
         concurrency=concurrency, rejects_path=rejects, fusion_weights=fusion_weights,
         calibration=calibration, use_shipped_fit=shipped_fit,
         calibration_method=calibration_method, splits=tuple(split) if split else None,  # type: ignore[arg-type]
-        seed=seed, progress=progress, keep_work=keep_work,
+        seed=seed, progress=progress, keep_work=keep_work, allow_outside_images=allow_outside_images,
     )
     embedder = _make_embedder(triton, timeout, concurrency, batch_size)
     try:

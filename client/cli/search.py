@@ -22,6 +22,7 @@ from rich.text import Text
 from lenscope.client.api import search_pb2, search_pb2_grpc
 from lenscope.client.cli.paths import input_file
 from lenscope.client.cli.terminal import escape_controls, fail, literal
+from lenscope.client.inputs.image_files import ImageFileError, read_image_file
 from lenscope.client.search.models import ordered_timings
 
 REQUEST_ID_KEY = "x-request-id"
@@ -101,16 +102,11 @@ def render(response: search_pb2.SearchResponse, out: Console) -> None:
 
 
 def read_photo(path: Path) -> bytes:
-    """The query photo: a regular file, read with a bound (a FIFO or /dev/zero would never end)."""
-    import stat
-
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise typer.BadParameter(f"{escape_controls(str(path))} is not a regular file", param_hint="--image")
-    with open(path, "rb") as f:
-        data = f.read(MAX_IMAGE_FILE_BYTES + 1)
-    if len(data) > MAX_IMAGE_FILE_BYTES:
-        raise typer.BadParameter(f"{escape_controls(str(path))} is larger than {MAX_IMAGE_FILE_BYTES // (1024 * 1024)} "
-                                 "MiB, the largest photo the service accepts", param_hint="--image")
+    """The query photo through the shared bounded reader (a FIFO or /dev/zero would never end)."""
+    try:
+        data = read_image_file(path, max_bytes=MAX_IMAGE_FILE_BYTES)
+    except ImageFileError as err:
+        raise typer.BadParameter(escape_controls(str(err)), param_hint="--image") from None
     if not data:
         raise typer.BadParameter(f"{escape_controls(str(path))} is empty", param_hint="--image")
     return data

@@ -1,7 +1,7 @@
 """``lenscope serve ...``: run serving processes in the foreground.
 
 ``lenscope serve triton`` runs the tritonserver shipped in ``nvidia-pytriton`` on CPU (see
-:mod:`lenscope.client.triton.server`), streams its log to stdout, and turns SIGTERM / SIGINT into a
+:mod:`lenscope.client.triton.server`), streams its log to stdout, and turns SIGTERM / SIGINT / SIGHUP into a
 graceful Triton shutdown, exiting with the server's own exit code: what a container entrypoint or a
 process supervisor expects.
 """
@@ -22,6 +22,7 @@ import typer
 from lenscope.client.cli.paths import check_current_link, input_file
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
+from lenscope.client.triton.ports import taken_ports
 from lenscope.client.triton.server import TritonServer, TritonServerConfig
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def triton(
     grpc_tls_key: Optional[Path] = typer.Option(None, callback=input_file, help="Private key for --grpc-tls-cert (PEM)."),
     grpc_tls_client_ca: Optional[Path] = typer.Option(None, callback=input_file, help="Require client certificates signed by this CA (mutual TLS)."),
 ) -> None:
-    """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT."""
+    """Run tritonserver (CPU, python backend) on MODEL_REPOSITORY until SIGTERM / SIGINT / SIGHUP."""
     try:
         config = TritonServerConfig(
             model_repository=model_repository,
@@ -154,6 +155,9 @@ def triton(
 
     if log_file is not None and log_file.exists() and not log_file.is_file():
         fail(f"--log-file {log_file} is not a regular file (a folder, FIFO or device); the log is appended to a file")
+    busy = taken_ports(config.host, {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port})
+    if busy:  # checked here, so that "ready" can never come from another server already on these ports
+        fail(f"cannot serve on {'; '.join(busy)}", hint="stop what listens there or choose another port with that option")
     server = TritonServer(config, log_path=log_file, log_sink=_echo)
     stopping = threading.Event()
 
@@ -168,7 +172,7 @@ def triton(
         os.write(sys.stdout.fileno(), f"lenscope: {signal.Signals(signum).name} received, stopping tritonserver\n".encode())
         server.terminate()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         try:
             server.start()

@@ -15,8 +15,10 @@ import numpy as np
 
 from lenscope.client.catalog.reader import read_queries
 from lenscope.client.catalog.rows import Catalog, Query, QuerySet
+from lenscope.client.core.modelspec import InputLimits
 from lenscope.client.eval.config import QUERY_TYPES, TOP_K, TYPE_SIGNALS, EvalConfig, EvaluationError, Log
 from lenscope.client.eval.stack import SplitIndex
+from lenscope.client.inputs.image_files import read_catalog_image
 from lenscope.client.ranking.calibration import CalibrationSet
 from lenscope.client.ranking.fusion import SIGNALS, FusionWeights
 from lenscope.client.ranking.pools import SIMILARITY_SIGNALS, CandidatePool
@@ -45,8 +47,11 @@ def split_queries(qset: QuerySet, split: str, max_per_type: int | None, seed: in
 
 
 def query_image(qset: QuerySet, q: Query) -> bytes | None:
-    p = qset.image_path(q)
-    return None if p is None else p.read_bytes()
+    """A query's photo through the shared bounded reader (regular files only; paths outside the
+    queries' folder are allowed: eval has no opt-in flag, and its query files are ours or the user's own)."""
+    if q.image is None:
+        return None
+    return read_catalog_image(qset.root, q.image, max_bytes=InputLimits().max_image_bytes, allow_outside=True)
 
 
 def prefetch(ix: SplitIndex, qset: QuerySet, queries: Sequence[Query]) -> None:

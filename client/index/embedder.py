@@ -16,7 +16,6 @@ Any object with `embed_images(list[bytes])`, `embed_texts(list[str])` and `manif
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +23,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from tenacity import RetryError, retry_if_result
 
 from lenscope.client.core import contract
+from lenscope.client.core.retry import RetryPolicy
 from lenscope.client.index.reader import (
     DEFAULT_MAX_IMAGE_BYTES,
     PHOTO_PREFIX,
     Reject,
     SourceRow,
-    image_file,
     load_image,
 )
 
@@ -85,15 +85,8 @@ class ModelInfo:
                              "cannot index without model_hash and spec.embed_dim") from err
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 6  # total tries of a transiently failing input (~12 s of backoff: rides out a restart)
-    base_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-
-    def delay(self, attempt: int) -> float:
-        d = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-        return d * (0.5 + random.random() / 2)  # jitter; not used for anything deterministic
+# Transiently failing inputs are re-sent for about 12 s of backoff in all: rides out a Triton restart.
+DEFAULT_RETRY = RetryPolicy(attempts=6, base_delay_s=0.5, max_delay_s=8.0)
 
 
 @dataclass
@@ -126,13 +119,14 @@ def _unit(vec: Any, dim: int) -> np.ndarray | None:
 class ChunkEmbedder:
     """Embeds chunks of rows through an `Embedder`, turning per-input failures into rejects."""
 
-    def __init__(self, embedder: Embedder, model: ModelInfo, root: Path, *, retry: RetryPolicy = RetryPolicy(),
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, embedder: Embedder, model: ModelInfo, root: Path, *, retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], None] | None = None, allow_outside_images: bool = False):
         self.embedder = embedder
         self.model = model
         self.root = root
-        self.retry = retry
-        self._sleep = sleep
+        self.retry = retry or DEFAULT_RETRY
+        self._sleep = sleep or time.sleep
+        self.allow_outside_images = allow_outside_images
         self._attr_outputs = {contract.attribute_output(a): a for a in model.attributes}
 
     def embed_chunk(self, index: int, rows: Sequence[SourceRow]) -> EmbeddedChunk:
@@ -140,15 +134,15 @@ class ChunkEmbedder:
         images: dict[int, bytes] = {}
         photos: dict[int, bytes] = {}
         photo_issues: dict[int, Reject] = {}  # reported only if the row itself is indexed
+        read = dict(max_bytes=self.model.max_image_bytes, allow_outside=self.allow_outside_images)
         for i, s in enumerate(rows):
-            data, reason, message = load_image(image_file(self.root, s.row.image), max_bytes=self.model.max_image_bytes)
+            data, reason, message = load_image(self.root, s.row.image, **read)
             if data is None:
                 rejects.append(Reject(s.line, s.row.product_id, reason, message))
                 continue
             images[i] = data
             if s.row.photo is not None:
-                pdata, preason, pmessage = load_image(image_file(self.root, s.row.photo),
-                                                      max_bytes=self.model.max_image_bytes)
+                pdata, preason, pmessage = load_image(self.root, s.row.photo, **read)
                 if pdata is None:
                     photo_issues[i] = Reject(s.line, s.row.product_id, PHOTO_PREFIX + preason, pmessage, kept=True)
                 else:
@@ -230,20 +224,25 @@ class ChunkEmbedder:
         return probs
 
     def _with_retries(self, call: Callable[[list], list], items: list) -> list:
-        """Call, then re-send only the inputs that failed transiently, up to `retry.attempts` tries."""
-        if not items:
-            return []
-        results = list(call(items))
-        if len(results) != len(items):
-            raise RuntimeError(f"embedder returned {len(results)} results for {len(items)} inputs")
-        for attempt in range(1, self.retry.attempts):
-            pending = [i for i, r in enumerate(results) if _transient(r)]
-            if not pending:
-                return results
-            self._sleep(self.retry.delay(attempt))
-            for i, r in zip(pending, call([items[i] for i in pending])):
+        """Call, then re-send only the inputs that failed transiently, as `retry` allows."""
+        results: list[Any] = [None] * len(items)
+        pending = list(range(len(items)))
+
+        def attempt() -> list[int]:
+            got = list(call([items[i] for i in pending]))
+            if len(got) != len(pending):
+                raise RuntimeError(f"embedder returned {len(got)} results for {len(pending)} inputs")
+            for i, r in zip(pending, got):
                 results[i] = r
-        failed = [r for r in results if _transient(r)]
+            pending[:] = [i for i in pending if _transient(results[i])]
+            return pending
+
+        if items:
+            try:
+                self.retry.retrying(retry_if_result(bool), sleep=self._sleep)(attempt)
+            except RetryError:  # still failing after the last try: reported below
+                pass
+        failed = [results[i] for i in pending]
         if failed:
             raise EmbedderUnavailable(failed[0].error.status, failed[0].error.message, len(failed))
         return results

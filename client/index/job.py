@@ -85,6 +85,7 @@ class IndexBuildConfig:
     seed: int = 0  # unmatched-pair sampling for the calibration fit
     progress: bool = True  # rich progress bar (only drawn on a terminal)
     keep_work: bool = False  # keep the checkpoints after publishing
+    allow_outside_images: bool = False  # read image paths that are absolute or lead outside the catalog's folder
 
 
 @dataclass
@@ -108,8 +109,8 @@ class BuildReport:
     info: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
-def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable[[float], None] = time.sleep,
-                retry: RetryPolicy = RetryPolicy(), log: Any = None) -> BuildReport:
+def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable[[float], None] | None = None,
+                retry: RetryPolicy | None = None, log: Any = None) -> BuildReport:
     """Run the whole job; raises CatalogError (unusable file), IndexBuildInterrupted (resumable), ValueError."""
     log = log or structlog.get_logger("lenscope.index")
     if config.batch_size < 1 or config.concurrency < 1:
@@ -191,13 +192,14 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
 
 
 def _embed_all(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, work: WorkDir, embedder: Embedder,
-               retry: RetryPolicy, sleep: Callable[[float], None], log: Any
+               retry: RetryPolicy | None, sleep: Callable[[float], None] | None, log: Any
                ) -> tuple[dict[int, EmbeddedChunk], int, list[int]]:
     """Load the valid checkpoints, embed the other chunks (`concurrency` in flight), checkpoint each one.
 
     Returns (chunks by index, how many were resumed, the indices embedded by this run).
     """
-    stage = ChunkEmbedder(embedder, model, scan.root, retry=retry, sleep=sleep)
+    stage = ChunkEmbedder(embedder, model, scan.root, retry=retry, sleep=sleep,
+                          allow_outside_images=config.allow_outside_images)
     attr_widths = {a: len(labels) for a, labels in model.attributes.items()}
 
     def rows_of(k: int):

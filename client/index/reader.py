@@ -12,6 +12,7 @@ bad CSV header, unknown suffix, no rows) raise `CatalogError`, with one message 
 The index embeds each product's main image (and a role-``photo`` image as the second view); the other
 images are recorded in the metadata store. The reader knows nothing about embeddings or bundles:
 swapping local files for an object store means replacing `load_image` (and `fingerprint`), nothing else.
+Images are read through the one bounded, confined reader in `lenscope.client.inputs.image_files`.
 """
 
 from __future__ import annotations
@@ -34,13 +35,20 @@ from lenscope.client.catalog.products import (
     build_products,
 )
 from lenscope.client.catalog.records import catalog_records
+from lenscope.client.inputs.image_files import (  # noqa: F401 - re-exported reject reasons
+    IMAGE_TOO_LARGE,
+    MISSING_IMAGE,
+    NOT_A_FILE,
+    OUTSIDE_CATALOG,
+    UNREADABLE_IMAGE,
+    ImageFileError,
+    read_catalog_image,
+)
 from lenscope.client.catalog.rows import CatalogError, CatalogRow, Problem
 
 # Stable reject reasons (the rejects file and the summary count by these). The row reasons are the
-# catalog's own (catalog/products.py); the image ones are found here and in the embedder.
-MISSING_IMAGE = "missing_image"
-UNREADABLE_IMAGE = "unreadable_image"
-IMAGE_TOO_LARGE = "image_too_large"
+# catalog's own (catalog/products.py); the image-file ones are the shared image reader's
+# (lenscope.client.inputs.image_files), found here and in the embedder.
 PHOTO_PREFIX = "photo_"  # the same file problems for the optional user photo: the row is kept
 __all__ = ["CONFLICTING_ATTRIBUTE", "CONFLICTING_ROW", "DUPLICATE_ROW", "INVALID_ROW", "UNKNOWN_VARIANT_OF",
            "CatalogScan", "Reject", "SourceRow", "fingerprint", "load_image", "scan_catalog"]
@@ -138,20 +146,19 @@ def scan_catalog(path: str | Path, *, splits: Iterable[str] | None = None) -> Ca
 
 
 def image_file(scan_root: Path, rel: str) -> Path:
-    return scan_root / rel  # an absolute `rel` stays absolute (pathlib semantics), as catalog.py documents
+    return scan_root / rel  # for stat only (fingerprints); reading goes through `load_image`
 
 
-def load_image(path: Path, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> tuple[bytes | None, str | None, str]:
-    """(bytes, None, "") or (None, reason, message); never raises for a bad file."""
+def load_image(root: Path, rel: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+               allow_outside: bool = False) -> tuple[bytes | None, str | None, str]:
+    """(bytes, None, "") or (None, reason, message); never raises for a bad file.
+
+    Through the shared bounded reader: regular files only, at most `max_bytes`, confined to the
+    catalog's folder unless `allow_outside`."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            return None, IMAGE_TOO_LARGE, f"{path}: {size} bytes, over the model's limit of {max_bytes}"
-        return path.read_bytes(), None, ""
-    except FileNotFoundError:
-        return None, MISSING_IMAGE, f"{path} does not exist"
-    except OSError as err:
-        return None, UNREADABLE_IMAGE, f"{path}: {err.strerror or err}"
+        return read_catalog_image(root, rel, max_bytes=max_bytes, allow_outside=allow_outside), None, ""
+    except ImageFileError as err:
+        return None, err.reason, err.message
 
 
 def fingerprint(root: Path, rows: Iterable[SourceRow]) -> str:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import retry_if_exception
 from tritonclient.utils import InferenceServerException
 
 from lenscope.client.core import contract
+from lenscope.client.core.retry import RetryPolicy
 
 
 class TritonError(RuntimeError):
@@ -59,7 +60,7 @@ def _retryable(err: BaseException) -> bool:
 class ClientConfig:
     url: str = "127.0.0.1:8001"
     timeout_s: float = 2.0  # per-call deadline
-    retries: int = 3  # attempts on UNAVAILABLE only
+    retries: int = 3  # attempts on UNAVAILABLE only, within the call's deadline
     max_concurrency: int = 16
     ssl: bool = False
     root_certificates: str | None = None
@@ -96,6 +97,9 @@ class TritonEmbedder:
         )
         self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="triton")
         self._attr_outputs: list[str] | None = None
+        # One policy for every call: short jittered waits (a restarting Triton is back in about a
+        # second, see _channel_args), the budget of each call being its own deadline.
+        self._retry = RetryPolicy(attempts=config.retries, base_delay_s=0.1, max_delay_s=1.0)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -164,17 +168,12 @@ class TritonEmbedder:
         return EmbedResult(embedding=emb, attributes=attrs)
 
     def _call(self, fn, budget_s: float | None = None):
-        """Run fn, retrying UNAVAILABLE with jittered backoff, never past `budget_s` (the deadline)."""
-        stop = stop_after_attempt(self.config.retries)
-        if budget_s is not None:
-            stop = stop | stop_after_delay(budget_s)
+        """Run fn, retrying UNAVAILABLE on the client's RetryPolicy, never past `budget_s` (the deadline)."""
 
-        @retry(retry=retry_if_exception(_retryable), stop=stop,
-               wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05), reraise=True)
         def attempt():
             try:
                 return fn()
             except InferenceServerException as err:
                 raise _to_error(err) from None
 
-        return attempt()
+        return self._retry.retrying(retry_if_exception(_retryable), budget_s=budget_s)(attempt)

@@ -6,7 +6,7 @@ The binary, its backend directory and environment come from :mod:`lenscope.clien
 Readiness is checked over HTTP (``/v2/health/ready``) with urllib: this module imports neither
 ``torch`` nor ``tritonclient``, so the serving side and test fixtures can use it anywhere.
 
-A little over 400 lines: the config, the process and ``start_server`` change together (a config
+About 460 lines: the config, the process and ``start_server`` change together (a config
 field is an argument the process passes and a port ``start_server`` picks), so they stay one module.
 """
 
@@ -29,15 +29,21 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import structlog
+from tenacity import retry_if_exception_type
 
+from lenscope.client.core.retry import RetryPolicy
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.install import locate_triton, prepare_backend_directory, server_environment
+from lenscope.client.triton.lifetime import with_parent_death_signal
 from lenscope.client.triton.ports import free_ports
 
 log = structlog.get_logger(__name__)
 
 _POLL_INTERVAL_S = 0.05
 _LOG_TAIL_LINES = 400
+# Lines only the process we started writes once it has bound its own ports: readiness must be this
+# server's, not another tritonserver answering on the same address.
+_STARTED = {"http": re.compile(r"Started HTTPService at"), "grpc": re.compile(r"Started GRPCInferenceService at")}
 _BIND_FAILURE = re.compile(r"(address already in use|failed to (start|bind)|Socket '.*' already in use)", re.I)
 _RESTRICTED_PROTOCOL = re.compile(r"^[a-z-]+(,[a-z-]+)*:[^=\s]+=\S+$")
 
@@ -106,6 +112,14 @@ class TritonServerConfig:
     def connect_host(self) -> str:
         """Where a local client connects (wildcard listen addresses are reached via loopback)."""
         return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    def expected_models(self) -> tuple[str, ...] | None:
+        """The models this server must serve to count as ready: every ``<name>/config.pbtxt`` of the
+        repository (``none``/``poll``), or ``load_models`` (``explicit``; ``*`` = all); None when
+        ``explicit`` loads nothing at startup (models arrive later, through the API)."""
+        if self.model_control_mode == "explicit" and "*" not in self.load_models:
+            return self.load_models or None
+        return tuple(sorted(p.parent.name for p in self.model_repository.glob("*/config.pbtxt")))
 
     def arguments(self, backend_directory: Path, cache_directory: Path | None = None) -> list[str]:
         """tritonserver's arguments (without the binary itself)."""
@@ -180,6 +194,7 @@ class TritonServer:
         self._tail_lock = threading.Lock()
         self.started_at: float | None = None
         self.ready_after_s: float | None = None
+        self._started_services: set[str] = set()
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -229,6 +244,11 @@ class TritonServer:
         """Launch tritonserver (returns at once; call :meth:`wait_ready`)."""
         if self._process is not None:
             raise TritonServerError("this TritonServer was already started")
+        if self.config.expected_models() == ():
+            raise TritonServerError(
+                f"model repository {self.config.model_repository} holds no models (no <name>/config.pbtxt): "
+                "a server on it would be 'ready' serving nothing. Export one with "
+                f"`lenscope model export --out {self.config.model_repository}`")
         install = locate_triton()
         backend_dir = prepare_backend_directory(install, self._cache_dir)
         argv = [str(install.server_binary), *self.config.arguments(backend_dir, install.caches_dir)]
@@ -241,7 +261,7 @@ class TritonServer:
         self.started_at = time.monotonic()
         try:
             self._process = subprocess.Popen(
-                argv,
+                with_parent_death_signal(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -268,6 +288,7 @@ class TritonServer:
                 line = raw.decode("utf-8", "replace")
                 with self._tail_lock:
                     self._tail.append(line)
+                    self._started_services.update(k for k, rx in _STARTED.items() if rx.search(line))
                 if self._log_sink is not None:
                     try:
                         self._log_sink(line)
@@ -286,10 +307,14 @@ class TritonServer:
             self._log_path.unlink(missing_ok=True)
 
     def wait_ready(self, timeout: float = 60.0) -> float:
-        """Poll ``/v2/health/ready`` until it answers 200; return seconds since :meth:`start`.
+        """Poll until this server is ready; return seconds since :meth:`start`.
 
+        Ready means: our process is alive and has logged that it bound its HTTP and gRPC ports
+        (another tritonserver answering on the same ports does not count), ``/v2/health/ready``
+        answers 200, and so does ``/v2/models/<name>/ready`` for every expected model.
         Raises :class:`TritonServerError`, with the tail of the server log, if the process exits
-        first (e.g. a model fails to load: the server runs with ``--exit-on-error``) or on timeout.
+        first (e.g. a model fails to load, or a port is taken: the server runs with
+        ``--exit-on-error``) or on timeout.
         """
         process = self._require_started()
         url = f"{self.http_url}/v2/health/ready"
@@ -302,7 +327,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready "
                     f"(log: {self._log_path}):\n{self.log_tail()}"
                 )
-            if _http_ok(url):
+            if self._own_ports_bound() and _http_ok(url) and self._models_ready():
                 self.ready_after_s = time.monotonic() - (self.started_at or 0.0)
                 log.info("triton.ready", pid=process.pid, seconds=round(self.ready_after_s, 3))
                 return self.ready_after_s
@@ -313,8 +338,16 @@ class TritonServer:
                 )
             time.sleep(_POLL_INTERVAL_S)
 
+    def _own_ports_bound(self) -> bool:
+        with self._tail_lock:
+            return self._started_services >= set(_STARTED)
+
+    def _models_ready(self) -> bool:
+        return all(_http_ok(f"{self.http_url}/v2/models/{name}/ready") for name in self.config.expected_models() or ())
+
     def is_ready(self) -> bool:
-        return self.is_running() and _http_ok(f"{self.http_url}/v2/health/ready")
+        return (self.is_running() and self._own_ports_bound() and _http_ok(f"{self.http_url}/v2/health/ready")
+                and self._models_ready())
 
     def terminate(self) -> None:
         """Ask the server to shut down (SIGTERM), without waiting."""
@@ -404,7 +437,7 @@ def start_server(
     and binding it; any other failure raises at once. The caller owns the result: ``stop()`` it,
     or use it as a context manager.
     """
-    for attempt in range(1, attempts + 1):
+    def attempt() -> TritonServer:
         http, grpc, metrics = free_ports(3)
         cfg = TritonServerConfig(
             model_repository=Path(model_repository),
@@ -415,10 +448,17 @@ def start_server(
         try:
             server.wait_ready(ready_timeout)
             return server
-        except TritonServerError:
+        except TritonServerError as err:
             server.stop()
-            if attempt < attempts and _BIND_FAILURE.search(server.log_tail(lines=40)):
-                log.warning("triton.port_clash_retry", attempt=attempt)
-                continue
+            if _BIND_FAILURE.search(server.log_tail(lines=40)):
+                log.warning("triton.port_clash", ports=[http, grpc, metrics])
+                raise _PortClash(str(err)) from err
             raise
-    raise AssertionError("unreachable")
+
+    # fresh ports at once (nothing to wait for), on the project's one retry policy
+    retrying = RetryPolicy(attempts=attempts, base_delay_s=0.0, max_delay_s=0.0)
+    return retrying.retrying(retry_if_exception_type(_PortClash))(attempt)
+
+
+class _PortClash(TritonServerError):
+    """tritonserver could not bind a port chosen free a moment earlier: worth another try."""

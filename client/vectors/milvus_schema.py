@@ -10,10 +10,12 @@ build or load, never per query.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tenacity import RetryError, retry_if_result
+
+from lenscope.client.core.retry import RetryPolicy
 from lenscope.client.vectors.contract import IndexFormatError
 
 if TYPE_CHECKING:
@@ -82,22 +84,21 @@ def check_schema(client: Any, config: MilvusIndexConfig, name: str, dim: int, wh
 def wait_for_index(client: Any, config: MilvusIndexConfig, name: str) -> None:
     """Block until Milvus has indexed every flushed row (a cluster builds indexes in the background;
     searches meanwhile are correct but brute-force the unindexed segments)."""
-    deadline = time.monotonic() + config.index_build_timeout_s
-    delay = 0.05
-    while True:
-        info = client.describe_index(name, VECTOR_FIELD, timeout=config.timeout_s)
+    last: dict[str, Any] = {}
+
+    def pending() -> bool:
+        nonlocal last
+        last = info = client.describe_index(name, VECTOR_FIELD, timeout=config.timeout_s)
         state = str(info.get("state", ""))
         if state == "Failed":
             raise RuntimeError(f"Milvus failed to build the vector index of {name!r}: {info}")
-        if int(info.get("pending_index_rows", 0)) == 0 and state in ("Finished", ""):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"vector index of {name!r} not built after "
-                f"{config.index_build_timeout_s} s: {info}"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 2.0)
+        return not (int(info.get("pending_index_rows", 0)) == 0 and state in ("Finished", ""))
+
+    poll = RetryPolicy(attempts=None, base_delay_s=0.1, max_delay_s=4.0, budget_s=config.index_build_timeout_s)
+    try:
+        poll.retrying(retry_if_result(bool))(pending)
+    except RetryError:
+        raise TimeoutError(f"vector index of {name!r} not built after {config.index_build_timeout_s} s: {last}") from None
 
 
 def attribute_columns(

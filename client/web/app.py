@@ -97,7 +97,7 @@ class BodyLimit:
 def create_app(settings: WebSettings, backend: SearchBackend | None = None) -> Starlette:
     """The web app; ``backend`` defaults to a gRPC client of ``settings.search_target``."""
     backend = backend or SearchBackend(settings.search_target, settings.deadline_s)
-    store = ImageStore(settings.catalog_root)
+    store = ImageStore(settings.catalog_root, max_read_bytes=settings.max_upload_bytes)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(image_url=url_path, settings=settings, static_version=_static_version())
 

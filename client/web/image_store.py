@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
+from lenscope.client.inputs.image_files import read_image_file
+
 # suffix -> content type; the content type comes from here, never from sniffing the bytes.
 IMAGE_TYPES: dict[str, str] = {
     ".png": "image/png",
@@ -28,6 +30,8 @@ IMAGE_TYPES: dict[str, str] = {
     ".webp": "image/webp",
     ".gif": "image/gif",
     ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
 }
 
 
@@ -57,8 +61,9 @@ def _checked_relative(path: str) -> PurePosixPath:
 class ImageStore:
     """Looks up catalog images under ``root`` (the catalog file's directory)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_read_bytes: int = 20 * 1024 * 1024):
         self.root = Path(root).resolve(strict=True)
+        self.max_read_bytes = max_read_bytes  # `read` (search with this image): bounded like every image read
 
     def lookup(self, path: str) -> CatalogImage:
         rel = _checked_relative(path)
@@ -78,10 +83,10 @@ class ImageStore:
         return CatalogImage(path=real, media_type=IMAGE_TYPES[real.suffix.lower()], etag=f'"{tag}"', size=st.st_size)
 
     def read(self, path: str) -> bytes:
-        """The bytes of a catalog image (for "search with this image")."""
+        """The bytes of a catalog image (for "search with this image"), through the shared bounded reader."""
         image = self.lookup(path)
         try:
-            return image.path.read_bytes()
+            return read_image_file(image.path, max_bytes=self.max_read_bytes)
         except OSError as err:
             raise ImageNotFound(path) from err
 

@@ -20,11 +20,19 @@ from urllib.parse import urlencode
 from PIL import Image
 
 from lenscope.client.api import search_pb2
+from lenscope.client.core.modelspec import InputLimits, PreprocessConfig
+from lenscope.client.inputs.preprocess import ACCEPTED_FORMATS, ImageInputError, check_header
 from lenscope.client.web.backend import SearchFailure
 from lenscope.client.web.settings import MiB, WebSettings
 
-ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO"}
-ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF or BMP"
+# The formats the model server decodes (lenscope.client.inputs.preprocess.ACCEPTED_FORMATS; the JPEG
+# plugin also opens MPO), named for people.
+ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+# The page does not know the served model's spec: its header checks use the default limits and
+# preprocessing (a pre-check; the model server still applies its own).
+_HEADER_LIMITS = InputLimits()
+_HEADER_PREPROCESS = PreprocessConfig()
+_TOO_BIG = ("too_many_pixels", "decompression_bomb", "extreme_aspect_ratio")
 
 
 def _bad(message: str, code: str = "bad_request", status: int = 400, title: str = "Invalid search") -> SearchFailure:
@@ -114,20 +122,27 @@ def too_large(size: int, settings: WebSettings) -> SearchFailure:
 
 def check_upload(data: bytes, filename: str, settings: WebSettings, size: int | None = None) -> bytes:
     """The photo's bytes if they are a readable image within the size limit; else a SearchFailure.
-    ``size``: the upload's full size when ``data`` was read only up to just over the limit."""
+    ``size``: the upload's full size when ``data`` was read only up to just over the limit.
+
+    Dimensions, pixel count and aspect ratio are checked from the header (the model server's own
+    ``check_header``) before anything is decoded; ``verify`` then checks the structure without
+    decoding pixels."""
     if len(data) > settings.max_upload_bytes:
         raise too_large(max(len(data), size or 0), settings)
     name = filename or "The upload"
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
+        # the byte cap is the page's own (checked above), not the default model's
+        check_header(data, _HEADER_LIMITS.model_copy(update={"max_image_bytes": settings.max_upload_bytes}),
+                     _HEADER_PREPROCESS)
+    except ImageInputError as err:
+        if err.reason in _TOO_BIG:
+            raise _bad(f"{name!r} cannot be searched with: {err}.", err.reason, 413, "Photo too large") from None
+        raise _bad(f"{name!r} is not an image in an accepted format. Upload a {ACCEPTED_NAMES} photo.",
+                   "not_an_image", 415, "Not an image") from None
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
             img.verify()  # headers and checksums, without decoding every pixel
-    except Image.DecompressionBombError:
-        raise _bad(f"{name!r} has too many pixels to search with.", "too_many_pixels", 413, "Photo too large") from None
     except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image
         raise _bad(f"{name!r} is not an image. Upload a {ACCEPTED_NAMES} photo.", "not_an_image", 415,
                    "Not an image") from None
-    if fmt not in ACCEPTED_FORMATS:
-        raise _bad(f"{name!r} is a {fmt} image; upload a {ACCEPTED_NAMES} photo.", "unsupported_image", 415,
-                   "Unsupported image type")
     return data

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lenscope.client.catalog.reader import read_catalog
 from lenscope.client.catalog.rows import Catalog, CatalogRow
 from lenscope.client.core.modelspec import ModelSpec
+from lenscope.client.inputs.image_files import read_catalog_image
 from lenscope.client.inputs.preprocess import ImageInputError, preprocess_bytes
 from lenscope.export.training.config import TrainConfig, TrainError
 from lenscope.export.training.monitor import Progress
@@ -31,9 +32,11 @@ def load_view(catalog: Catalog, rows: Sequence[CatalogRow], column: str, spec: M
     s = spec.preprocess.image_size
     out = torch.empty((len(rows), 3, s, s), dtype=torch.float32)
     for i, row in enumerate(rows):
-        path = catalog.root / (getattr(row, column) or row.image)
+        rel = getattr(row, column) or row.image
+        path = catalog.root / rel
         try:
-            out[i] = torch.from_numpy(preprocess_bytes(path.read_bytes(), spec.preprocess, spec.limits))
+            data = read_catalog_image(catalog.root, rel, max_bytes=spec.limits.max_image_bytes, allow_outside=True)
+            out[i] = torch.from_numpy(preprocess_bytes(data, spec.preprocess, spec.limits))
         except (OSError, ImageInputError) as err:
             raise TrainError(f"{catalog.path}: product {row.product_id!r}: {column} {path}: {err}") from None
         tick()

@@ -38,8 +38,10 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from lenscope.client.api import search_pb2
-from lenscope.client.service.settings import MiB, ServiceSettings
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: also when run as a script
+from hostile_images import tall_png  # noqa: E402
+from lenscope.client.api import search_pb2  # noqa: E402
+from lenscope.client.service.settings import MiB, ServiceSettings  # noqa: E402
 
 Group = Literal["image", "text", "request"]
 HitsExpectation = Literal["some", "none", "any"]
@@ -343,6 +345,9 @@ def image_cases(rng: np.random.Generator) -> list[Case]:
              "resize makes it 1.92M x 64 px (~1.2 GB, ~1 s in Triton's python stub)", bad, "aspect",
              request=_img(_encode(Image.new("RGB", (30_000, 1), (10, 120, 200)), "PNG")),
 ),
+        Case("aspect_bomb_1x39M_png", "image", "76 KB PNG declaring 1 x 39,000,000 px: under the pixel cap, "
+             "decoding it cost 1.5-2.3 s of Triton CPU before the aspect check; now refused from its header",
+             bad, "refused before decoding", request=_img(tall_png(39_000_000))),
         Case("wide_30000x10_png", "image", "30000 x 10 PNG (extreme aspect ratio, 300 kpx)", "OK",
              request=_img(_encode(Image.new("RGB", (30000, 10), (10, 120, 200)), "PNG"))),
         Case("tall_10x30000_png", "image", "10 x 30000 PNG", "OK",

@@ -5,6 +5,7 @@ Talks HTTP/JSON with urllib on purpose: tritonclient belongs to lenscope.client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -216,7 +217,7 @@ def _line_reader(stream) -> "queue.Queue[str | None]":  # type: ignore[no-untype
     return lines
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_cli_serve_triton_stops_cleanly_on_signal(
     add_one_repository: Path, backend_cache: Path, signum: signal.Signals, tmp_path: Path
 ) -> None:
@@ -257,6 +258,100 @@ def test_cli_serve_triton_stops_cleanly_on_signal(
     with pytest.raises(ProcessLookupError):
         os.kill(server_pid, 0)
     assert "Started HTTPService" in (tmp_path / "triton.log").read_text()
+
+
+def test_ready_is_never_another_servers(add_one_repository: Path, backend_cache: Path, tmp_path: Path) -> None:
+    """A second server on the first one's ports fails to bind: it must fail, not borrow the first's "ready"."""
+    with start_server(add_one_repository, ready_timeout=READY_TIMEOUT, exit_timeout_secs=5,
+                      cache_dir=backend_cache) as first:
+        clash = TritonServer(dataclasses.replace(first.config), log_path=tmp_path / "clash.log",
+                             cache_dir=backend_cache).start()
+        try:
+            with pytest.raises(TritonServerError, match="before becoming ready"):
+                clash.wait_ready(READY_TIMEOUT)
+        finally:
+            clash.stop()
+        assert first.is_ready()
+
+
+def _reap(parent: subprocess.Popen, server_pid: int | None) -> None:
+    """Test cleanup whatever happened: the launching process and the server's whole process group."""
+    if parent.poll() is None:
+        parent.kill()
+        parent.wait()
+    if server_pid is not None:
+        try:
+            os.killpg(server_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)  # the server's process group: tritonserver and its python-backend stubs
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_kill_9_of_serve_triton_leaves_no_server_or_stub(
+    add_one_repository: Path, backend_cache: Path, tmp_path: Path
+) -> None:
+    http, grpc, metrics = free_ports(3)
+    cli = subprocess.Popen(
+        [sys.executable, "-c", "from lenscope.client.cli.serve import serve_app; serve_app()",
+         "triton", "--model-repository", str(add_one_repository), "--http-port", str(http),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--exit-timeout-secs", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, ti.CACHE_ENV: str(backend_cache)},
+    )
+    output: list[str] = []
+    server_pid = None
+    try:
+        lines = _line_reader(cli.stdout)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "tritonserver ready in" not in "".join(output):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "CLI exited before ready:\n" + "".join(output)
+            output.append(line)
+        server_pid = int("".join(output).split("tritonserver ready in")[1].split("(pid ")[1].split(",")[0])
+        stubs = subprocess.run(["pgrep", "-g", str(server_pid)], capture_output=True, text=True).stdout.split()
+        assert len(stubs) >= 2, stubs  # tritonserver + the add_one model's stub
+        cli.kill()  # SIGKILL: no handler runs, only the parent-death signal can stop the server
+        cli.wait()
+        assert _gone(server_pid, 60.0), "tritonserver or a stub outlived `serve triton` killed with SIGKILL"
+    finally:
+        _reap(cli, server_pid)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_dying_start_server_caller_takes_its_server_along(
+    add_one_repository: Path, backend_cache: Path, signum: signal.Signals
+) -> None:
+    """What `lenscope demo` (and the eval harness) do: start_server in the main thread; the process then
+    dies from a signal it does not handle, so no `finally` or atexit runs."""
+    script = ("import sys, time; from pathlib import Path; from lenscope.client.triton.server import start_server; "
+              "s = start_server(Path(sys.argv[1]), ready_timeout=60.0, exit_timeout_secs=5); "
+              "print('SERVER_PID', s.pid, flush=True); time.sleep(600)")
+    caller = subprocess.Popen([sys.executable, "-c", script, str(add_one_repository)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env={**os.environ, ti.CACHE_ENV: str(backend_cache)})
+    server_pid = None
+    try:
+        lines = _line_reader(caller.stdout)
+        deadline = time.monotonic() + READY_TIMEOUT + 10
+        while server_pid is None:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "the caller exited before its server was ready"
+            if line.startswith("SERVER_PID "):
+                server_pid = int(line.split()[1])
+        os.kill(caller.pid, signum)
+        caller.wait()
+        assert _gone(server_pid, 60.0), f"tritonserver outlived its caller killed by {signal.Signals(signum).name}"
+    finally:
+        _reap(caller, server_pid)
 
 
 # ---------------------------------------------------------------------------------------------

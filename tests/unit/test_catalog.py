@@ -207,6 +207,18 @@ def test_jsonl_bad_rows_are_all_reported_with_line_numbers(tmp_path: Path) -> No
     assert "control character (U+001B)" in msg
 
 
+@pytest.mark.parametrize("field,value,code,where", [
+    ("title", "\x1b]0;pwned\x07Red mug", "U+001B", "line 1: title:"),
+    ("color", "red\x9b2J", "U+009B", "line 1: attributes: attribute 'color'"),
+    ("title", "clear\x7f", "U+007F", "line 1: title:")])
+def test_c0_c1_and_del_are_refused_with_the_value_escaped(tmp_path: Path, field: str, value: str, code: str,
+                                                          where: str) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [row("p1", **{field: value})])
+    msg = str(pytest.raises(CatalogError, read_catalog, path).value)
+    assert where in msg and f"control character ({code})" in msg
+    assert not any(ch in msg for ch in "\x1b\x07\x9b\x7f")  # the message itself is safe to print
+
+
 def test_csv_bad_rows_use_file_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "c.csv"
     path.write_text("\n".join([

@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "index": {"core", "catalog", "inputs", "ranking", "vectors"},
     "search": {"core", "index", "inputs", "ranking", "triton", "vectors"},
     "service": {"api", "core", "ranking", "search"},
-    "web": {"api", "core", "search"},
+    "web": {"api", "core", "inputs", "search"},
     "eval": {"core", "catalog", "index", "inputs", "ranking", "search", "synth", "triton", "vectors"},
     "cli": {"api", "core", "catalog", "eval", "index", "inputs", "ranking", "search", "service", "synth", "triton",
             "vectors", "web"},

@@ -368,6 +368,55 @@ def test_shipped_fit_is_applied_only_where_it_is_bound(tmp_path: Path, catalog: 
         assert why in other.info["ranking"]["shipped_fit"]["reason"]
 
 
+class RecordingEmbedder(FakeEmbedder):
+    """Remembers every image byte string it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+
+    def embed_images(self, images: list[bytes]) -> list[FakeResult]:
+        self.sent += images
+        return super().embed_images(images)
+
+
+def test_hostile_image_paths_are_rejected_without_reading_them(tmp_path: Path) -> None:
+    root = tmp_path / "cat"
+    catalog, _ = make_catalog(root, n=8)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"IMG:p9999:catalog")  # would embed fine: only the path rule keeps it out
+    os.mkfifo(root / "img" / "fifo.png")
+    hostile = {
+        "p0100": ("/dev/zero", "image_outside_catalog"),
+        "p0101": (str(secret), "image_outside_catalog"),
+        "p0102": ("../secret.png", "image_outside_catalog"),
+        "p0103": ("img/fifo.png", "not_a_regular_file"),
+        "p0104": ("img", "not_a_regular_file"),
+    }
+    rows = [json.dumps(_row(100 + i, product_id=pid, image=image, photo=None)) for i, (pid, (image, _)) in enumerate(hostile.items())]
+    rows.append(json.dumps(_row(105, product_id="p0105", photo=None, title="\x1b]0;owned\x07\x1b[2JRed mug")))
+    catalog.write_text(catalog.read_text() + "\n".join(rows) + "\n")
+
+    embedder = RecordingEmbedder()
+    report = build(catalog, tmp_path / "idx", embedder)  # a FIFO or /dev/zero would hang here before
+    lines = {r["product_id"]: r for r in map(json.loads, report.rejects_path.read_text().splitlines())}
+    for pid, (image, reason) in hostile.items():
+        assert lines[pid]["reason"] == reason, lines[pid]
+        assert repr(image) in lines[pid]["message"] or image in lines[pid]["message"]
+    msg = lines["p0105"]["message"]
+    assert lines["p0105"]["reason"] == "invalid_row" and msg.startswith("title:") and "control character (U+001B)" in msg
+    assert "\\x1b]0;owned\\x07" in msg  # the value, shown escaped
+    assert "\x1b" not in report.rejects_path.read_text()  # escaped in the file too (JSON would write \u001b)
+    assert b"IMG:p9999:catalog" not in embedder.sent  # the outside file never reached the model server
+
+    # the user's explicit opt-in reads the outside file
+    opted = RecordingEmbedder()
+    report = build(catalog, tmp_path / "idx2", opted, allow_outside_images=True)
+    assert b"IMG:p9999:catalog" in opted.sent
+    lines = {r["product_id"]: r["reason"] for r in map(json.loads, report.rejects_path.read_text().splitlines())}
+    assert "p0101" not in lines and lines["p0100"] == "not_a_regular_file"
+
+
 def test_transient_errors_are_retried_not_rejected(tmp_path: Path, catalog: Path) -> None:
     flaky = frozenset({b"IMG:p0001:catalog", b"IMG:p0002:photo"})
     report = build(catalog, tmp_path / "a", FakeEmbedder(flaky=flaky), batch_size=4)
@@ -476,9 +525,10 @@ def test_cli_build_and_exit_codes(tmp_path: Path, catalog: Path, monkeypatch: py
     from typer.testing import CliRunner
 
     from lenscope.client.cli import index as index_cli
-    from lenscope.client.index.embedder import RetryPolicy
+    from lenscope.client.index import embedder as embedder_mod
 
-    monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt: 0.0)  # the CLI uses real backoff
+    # the CLI uses the real backoff: keep its attempts, drop its waits
+    monkeypatch.setattr(embedder_mod, "DEFAULT_RETRY", embedder_mod.RetryPolicy(attempts=6, base_delay_s=0, max_delay_s=0))
     app = typer.Typer()
     app.command("build")(index_cli.index_build_command)
     app.command("generate")(index_cli.catalog_generate_command)

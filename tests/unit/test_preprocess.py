@@ -296,3 +296,31 @@ def test_extreme_aspect_ratio_is_refused_before_the_resize_allocates() -> None:
     wide = _io.BytesIO()
     Image.new("RGB", (30_000, 10), (10, 120, 200)).save(wide, format="PNG")  # 192000 x 64: fine
     assert preprocess_bytes(wide.getvalue(), cfg, limits).shape == (3, 64, 64)
+
+
+def test_aspect_ratio_bomb_is_refused_from_its_header_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """76 KB declaring 1 x 39,000,000 px: under the 40 Mpx cap; decoding it cost 1.5-2.3 s of Triton CPU
+    before the resize check refused it. Now nothing is decoded: any load() fails this test."""
+    from hostile_images import tall_png
+
+    from lenscope.client.inputs.preprocess import check_header
+
+    data = tall_png(39_000_000)
+    assert len(data) < 100_000
+
+    def no_decode(self, *a, **kw):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    monkeypatch.setattr(Image.Image, "draft", no_decode)
+    monkeypatch.setattr(Image.Image, "convert", no_decode)
+    with pytest.raises(ImageInputError) as err:
+        preprocess_bytes(data, PreprocessConfig(), LIMITS)
+    assert err.value.reason == "extreme_aspect_ratio" and "header declares 1x39000000" in str(err.value)
+    with pytest.raises(ImageInputError, match="refused before decoding"):
+        check_header(data, LIMITS, PreprocessConfig())
+    # without the preprocessing config only the config-free checks run: the header is fine
+    assert check_header(data, LIMITS) == ("PNG", 1, 39_000_000)
+    with pytest.raises(ImageInputError) as err:
+        check_header(png_header_only(7_000, 7_000), LIMITS)
+    assert err.value.reason == "too_many_pixels"

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from PIL import Image
 from starlette.testclient import TestClient
 
+from hostile_images import tall_png
 from lenscope.client.api import search_pb2, search_pb2_grpc
 from lenscope.client.triton.ports import free_ports
 from lenscope.client.web import WebSettings, create_app
@@ -276,9 +277,26 @@ def test_not_an_image_is_415(client: TestClient, fake: FakeSearch) -> None:
 
 def test_unsupported_image_type_is_415(client: TestClient, fake: FakeSearch) -> None:
     buf = io.BytesIO()
-    Image.new("RGB", (4, 4)).save(buf, format="TIFF")
-    r = _post(client, files={"image": ("scan.tiff", buf.getvalue(), "image/tiff")})
-    assert r.status_code == 415 and "is a TIFF image" in r.text and not fake.requests
+    Image.new("RGB", (32, 32)).save(buf, format="ICO")  # decodable by Pillow, not an accepted format
+    r = _post(client, files={"image": ("icon.ico", buf.getvalue(), "image/x-icon")})
+    assert r.status_code == 415 and "not an image in an accepted format" in r.text and "TIFF" in r.text
+    assert not fake.requests
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "PNG", "WEBP", "GIF", "BMP"])
+def test_every_format_the_readme_names_is_accepted(client: TestClient, fake: FakeSearch, fmt: str) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format=fmt)
+    r = _post(client, files={"image": (f"photo.{fmt.lower()}", buf.getvalue(), "application/octet-stream")})
+    assert r.status_code == 200, r.text
+    assert fake.requests[-1].image == buf.getvalue()
+
+
+def test_aspect_ratio_bomb_is_refused_from_its_header(client: TestClient, fake: FakeSearch) -> None:
+    # 1 x 39,000,000 pixels in 76 KB: under the pixel cap, but the short-side resize would need 224 x 8.7e9
+    r = _post(client, files={"image": ("strip.png", tall_png(39_000_000), "image/png")})
+    assert r.status_code == 413 and 'data-code="extreme_aspect_ratio"' in r.text
+    assert "refused before decoding" in r.text and not fake.requests
 
 
 def test_too_large_upload_is_413(fake, fake_server, catalog_root: Path) -> None:

@@ -1,0 +1,85 @@
+"""`serve triton` and the launcher refuse what would give a false "ready", without starting Triton:
+taken ports (named), an empty model repository; and the parent-death signal is armed."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from lenscope.client.cli.serve import serve_app
+from lenscope.client.triton import server as ts
+from lenscope.client.triton.errors import TritonServerError
+from lenscope.client.triton.lifetime import with_parent_death_signal
+from lenscope.client.triton.ports import free_ports, taken_ports
+from lenscope.client.triton.server import TritonServer, TritonServerConfig
+
+
+def _repository(root: Path, *names: str) -> Path:
+    for name in names:
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+    return root
+
+
+def test_taken_ports_are_named() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        free = free_ports(1)[0]
+        assert taken_ports("127.0.0.1", {"grpc_port": taken, "http_port": free}) == [
+            f"--grpc-port {taken} on 127.0.0.1 (already in use)"]
+    assert taken_ports("127.0.0.1", {"grpc_port": taken}) == []
+
+
+def test_serve_triton_refuses_a_taken_port_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list = []
+    monkeypatch.setattr(ts.TritonServer, "start", lambda self: started.append(self))
+    repo = _repository(tmp_path / "repo", "embed_text")
+    http, metrics = free_ports(2)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        grpc = squatter.getsockname()[1]
+        res = CliRunner().invoke(serve_app, ["triton", "--model-repository", str(repo), "--http-port", str(http),
+                                             "--grpc-port", str(grpc), "--metrics-port", str(metrics)])
+    assert res.exit_code == 2, res.output
+    assert f"--grpc-port {grpc} on 127.0.0.1 (already in use)" in res.output
+    assert "tritonserver ready" not in res.output and not started and "Traceback" not in res.output
+
+
+def test_an_empty_repository_is_refused_not_served(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TritonServerError, match="holds no models"):
+        TritonServer(TritonServerConfig(tmp_path / "empty")).start()
+
+
+def test_expected_models_follow_the_control_mode(tmp_path: Path) -> None:
+    repo = _repository(tmp_path, "embed_image", "embed_text")
+    (tmp_path / "notes").mkdir()  # no config.pbtxt: not a model
+    assert TritonServerConfig(repo).expected_models() == ("embed_image", "embed_text")
+    assert TritonServerConfig(repo, model_control_mode="explicit", load_models=("*",)).expected_models() == (
+        "embed_image", "embed_text")
+    assert TritonServerConfig(repo, model_control_mode="explicit", load_models=("embed_text",)).expected_models() == (
+        "embed_text",)
+    assert TritonServerConfig(repo, model_control_mode="explicit").expected_models() is None
+
+
+def test_parent_death_signal_is_armed_from_the_main_thread_only() -> None:
+    import subprocess
+    import sys
+    import threading
+
+    wrapped = with_parent_death_signal([sys.executable, "-c", "print('child ran')"])
+    assert wrapped[:4] == [sys.executable, "-I", "-S", "-c"]
+    out = subprocess.run(wrapped, capture_output=True, text=True, check=True).stdout
+    assert out == "child ran\n"  # the trampoline execs the real command with its arguments
+    seen: list = []
+    worker = threading.Thread(target=lambda: seen.append(with_parent_death_signal(["x"])))
+    worker.start()
+    worker.join()
+    assert seen == [["x"]]
