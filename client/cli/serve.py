@@ -23,7 +23,7 @@ from lenscope.client.cli.paths import check_current_link, input_file
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.ports import taken_ports
-from lenscope.client.triton.server import TritonServer, TritonServerConfig
+from lenscope.client.triton.server import ADMIN_HEADER, TritonServer, TritonServerConfig
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -128,6 +128,13 @@ def triton(
     grpc_restricted_protocol: Optional[str] = typer.Option(
         None, help="Triton's '<protocols>:<header>=<value>', e.g. 'model-repository:admin-key=S'."
     ),
+    admin_key: Optional[str] = typer.Option(
+        None, envvar="LENSCOPE_TRITON_ADMIN_KEY", show_envvar=False,
+        help="Key for Triton's admin APIs (header lenscope-triton-admin-key); default: a random one nobody knows.",
+    ),
+    open_admin: bool = typer.Option(
+        False, "--open-admin", help="Leave Triton's admin APIs (load/unload, logging, trace, shared memory) open."
+    ),
     log_file: Optional[Path] = typer.Option(
         None, help="Also keep the server log here (default: a temporary file)."
     ),
@@ -148,6 +155,8 @@ def triton(
             model_control_mode=model_control_mode,  # type: ignore[arg-type]
             load_models=tuple(load_model or ()),
             grpc_restricted_protocol=grpc_restricted_protocol,
+            admin_key=admin_key,
+            open_admin=open_admin,
             extra_args=_grpc_tls_args(grpc_tls_cert, grpc_tls_key, grpc_tls_client_ca),
         )
     except ValueError as exc:
@@ -191,6 +200,10 @@ def triton(
         _echo(
             f"lenscope: tritonserver ready in {seconds:.1f}s (pid {server.pid}, log {server.log_path})\n"
             + "".join(f"lenscope:   {name:<8}{url}\n" for name, url in server.urls.items())
+            + ("lenscope:   admin APIs (load/unload, logging, trace, shared memory) are OPEN (--open-admin)\n"
+               if config.open_admin else
+               "lenscope:   admin APIs (load/unload, logging, trace, shared memory) need the header "
+               f"{ADMIN_HEADER}: {'your --admin-key' if admin_key else 'a random key (set --admin-key to use them)'}\n")
         )
         raise typer.Exit(_exit_code(server.wait()))
     finally:

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import os
 import re
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -46,6 +47,10 @@ _LOG_TAIL_LINES = 400
 _STARTED = {"http": re.compile(r"Started HTTPService at"), "grpc": re.compile(r"Started GRPCInferenceService at")}
 _BIND_FAILURE = re.compile(r"(address already in use|failed to (start|bind)|Socket '.*' already in use)", re.I)
 _RESTRICTED_PROTOCOL = re.compile(r"^[a-z-]+(,[a-z-]+)*:[^=\s]+=\S+$")
+_ADMIN_KEY = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+# The admin surface locked by default, and the header that unlocks it (Triton's restricted-API syntax).
+ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory")
+ADMIN_HEADER = "lenscope-triton-admin-key"
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,12 +79,24 @@ class TritonServerConfig:
     model_control_mode: ModelControlMode = "none"
     # Only with model_control_mode="explicit": models loaded at startup ("*" for all).
     load_models: tuple[str, ...] = ()
-    # e.g. "model-repository,shared-memory:lenscope-admin-key=SECRET" (Triton's syntax).
+    # e.g. "model-repository,shared-memory:lenscope-admin-key=SECRET" (Triton's syntax). When given, it
+    # replaces the default gRPC admin lock below (the caller chose which protocols need which key).
     grpc_restricted_protocol: str | None = None
+    # Triton's admin APIs (model load/unload, logging, trace settings, shared-memory registration) answer
+    # only requests carrying the header ADMIN_HEADER=<admin_key>, over gRPC and HTTP. A fresh random key
+    # per server unless one is given, so by default nobody can use them; open_admin=True turns the lock
+    # off (documented opt-out for a trusted network). Inference, health, metadata, model config and
+    # statistics stay open: the search service and perf_analyzer need no key.
+    admin_key: str | None = None
+    open_admin: bool = False
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_repository", Path(self.model_repository))
+        if self.admin_key is None and not self.open_admin:
+            object.__setattr__(self, "admin_key", secrets.token_urlsafe(24))
+        if self.admin_key is not None and not _ADMIN_KEY.match(self.admin_key):
+            raise ValueError("admin_key: 8-128 characters of letters, digits, '-', '_', '.' (it travels as a header)")
         object.__setattr__(self, "load_models", tuple(self.load_models))
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
         if not self.model_repository.is_dir():
@@ -144,8 +161,13 @@ class TritonServerConfig:
         if cache_directory is not None:
             args.append(f"--cache-directory={cache_directory}")
         args += [f"--load-model={name}" for name in self.load_models]
+        lock = None if self.open_admin else f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
         if self.grpc_restricted_protocol is not None:
             args.append(f"--grpc-restricted-protocol={self.grpc_restricted_protocol}")
+        elif lock is not None:
+            args.append(f"--grpc-restricted-protocol={lock}")
+        if lock is not None:
+            args.append(f"--http-restricted-api={lock}")
         args += self.extra_args
         return args
 
@@ -197,6 +219,13 @@ class TritonServer:
         self._started_services: set[str] = set()
 
     # -- properties ---------------------------------------------------------------------------
+
+    def admin_headers(self, transport: Literal["grpc", "http"] = "grpc") -> dict[str, str]:
+        """The header that unlocks Triton's admin APIs on this server ({} when they are open). Over gRPC
+        Triton expects the header name with its ``triton-grpc-protocol-`` prefix."""
+        if self.config.open_admin:
+            return {}
+        return {(f"triton-grpc-protocol-{ADMIN_HEADER}" if transport == "grpc" else ADMIN_HEADER): str(self.config.admin_key)}
 
     @property
     def grpc_url(self) -> str:

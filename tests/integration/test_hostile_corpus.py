@@ -111,7 +111,7 @@ def _healthy(channel: grpc.Channel, triton, engine) -> None:
     import tritonclient.grpc as tc  # only to list model states; the product keeps it in client/triton/client.py
 
     with tc.InferenceServerClient(triton.grpc_url) as admin:
-        states = {m.name: m.state for m in admin.get_model_repository_index().models}
+        states = {m.name: m.state for m in admin.get_model_repository_index(headers=triton.admin_headers()).models}
     assert states and set(states.values()) == {"READY"}, states
     resp = search_pb2_grpc.SearchServiceStub(channel).Search(
         search_pb2.SearchRequest(text=corpus.NORMAL_TEXT, top_k=5), timeout=30)

@@ -355,6 +355,31 @@ def test_search_path_works_without_the_key(locked_triton: TritonServer, index_ro
         engine.close()
 
 
+def test_admin_apis_are_locked_by_default(triton: TritonServer) -> None:
+    """A server started with no lock options (the shared fixture) answers its admin APIs, over HTTP and
+    gRPC, only with the per-server key; inference statistics and health stay open."""
+    import urllib.error
+    import urllib.request
+
+    def http_logging(headers: dict[str, str]) -> int:
+        req = urllib.request.Request(f"{triton.http_url}/v2/logging", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    key = triton.admin_headers()
+    assert key, "the default server must carry an admin lock"
+    assert http_logging({}) >= 400 and http_logging({"lenscope-triton-admin-key": "guess-guess"}) >= 400
+    assert http_logging(triton.admin_headers("http")) == 200
+    with tritongrpc.InferenceServerClient(triton.grpc_url) as client:
+        _is_refused(lambda: client.get_log_settings())
+        _is_refused(lambda: client.get_model_repository_index())
+        assert client.get_log_settings(headers=key) is not None
+        assert client.is_server_ready() and client.get_inference_statistics().model_stats is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # Error details must not map the internal network for the caller
 # --------------------------------------------------------------------------------------------------

@@ -83,3 +83,27 @@ def test_parent_death_signal_is_armed_from_the_main_thread_only() -> None:
     worker.start()
     worker.join()
     assert seen == [["x"]]
+
+
+def _flags(cfg: TritonServerConfig) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in cfg.arguments(Path("/b")) if a.startswith("--") and "restricted" in a)
+
+
+def test_admin_apis_are_locked_by_default_with_a_fresh_key(tmp_path: Path) -> None:
+    repo = _repository(tmp_path / "r", "m")
+    ports = dict(http_port=8000, grpc_port=8001, metrics_port=8002)
+    a, b = TritonServerConfig(model_repository=repo, **ports), TritonServerConfig(model_repository=repo, **ports)
+    assert a.admin_key and b.admin_key and a.admin_key != b.admin_key  # nobody can guess it
+    lock = f"model-repository,logging,trace,shared-memory:{ts.ADMIN_HEADER}={a.admin_key}"
+    assert _flags(a) == {"grpc-restricted-protocol": lock, "http-restricted-api": lock}
+    assert TritonServer(a).admin_headers("http") == {ts.ADMIN_HEADER: a.admin_key}
+    assert TritonServer(a).admin_headers() == {f"triton-grpc-protocol-{ts.ADMIN_HEADER}": a.admin_key}
+    assert "inference" not in lock and "health" not in lock and "statistics" not in lock  # search + perf stay open
+    given = TritonServerConfig(model_repository=repo, admin_key="op-key-123", **ports)
+    assert _flags(given)["http-restricted-api"].endswith("=op-key-123")
+    opened = TritonServerConfig(model_repository=repo, open_admin=True, **ports)
+    assert _flags(opened) == {} and TritonServer(opened).admin_headers() == {}
+    with pytest.raises(ValueError, match="admin_key"):
+        TritonServerConfig(model_repository=repo, admin_key="short", **ports)
+    own = TritonServerConfig(model_repository=repo, grpc_restricted_protocol="trace:k=v", **ports)
+    assert _flags(own)["grpc-restricted-protocol"] == "trace:k=v"  # the caller's gRPC lock replaces ours
