@@ -6,16 +6,18 @@ from different pairs are therefore not comparable, and fusing them directly lets
 widest scale dominate. Each pair gets its own monotone map fitted on labelled (score, relevant) data,
 so every signal reaches the re-ranker as P(relevant | score) on one [0, 1] scale.
 
-Two methods:
-- ``platt``: logistic regression on the score (Platt 1999) with Platt's smoothed targets and a small
-  L2 on the standardised slope, fitted by damped Newton steps. Strictly increasing, so it never
-  reorders candidates within a signal; the default.
-- ``isotonic``: pool-adjacent-violators with linear interpolation between knots. Non-parametric,
-  needs more data, and flattens order inside a plateau.
+Two methods, both fitted with scikit-learn:
+- ``platt``: logistic regression on the score (Platt 1999, ``LogisticRegression``) with Platt's
+  smoothed targets (as sample weights) and a small L2 on the standardised slope. Strictly
+  increasing, so it never reorders candidates within a signal; the default.
+- ``isotonic``: ``IsotonicRegression`` (pool-adjacent-violators), stored as knots and applied with
+  linear interpolation between them. Non-parametric, needs more data, and flattens order inside a
+  plateau.
 
-Everything here is pure except ``save_calibration`` / ``load_calibration``. Slightly over 400 lines
-because the two hand-written fits live here; they are due to be replaced by scikit-learn's
-``LogisticRegression`` / ``IsotonicRegression`` (the real-catalog ranking issue), which shrinks it.
+Only the fitted numbers are stored (slope/intercept or knots), so the file format is plain JSON and
+applying a calibration needs numpy alone
+(scikit-learn is imported only when fitting, so a search process never loads it). Everything here is pure except ``save_calibration`` /
+``load_calibration``.
 """
 
 from __future__ import annotations
@@ -61,11 +63,6 @@ def sigmoid(z: np.ndarray | float) -> np.ndarray:
     return out
 
 
-def _log_loss(z: np.ndarray, t: np.ndarray) -> float:
-    # -[t log s(z) + (1-t) log(1-s(z))] = softplus(z) - t z, computed stably.
-    return float(np.mean(np.logaddexp(0.0, z) - t * z))
-
-
 def fit_logistic(
     x: np.ndarray,
     targets: np.ndarray,
@@ -74,48 +71,32 @@ def fit_logistic(
     max_iter: int = 100,
     tol: float = 1e-10,
 ) -> tuple[np.ndarray, float]:
-    """Minimise mean log-loss + l2/2 * ||w||^2 over (w, b) by damped Newton (IRLS); b unpenalised.
+    """Minimise mean log-loss + l2/2 * ||w||^2 over (w, b), b unpenalised, with scikit-learn.
 
-    ``targets`` may be soft (in [0, 1]), which is how Platt smoothing enters. Returns (w, b).
-    Newton with backtracking converges in a handful of steps on these small, convex problems, so no
-    solver dependency is needed.
+    ``targets`` may be soft (in [0, 1]), which is how Platt smoothing enters: each row is given to
+    ``LogisticRegression`` twice, as label 1 with sample weight t and as label 0 with weight 1 - t,
+    which is exactly the soft-target log-loss. sklearn minimises 1/2 ||w||^2 + C * sum(weighted
+    loss), so C = 1 / (l2 * n) gives the same optimum (C = inf: unpenalised). The Newton-Cholesky
+    solver is exact Newton, as suited to these small, dense, convex problems. With no feature
+    column the optimum is closed-form: b = logit(mean target). Returns (w, b).
     """
+    from sklearn.linear_model import LogisticRegression  # lazy: serving applies fits, it never fits
+
     x = np.asarray(x, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64)
     n, d = x.shape
-    xb = np.hstack([x, np.ones((n, 1))])
-    pen = np.r_[np.full(d, l2), 0.0]
-    theta = np.zeros(d + 1)
-    base = np.clip(t.mean(), 1e-6, 1 - 1e-6)
-    theta[-1] = math.log(base / (1 - base))
-
-    def objective(th: np.ndarray) -> float:
-        return _log_loss(xb @ th, t) + 0.5 * float(np.sum(pen * th * th))
-
-    obj = objective(theta)
-    for _ in range(max_iter):
-        p = sigmoid(xb @ theta)
-        grad = xb.T @ (p - t) / n + pen * theta
-        wgt = p * (1 - p)
-        hess = (xb * wgt[:, None]).T @ xb / n + np.diag(pen) + 1e-12 * np.eye(d + 1)
-        try:
-            step = np.linalg.solve(hess, grad)
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(hess, grad, rcond=None)[0]
-        decrement = float(grad @ step)
-        if decrement / 2 <= tol:
-            break
-        size = 1.0
-        while size > 1e-8:
-            cand = theta - size * step
-            cand_obj = objective(cand)
-            if cand_obj <= obj - 1e-4 * size * decrement:
-                break
-            size *= 0.5
-        else:
-            break
-        theta, obj = cand, cand_obj
-    return theta[:-1].copy(), float(theta[-1])
+    if d == 0:
+        base = float(np.clip(t.mean(), 1e-12, 1 - 1e-12))
+        return np.zeros(0), math.log(base / (1 - base))
+    xx = np.vstack([x, x])
+    yy = np.r_[np.ones(n), np.zeros(n)]
+    sw = np.r_[t, 1.0 - t]
+    keep = sw > 0  # a hard target contributes one row only
+    model = LogisticRegression(
+        C=np.inf if l2 <= 0 else 1.0 / (l2 * n), l1_ratio=0.0, solver="newton-cholesky", tol=tol, max_iter=max_iter
+    )
+    model.fit(xx[keep], yy[keep], sample_weight=sw[keep])
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,50 +273,23 @@ def fit_platt(scores: np.ndarray, labels: np.ndarray, *, l2: float = 1e-4) -> Pl
     return PlattParams(slope=slope, intercept=b - slope * mu)
 
 
-def _pav(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pool adjacent violators: weighted least-squares non-decreasing fit; returns (block fit, block sizes)."""
-    vals: list[float] = []
-    wts: list[float] = []
-    sizes: list[int] = []
-    for v, w in zip(values.tolist(), weights.tolist()):
-        vals.append(v)
-        wts.append(w)
-        sizes.append(1)
-        while len(vals) > 1 and vals[-2] > vals[-1]:
-            v2, w2, n2 = vals.pop(), wts.pop(), sizes.pop()
-            tot = wts[-1] + w2
-            vals[-1] = (vals[-1] * wts[-1] + v2 * w2) / tot
-            wts[-1] = tot
-            sizes[-1] += n2
-    return np.asarray(vals), np.asarray(sizes)
-
-
 def fit_isotonic(scores: np.ndarray, labels: np.ndarray) -> IsotonicParams:
-    """Isotonic regression of the label on the score; knots at each block's first and last score.
+    """Isotonic regression of the label on the score (scikit-learn's ``IsotonicRegression``).
 
-    Tied scores are merged first (one point, weighted by count), so knots_x is strictly increasing.
-    Between blocks the map interpolates linearly instead of jumping, which keeps some ordering
-    between plateaus; outside the fitted range it is constant.
+    sklearn merges tied scores (one point, weighted by count) and keeps each constant block's first
+    and last score as knots, so knots_x is strictly increasing. Between blocks the map interpolates
+    linearly instead of jumping, which keeps some ordering between plateaus; outside the fitted
+    range it is constant (``out_of_bounds="clip"``). The knots are stored, not the sklearn object,
+    so a saved file is plain JSON and applies with ``np.interp``.
     """
+    from sklearn.isotonic import IsotonicRegression  # lazy, as in fit_logistic
+
     s, y = _check_xy(scores, labels, "fit_isotonic")
-    order = np.argsort(s, kind="stable")
-    xs, ys = s[order], y[order]
-    ux, start, counts = np.unique(xs, return_index=True, return_counts=True)
-    means = np.add.reduceat(ys, start) / counts
-    fit, sizes = _pav(means, counts.astype(np.float64))
-    kx: list[float] = []
-    ky: list[float] = []
-    pos = 0
-    for value, size in zip(fit.tolist(), sizes.tolist()):
-        lo, hi = float(ux[pos]), float(ux[pos + size - 1])
-        kx.append(lo)
-        ky.append(value)
-        if hi > lo:
-            kx.append(hi)
-            ky.append(value)
-        pos += size
-    ky_arr = np.clip(np.maximum.accumulate(np.asarray(ky)), 0.0, 1.0)
-    return IsotonicParams(knots_x=tuple(kx), knots_y=tuple(ky_arr.tolist()))
+    iso = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y)
+    kx = np.asarray(iso.X_thresholds_, dtype=np.float64)
+    # PAV output is non-decreasing; accumulate/clip only guard the validator against float noise.
+    ky = np.clip(np.maximum.accumulate(np.asarray(iso.y_thresholds_, dtype=np.float64)), 0.0, 1.0)
+    return IsotonicParams(knots_x=tuple(kx.tolist()), knots_y=tuple(ky.tolist()))
 
 
 def fit_pair(

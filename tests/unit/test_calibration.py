@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from lenscope.client.ranking.calibration import (
     PlattParams,
     fit_calibration_set,
     fit_isotonic,
+    fit_logistic,
     fit_pair,
     fit_platt,
     gap_report,
@@ -113,6 +115,41 @@ def test_isotonic_merges_tied_scores():
     iso = fit_isotonic(scores, labels)
     assert iso.knots_x == (0.2, 0.7)
     assert iso.knots_y == pytest.approx((1 / 3, 1.0))
+
+
+def test_fit_logistic_soft_targets_reach_the_penalised_optimum():
+    # The objective is mean soft-target log-loss + l2/2 ||w||^2 (b unpenalised): its gradient must
+    # vanish at the returned (w, b), whatever solver produced it.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2_000, 2))
+    t = sigmoid(x @ np.array([1.5, -0.7]) + 0.3) * 0.9 + 0.05  # soft targets in (0.05, 0.95)
+    for l2 in (0.0, 1e-2):
+        w, b = fit_logistic(x, t, l2)
+        p = sigmoid(x @ w + b)
+        np.testing.assert_allclose(x.T @ (p - t) / len(t) + l2 * w, 0.0, atol=1e-8)
+        assert np.mean(p - t) == pytest.approx(0.0, abs=1e-8)
+    w0, _ = fit_logistic(x, t, 0.0)
+    w1, _ = fit_logistic(x, t, 1e-2)
+    assert np.linalg.norm(w1) < np.linalg.norm(w0)  # the penalty shrinks the weights
+
+
+def test_fit_logistic_without_features_is_the_base_rate():
+    t = np.array([1.0, 0.0, 0.0, 0.25])
+    w, b = fit_logistic(np.zeros((4, 0)), t, 0.0)
+    assert w.shape == (0,)
+    assert sigmoid(b) == pytest.approx(t.mean(), abs=1e-12)
+
+
+def test_shipped_calibration_file_loads_and_applies_its_stored_numbers():
+    # Files written before the scikit-learn fitters (same schema) must load and evaluate unchanged.
+    path = Path(__file__).resolve().parents[2] / "export" / "weights" / "lenscope-tiny.calibration.json"
+    raw = json.loads(path.read_text())
+    cs = load_calibration(path)
+    assert json.loads(cs.model_dump_json()) == raw
+    for pair, cal in raw["pairs"].items():
+        prm = cal["params"]
+        assert prm["method"] == "platt"
+        np.testing.assert_array_equal(cs.apply(pair, GRID), sigmoid(prm["slope"] * GRID + prm["intercept"]))
 
 
 def test_gap_report_equals_hand_computed():
