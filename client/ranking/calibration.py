@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lenscope.client.core.durable_files import atomic_write_text, read_json_object
+from lenscope.client.core.validation import validation_report
 
 SCHEMA_VERSION = 1
 
@@ -358,8 +359,4 @@ def parse_calibration(data: Mapping[str, object], source: str = "calibration") -
     try:
         return CalibrationSet.model_validate(data)
     except ValidationError as err:
-        lines = [f"invalid {source}:"]
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  - {loc}: {e['msg']}")
-        raise CalibrationError("\n".join(lines)) from None
+        raise CalibrationError(validation_report(err, source)) from None

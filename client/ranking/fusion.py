@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lenscope.client.core.durable_files import atomic_write_text, read_json_object
+from lenscope.client.core.validation import validation_report
 from lenscope.client.ranking.calibration import fit_logistic, sigmoid
 
 SCHEMA_VERSION = 1
@@ -75,11 +76,7 @@ def parse_weights(data: Mapping[str, object], source: str = "<dict>") -> FusionW
     try:
         return FusionWeights.model_validate(data)
     except ValidationError as err:
-        lines = [f"invalid fusion weights {source}:"]
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  - {loc}: {e['msg']}")
-        raise WeightsError("\n".join(lines)) from None
+        raise WeightsError(validation_report(err, f"fusion weights {source}")) from None
 
 
 def load_weights(path: str | Path) -> FusionWeights:
