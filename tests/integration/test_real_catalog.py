@@ -117,8 +117,12 @@ def test_shipped_model_build_reports_its_decision(shipped: tuple[dict, dict]) ->
 # cosine, chosen on 2 held-out pseudo-queries (< 10, so fused is not published); visual R@10 0.60 /
 # nDCG@10 0.345 vs text_image 0.70 / 0.260, text_title 0.65 / 0.213, image_title 0.40 / 0.117,
 # random 0.25 / 0.11. The served ranking has the best nDCG@10 but loses 2 of 20 queries on R@10 to
-# text_image. The catalog's pseudo-queries pair a photo only with its own product's values, so the
-# self-check never sees "photo + another variant's colour" (issue 14, point 4), the queries lost here.
+# text_image. The queries lost are "photo + another variant's colour": the red cap's main image is
+# at visual rank 22-24 for the black and gray cap photos (+ "red"), the black hoodie at 19 for the red
+# hoodie photo (+ "black"); text_image ignores the photo and ranks the red cap 9th, the black hoodie
+# 5th. The held-out evidence had fused ahead (nDCG@10 0.949 vs visual 0.942) on 2 queries, too few to
+# publish it; the pseudo-queries pair a photo only with its own product's values, so the self-check
+# never sees a composing query (issue 14, point 4).
 SHIPPED_PHOTO_TEXT = pytest.mark.xfail(strict=True, reason=(
     "real-products, shipped model, image+text: served (raw visual, picked on 2 held-out pseudo-queries) "
     "R@10 0.60 < text_image R@10 0.70; nDCG@10 served 0.345 vs text_image 0.260. The self-check's "
