@@ -331,3 +331,23 @@ def test_unavailable_backend_shows_a_message(browser, catalog: Path, shots: Path
         assert "is UNAVAILABLE" in (tmp_path / "web.log").read_text()  # the CLI warned at startup
     finally:
         _stop(proc)
+
+
+def test_phone_viewport_shows_the_first_product_above_the_fold(browser, web: str, rows, shots: Path) -> None:
+    """On a 390x844 phone screen a search's first product card starts within the first screenful."""
+    product = _unique_product(rows)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=web, is_mobile=True,
+                                  device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto("/")
+        page.fill("#q", product.title)
+        assert _searched(page, lambda: page.press("#q", "Enter")) == "ok"
+        page.evaluate("window.scrollTo(0, 0)")
+        box = page.locator("#grid .card").first.bounding_box()
+        _shoot(page, shots, "07-phone-390x844")
+        assert box is not None and box["y"] < 844, f"first card starts at y={box and box['y']:.0f} px (fold at 844)"
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
+    finally:
+        context.close()
