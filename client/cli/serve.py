@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -92,6 +93,18 @@ def published_index(index_root: Path) -> str:
         fail(f"--index-root {index_root} holds no published index (no '{CURRENT_LINK}' link)",
              hint=f"build one with 'lenscope index build --catalog CATALOG --index-root {index_root}'")
     return version
+
+
+def _wait_interruptibly(server: TritonServer) -> int:
+    """Wait for tritonserver to exit in short slices. A signal sent to this process may be delivered to
+    any of its threads (the log pump, say); a main thread blocked in one long waitpid() is then never
+    interrupted and the Python handler never runs, so the server is never asked to stop. Short waits
+    return to the interpreter, which runs the pending handler."""
+    while True:
+        try:
+            return server.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _grpc_tls_args(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path]) -> tuple[str, ...]:
@@ -193,7 +206,7 @@ def triton(
             seconds = server.wait_ready(ready_timeout)
         except TritonServerError as exc:
             if stopping.is_set():
-                raise typer.Exit(_exit_code(server.wait())) from exc
+                raise typer.Exit(_exit_code(_wait_interruptibly(server))) from exc
             echo_plain(f"lenscope: {exc}\n")
             code = server.stop()
             raise typer.Exit(_exit_code(code) or 1) from exc
@@ -205,7 +218,7 @@ def triton(
                "lenscope:   admin APIs (load/unload, logging, trace, shared memory) need the header "
                f"{ADMIN_HEADER}: {'your --admin-key' if admin_key else 'a random key (set --admin-key to use them)'}\n")
         )
-        raise typer.Exit(_exit_code(server.wait()))
+        raise typer.Exit(_exit_code(_wait_interruptibly(server)))
     finally:
         if server.is_running():  # an unexpected error in this function: do not orphan the server
             server.stop()
