@@ -19,6 +19,7 @@ from lenscope.client.ranking.calibration import CalibrationSet, load_calibration
 from lenscope.client.ranking.fusion import FusionWeights, load_weights, parse_weights, save_weights
 from lenscope.client.ranking.fusion_fit import FittedFusion, fit_fusion, weights_without
 from lenscope.client.ranking.metrics import Threshold
+from lenscope.client.ranking.policy import FitBinding, binding_mismatch
 from lenscope.client.ranking.pools import CandidatePool
 
 
@@ -52,9 +53,31 @@ def fit_on_split(stack: LiveStack, qset: QuerySet, split: str, *, max_per_type: 
     return fitted, pools
 
 
+def shipped_fit_applies(manifest: Any, engine: Any) -> tuple[bool, str]:
+    """Whether serving applies the model's shipped fit to this index, by the same rule as the index
+    build (``ranking.policy.binding_mismatch``: bound to this model AND this catalog), and why."""
+    fit = manifest.ranking_fit
+    if fit is None:
+        return False, "the model ships no fit"
+    policy = getattr(engine, "policy", None)
+    fingerprint = policy.binding.catalog_fingerprint if policy is not None and policy.binding is not None else None
+    if fingerprint is None:
+        return False, "the index records no catalog fingerprint to check the shipped fit's binding against"
+    binding = (FitBinding(model_hash=fit.model_hash, catalog_fingerprint=fit.catalog_fingerprint)
+               if fit.model_hash and fit.catalog_fingerprint else None)
+    why = binding_mismatch(binding, manifest.model_hash, fingerprint)
+    return (True, f"bound to this model and catalog ({fit.source})") if why is None else (False, why)
+
+
 def resolve_ranking(config: EvalConfig, stack: LiveStack, qset: QuerySet, engine: Any) -> RankingSetup:
     manifest = stack.manifest
-    shipped = manifest.ranking_fit if config.use_shipped else None
+    shipped = None
+    if config.use_shipped and manifest.ranking_fit is not None:
+        applies, why = shipped_fit_applies(manifest, engine)
+        if applies:
+            shipped = manifest.ranking_fit
+        else:
+            stack.log(f"the model's shipped fit is not applied, as serving would not apply it: {why}")
     cal_file, fus_file = config.calibration, config.fusion
     fitted = None
     fit_s = None

@@ -24,11 +24,14 @@ exact re-score -> calibrate -> fuse). Two things are test scaffolding and say so
   ``raw_sum``          every similarity signal of the query, raw cosines, equal weights.
   ``calibrated``       the same signals calibrated (per modality pair), equal weights.
   ``fused_no_heads``   the fitted fusion with the attribute signal at weight 0 (heads off).
-  ``fused``            the fitted fusion: what production serves (heads on).
+  ``fused``            the fitted fusion (heads on), for every query type.
+  ``served``           the engine as the index build left it: what ``lenscope serve`` answers (the
+                       bundle's calibration and weights, and per query type the build's decision:
+                       fused, or its best raw signal where fused did not beat it held out).
 
-Calibration and fusion weights come from (first that applies): files given by the caller; the files
-shipped next to the model's checkpoint (``<stem>.calibration.json`` / ``<stem>.fusion.json``,
-matched by checkpoint sha256); a fit on the labelled queries of another split (``fit_split``,
+Calibration and fusion weights come from (first that applies): files given by the caller; the fit
+shipped with the model (``<stem>.calibration.json`` / ``<stem>.fusion.json``), only where its
+binding (``<stem>.binding.json``) names this model and the indexed catalog, as serving does; a fit on the labelled queries of another split (``fit_split``,
 default ``val``) through the same live stack (``fusion_fit``); the index bundle's own
 (catalog-fitted calibration, default weights). The report names which one was used.
 
@@ -109,7 +112,9 @@ def evaluate(config: EvalConfig, log: Log = print) -> dict[str, Any]:
                              "raw_sum": "all similarity signals of the query, raw cosines, equal weights",
                              "calibrated": "the same signals calibrated per modality pair, equal weights",
                              "fused_no_heads": "fitted fusion weights with the attribute signal at 0 (heads off)",
-                             "fused": "fitted fusion weights (production; heads on)"},
+                             "fused": "fitted fusion weights (heads on), every query type",
+                             "served": "what serving ranks: the index bundle's calibration, weights and per-type "
+                                       "decision (fused or its best raw signal, the do-no-harm rule)"},
             },
             "ranking": {"calibration_source": setup.calibration_source, "weights_source": setup.weights_source,
                         "weights": setup.weights.model_dump(), "weights_no_heads": setup.weights_no_heads.model_dump(),
