@@ -65,6 +65,15 @@ from lenscope.client.eval.tables import attribute_report, headline, metric_table
 from lenscope.client.ranking.modality_gap import gap_samples, gap_table
 
 
+def served_policy(engine: Any) -> dict[str, Any]:
+    """What the ``served`` variant ranks each query type by: the index build's decisions."""
+    policy = getattr(engine, "policy", None)
+    if policy is None:
+        return {"source": "legacy", "decisions": {}}
+    return {"source": policy.source, "decisions": {
+        t: {"ranked_by": d.ranked_by, "rule": d.rule, "reason": d.reason} for t, d in policy.decisions.items()}}
+
+
 def evaluate(config: EvalConfig, log: Log = print) -> dict[str, Any]:
     """Run the harness and return the report dict (``write_report`` renders it)."""
     t_start = time.perf_counter()
@@ -118,7 +127,8 @@ def evaluate(config: EvalConfig, log: Log = print) -> dict[str, Any]:
             },
             "ranking": {"calibration_source": setup.calibration_source, "weights_source": setup.weights_source,
                         "weights": setup.weights.model_dump(), "weights_no_heads": setup.weights_no_heads.model_dump(),
-                        "fit": setup.fitted.summary() if setup.fitted else None, "fit_seconds": setup.fit_seconds},
+                        "fit": setup.fitted.summary() if setup.fitted else None, "fit_seconds": setup.fit_seconds,
+                        "served": served_policy(ix.engine)},
             "metrics": table,
             "headline": headline(table),
             "recall_curves": {"ks": list(CURVE_KS), "types": curves},
