@@ -144,6 +144,25 @@ def test_triton_ports_probes_and_flags(overlays, overlay, known):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_admin_apis_are_locked_with_a_key_from_a_secret(overlays, overlay):
+    """Like `lenscope serve triton`: model load/unload, logging, trace and shared memory answer only
+    requests with the admin header, over gRPC and HTTP; the key is a Secret's, never in the manifest."""
+    from lenscope.client.triton.server import ADMIN_APIS, ADMIN_HEADER
+
+    c = container(overlays[overlay], "triton", "triton")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        apis, _, rest = flag_value(c["args"], flag).partition(":")
+        header, _, value = rest.partition("=")
+        assert set(apis.split(",")) == set(ADMIN_APIS) and header == ADMIN_HEADER, flag
+        var = re.fullmatch(r"\$\((\w+)\)", value)
+        assert var, f"{flag}: the key must be a $(VAR) reference, not a literal"
+        ref = env[var.group(1)]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] and ref["key"] and not ref.get("optional"), "a missing Secret must stop the pod"
+    assert not [o for o in overlays[overlay] if o["kind"] == "Secret"], "no Secret is committed"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_triton_drains_before_it_is_killed(overlays, overlay):
     """preStop sleep (endpoint removal propagates) + --exit-timeout-secs (in-flight requests finish)
     must fit inside terminationGracePeriodSeconds, with margin for the process to exit."""
