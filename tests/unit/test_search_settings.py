@@ -92,3 +92,29 @@ def test_triton_address_forms(url: str, target: str) -> None:
 def test_triton_address_lists_of_names_are_refused(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         grpc_target(url)
+
+
+def test_the_triton_channel_is_replaced_after_its_maximum_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past max_connection_age_s a new channel (a fresh name resolution: new pods join) replaces the
+    live one; the replaced one is closed only at the next replacement, so calls on it can finish."""
+    from lenscope.client.triton import client as triton_client
+
+    clock = [1000.0]
+    monkeypatch.setattr(triton_client.time, "monotonic", lambda: clock[0])
+    closed: list[object] = []
+    embedder = triton_client.TritonEmbedder(triton_client.ClientConfig(url="127.0.0.1:1,127.0.0.1:2",
+                                                                       max_connection_age_s=60))
+    try:
+        first = embedder._client
+        assert embedder._client is first
+        for c in (first,):
+            monkeypatch.setattr(c, "close", lambda c=c: closed.append(c))
+        clock[0] += 61
+        second = embedder._client
+        assert second is not first and closed == []  # the old one still finishes its calls
+        monkeypatch.setattr(second, "close", lambda: closed.append(second))
+        clock[0] += 61
+        third = embedder._client
+        assert third is not second and closed == [first]
+    finally:
+        embedder.close()
