@@ -6,7 +6,7 @@ every single similarity signal on its raw cosine. ``decide`` publishes the fused
 beats the best single raw signal; otherwise that raw signal ranks the query type. The rule, stated
 once so a user can read it:
 
-    metric: mean nDCG@10 over the type's queries, R@10 (a relevant product in the top 10) as the
+    metric: mean nDCG@10 over the type's queries (``self_check`` weighs pseudo-query kinds), R@10 (a relevant product in the top 10) as the
     tie-break. A raw signal is not fitted, so the raw signal is chosen on ALL pseudo-queries (fit and
     held-out part: more evidence, no leak): the one with the highest (nDCG@10, R@10). Only the fused
     ranking was fitted, so only fused-vs-raw needs the held-out part: fused is published iff there
@@ -14,7 +14,7 @@ once so a user can read it:
     held-out R@10 by more than one query's share (1 / n), and fused nDCG@10 > that signal's nDCG@10
     + ``margin``, or equal within ``margin`` and fused R@10 > its R@10 + ``margin``. With fewer
     held-out queries the pooled choice ranks (rule ``raw-too-few-held-out``): a catalog of a few dozen
-    products still ranks by what all its pseudo-queries say, never by a fixed default.
+    products still ranks by what all its pseudo-queries say (the type's first signal only without any).
     Each decision names the rule that fired (``RULES``).
 
 A fit (calibration + weights) is bound to the model and the catalog it was fitted on
