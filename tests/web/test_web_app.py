@@ -355,12 +355,12 @@ def test_service_errors_are_mapped(client: TestClient, fake: FakeSearch, code, h
 
 
 def test_deadline_is_enforced(fake, fake_server, catalog_root: Path) -> None:
-    fake.delay_s = 1.0
+    fake.delay_s = 3.0  # far past the deadline, so a loaded machine cannot blur the two
     with TestClient(create_app(_settings(fake_server[1], catalog_root, deadline_s=0.2))) as client:
         t0 = time.perf_counter()
         r = _post(client, q="red")
     assert r.status_code == 504 and "No answer within 0.2 s" in r.text
-    assert time.perf_counter() - t0 < 0.9
+    assert time.perf_counter() - t0 < 2.5  # answered on the deadline, not when the backend replied
 
 
 def test_backend_down_is_503_and_health_says_so(catalog_root: Path) -> None:
