@@ -57,6 +57,15 @@ class RepositorySettings(BaseModel):
     encoder_instances: int = Field(1, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=1, le=64)
     dynamic_batching: bool = True
+    # gpu only. The batch TensorRT tunes for (between 1 and max_batch_size); every gpu encoder is
+    # warmed up at 1, this and max_batch_size, so Triton reports ready only once all three shapes ran.
+    opt_batch_size: int = Field(8, ge=1, le=1024)
+    # gpu onnxruntime-trt only: where the TensorRT engine and timing caches live inside the serving
+    # container (a writable volume beside the model repository; the k8s gpu overlay mounts one).
+    trt_cache_dir: str = "/trt-cache"
+    # The Triton image whose TensorRT builds the engines: part of the cache key, since an engine or
+    # timing cache from another TensorRT version does not deserialise.
+    triton_image_tag: str = "24.10"
 
 
 def _batching(s: RepositorySettings) -> DynamicBatching | None:
@@ -85,7 +94,7 @@ def _python_model(name: str, sig: contract.Signature, s: RepositorySettings, ins
 
 
 def _encoder_model(name: str, sig: contract.Signature, s: RepositorySettings, onnx_file: str,
-                   labels: dict[str, str] | None = None) -> ModelConfig:
+                   labels: dict[str, str] | None = None, model_hash: str = "") -> ModelConfig:
     """An ONNX graph: python+onnxruntime on cpu; onnxruntime (TRT EP) or tensorrt_plan on gpu."""
     labels = labels or {}
     warm = Warmup(name="zeros", batch_size=1, inputs=tuple(_warmup_input(t) for t in sig.inputs))
@@ -99,11 +108,46 @@ def _encoder_model(name: str, sig: contract.Signature, s: RepositorySettings, on
         return ModelConfig(backend="python", instance_group=InstanceGroup(kind="KIND_CPU", count=s.encoder_instances),
                            parameters={"onnx_file": onnx_file, "intra_op_threads": str(s.intra_op_threads)}, **common)
     gpu = InstanceGroup(kind="KIND_GPU", count=s.encoder_instances)
+    common["warmup"] = gpu_warmups(sig, s)
     if s.gpu_backend == "tensorrt_plan":
         return ModelConfig(platform="tensorrt_plan", instance_group=gpu, default_model_filename=contract.TRT_PLAN, **common)
-    trt = TensorRTAccelerator(precision_mode="FP16") if s.gpu_backend == "onnxruntime-trt" else None
+    trt = tensorrt_accelerator(name, sig, s, model_hash) if s.gpu_backend == "onnxruntime-trt" else None
     return ModelConfig(backend="onnxruntime", instance_group=gpu, tensorrt=trt,
                        default_model_filename="model.onnx", **common)
+
+
+def gpu_batches(s: RepositorySettings) -> tuple[int, ...]:
+    """The batch sizes a gpu encoder is built for and warmed up at: 1, the opt batch, the max batch."""
+    return tuple(sorted({1, min(s.opt_batch_size, s.max_batch_size), s.max_batch_size}))
+
+
+def gpu_warmups(sig: contract.Signature, s: RepositorySettings) -> tuple[Warmup, ...]:
+    """Warm-up at every profile shape: the first real request of any batch size then finds a built,
+    loaded engine, and (with --strict-readiness) the pod is not ready until all of them ran."""
+    return tuple(Warmup(name=f"zeros_b{b}", batch_size=b, inputs=tuple(_warmup_input(t) for t in sig.inputs))
+                 for b in gpu_batches(s))
+
+
+def _shapes(sig: contract.Signature, batch: int) -> str:
+    return ",".join(f"{t.name}:" + "x".join(str(d) for d in (batch, *t.dims)) for t in sig.inputs)
+
+
+def trt_cache_path(name: str, s: RepositorySettings, model_hash: str) -> str:
+    """One cache folder per model hash, TensorRT image and shape profile (onnxruntime adds the GPU's
+    compute capability to the engine and timing cache file names), so a cache is only ever reused
+    by the same graph on the same TensorRT for the same profile."""
+    profile = "-".join(str(b) for b in gpu_batches(s))
+    return f"{s.trt_cache_dir.rstrip('/')}/{model_hash or 'unknown'}/trt-{s.triton_image_tag}/{name}/b{profile}"
+
+
+def tensorrt_accelerator(name: str, sig: contract.Signature, s: RepositorySettings, model_hash: str) -> TensorRTAccelerator:
+    """FP16 TensorRT with engine and timing caches on the cache volume and an explicit shape profile."""
+    path = trt_cache_path(name, s, model_hash)
+    return TensorRTAccelerator(
+        precision_mode="FP16", engine_cache_path=path, timing_cache_path=path,
+        profile_min_shapes=_shapes(sig, 1), profile_opt_shapes=_shapes(sig, min(s.opt_batch_size, s.max_batch_size)),
+        profile_max_shapes=_shapes(sig, s.max_batch_size),
+    )
 
 
 def _ensemble(name: str, sig: contract.Signature, s: RepositorySettings, steps: tuple[EnsembleStep, ...],
@@ -153,14 +197,17 @@ def build_configs(manifest: Manifest, s: RepositorySettings) -> dict[str, ModelC
              "max_text_chars": str(spec.limits.max_text_chars)},
             Warmup(name="sample_text", inputs=(_warmup_input(contract.text_bytes(), "file", WARMUP_TEXT),)),
         ),
-        contract.IMAGE_ENCODER: _encoder_model(contract.IMAGE_ENCODER, sigs[contract.IMAGE_ENCODER], s, contract.IMAGE_ONNX),
-        contract.TEXT_ENCODER: _encoder_model(contract.TEXT_ENCODER, sigs[contract.TEXT_ENCODER], s, contract.TEXT_ONNX),
+        contract.IMAGE_ENCODER: _encoder_model(contract.IMAGE_ENCODER, sigs[contract.IMAGE_ENCODER], s, contract.IMAGE_ONNX,
+                                               model_hash=manifest.model_hash),
+        contract.TEXT_ENCODER: _encoder_model(contract.TEXT_ENCODER, sigs[contract.TEXT_ENCODER], s, contract.TEXT_ONNX,
+                                              model_hash=manifest.model_hash),
         contract.EMBED_IMAGE: _ensemble(contract.EMBED_IMAGE, sigs[contract.EMBED_IMAGE], s, tuple(image_steps), manifest_json, attr_labels),
         contract.EMBED_TEXT: _ensemble(contract.EMBED_TEXT, sigs[contract.EMBED_TEXT], s, text_steps, manifest_json),
     }
     if attr_names:
         configs[contract.ATTRIBUTE_HEADS] = _encoder_model(
-            contract.ATTRIBUTE_HEADS, sigs[contract.ATTRIBUTE_HEADS], s, contract.HEADS_ONNX, attr_labels)
+            contract.ATTRIBUTE_HEADS, sigs[contract.ATTRIBUTE_HEADS], s, contract.HEADS_ONNX, attr_labels,
+            model_hash=manifest.model_hash)
     return configs
 
 

@@ -145,3 +145,75 @@ def test_unknown_data_type_is_rejected_by_the_triton_schema() -> None:
 def test_no_dynamic_batching_when_disabled() -> None:
     configs = build_configs(fake_manifest(), RepositorySettings(dynamic_batching=False))
     assert "dynamic_batching" not in as_dict(render(configs[contract.IMAGE_ENCODER]))
+
+
+def _accelerator(d: dict) -> dict[str, str]:
+    return d["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]["parameters"]
+
+
+# The keys Triton's onnxruntime backend documents for its TensorRT accelerator (onnxruntime_backend
+# README, "Parameter mapping between ONNX Runtime and Triton ONNXRuntime Backend"): a misspelt key
+# is ignored by the backend without a word, so the test holds the rendered keys to this list.
+DOCUMENTED_TRT_KEYS = {
+    "precision_mode", "max_workspace_size_bytes", "trt_engine_cache_enable", "trt_engine_cache_path",
+    "trt_engine_cache_prefix", "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache",
+    "trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes", "trt_builder_optimization_level",
+}
+
+
+@pytest.mark.parametrize("name", [contract.IMAGE_ENCODER, contract.TEXT_ENCODER, contract.ATTRIBUTE_HEADS])
+def test_gpu_trt_configs_carry_caches_profiles_and_multi_batch_warmup(name: str) -> None:
+    s = RepositorySettings(profile="gpu", max_batch_size=32, opt_batch_size=8)
+    cfg = build_configs(fake_manifest("gpu"), s)[name]
+    msg = parse(render(cfg))  # Triton's own ModelConfig schema
+    d = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    params = _accelerator(d)
+    assert set(params) <= DOCUMENTED_TRT_KEYS, set(params) - DOCUMENTED_TRT_KEYS
+    assert params["trt_engine_cache_enable"] == "1" and params["trt_timing_cache_enable"] == "1"
+    path = params["trt_engine_cache_path"]
+    assert path == params["trt_timing_cache_path"]
+    assert path.startswith("/trt-cache/0123456789abcdef/trt-24.10/") and path.endswith(f"/{name}/b1-8-32")
+    sig = contract.signatures(fake_manifest().dimensions())[name]
+    (inp,) = sig.inputs
+    item = "x".join(str(x) for x in inp.dims)
+    assert params["trt_profile_min_shapes"] == f"{inp.name}:1x{item}"
+    assert params["trt_profile_opt_shapes"] == f"{inp.name}:8x{item}"
+    assert params["trt_profile_max_shapes"] == f"{inp.name}:32x{item}"
+    assert [w.batch_size for w in msg.model_warmup] == [1, 8, 32]
+    for w in msg.model_warmup:
+        assert set(w.inputs) == {inp.name} and w.inputs[inp.name].zero_data
+
+
+def test_gpu_cache_path_changes_with_model_profile_and_tensorrt_image() -> None:
+    from lenscope.export.repository import trt_cache_path
+
+    base = RepositorySettings(profile="gpu")
+    paths = {trt_cache_path("image_encoder", base, "aaaa"), trt_cache_path("image_encoder", base, "bbbb"),
+             trt_cache_path("image_encoder", RepositorySettings(profile="gpu", max_batch_size=64), "aaaa"),
+             trt_cache_path("image_encoder", RepositorySettings(profile="gpu", triton_image_tag="25.01"), "aaaa")}
+    assert len(paths) == 4
+
+
+def test_tensorrt_plan_encoders_warm_up_at_every_profile_batch() -> None:
+    configs = build_configs(fake_manifest("gpu"), RepositorySettings(profile="gpu", gpu_backend="tensorrt_plan",
+                                                                     max_batch_size=16, opt_batch_size=4))
+    msg = parse(render(configs[contract.IMAGE_ENCODER]))
+    assert [w.batch_size for w in msg.model_warmup] == [1, 4, 16]
+    assert not msg.optimization.execution_accelerators.gpu_execution_accelerator
+
+
+def test_cpu_encoders_keep_a_single_warmup_and_no_accelerator() -> None:
+    msg = parse(render(build_configs(fake_manifest(), RepositorySettings())[contract.IMAGE_ENCODER]))
+    assert [w.batch_size for w in msg.model_warmup] == [1]
+    assert not msg.HasField("optimization")
+
+
+def test_tensorrt_accelerator_rejects_half_a_profile_and_relative_cache() -> None:
+    from lenscope.export.triton_config import TensorRTAccelerator
+
+    with pytest.raises(ValidationError, match="must be given together"):
+        TensorRTAccelerator(profile_min_shapes="A:1x4")
+    with pytest.raises(ValidationError, match="must be absolute"):
+        TensorRTAccelerator(engine_cache_path="cache")
+    with pytest.raises(ValidationError, match="must be absolute"):
+        build_configs(fake_manifest("gpu"), RepositorySettings(profile="gpu", trt_cache_dir="rel/cache"))
