@@ -247,6 +247,9 @@ def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: 
             if not plans or name not in plans:
                 raise FileNotFoundError(f"{name}: no TensorRT engine; run 'lenscope model build-trt' first")
             files[f"1/{contract.TRT_PLAN}"] = plans[name]
+            sidecar = plans[name].with_name(plans[name].name + ".json")  # plan_check.sidecar_path
+            if sidecar.is_file():
+                files[f"1/{sidecar.name}"] = sidecar
         else:
             files["1/model.onnx"] = onnx_paths[name]
     else:  # ensembles: Triton still wants a version directory

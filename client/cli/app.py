@@ -107,6 +107,23 @@ def model_build_trt(
     build_trt_repository(onnx_dir, out, spec, fp16=fp16, max_batch_size=max_batch_size, log=log)
 
 
+@model_app.command("check-plans", short_help="Refuse TensorRT plans this image or GPU cannot load.")
+def model_check_plans(
+    repository: Path = typer.Argument(..., exists=True, file_okay=False, help="A gpu repository with tensorrt_plan encoders."),
+) -> None:
+    """Check every plan against its model.plan.json (TensorRT version, GPU compute capability, model hash,
+    sha256) and the TensorRT / GPU here; run it in the serving image before tritonserver starts."""
+    from lenscope.export.plan_check import check_repository_plans, current_runtime
+
+    runtime = current_runtime()
+    checked = check_repository_plans(repository, runtime)
+    if not checked:
+        log(f"{repository}: no TensorRT plans (nothing to check)")
+    for name, info in checked.items():
+        log(f"  {name}: TensorRT {info.tensorrt_version}, {info.gpu_name} (sm {info.compute_capability}), "
+            f"batch {info.min_batch}/{info.opt_batch}/{info.max_batch}: loads here")
+
+
 @model_app.command("train", short_help="Contrastive (CLIP) training; defaults = the shipped model.")
 def model_train(
     spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec. Default: the shipped lenscope-tiny."),

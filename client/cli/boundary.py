@@ -52,6 +52,7 @@ HINTS: dict[str, str] = {
     "CalibrationError": "fix the file or write a new one with 'lenscope rerank fit --calibration-out FILE'",
     "FitError": "label more queries or pass --max-queries/--split differently",
     "ServiceStartError": "pick another port (--grpc-port / --metrics-port) or stop the process holding it",
+    "PlanMismatch": "rebuild the plans with 'lenscope model build-trt' in the serving image on the serving GPU model",
     "TensorRTUnavailable": "run 'lenscope model build-trt' on a GPU machine with the tensorrt package",
     "VerificationError": "the ONNX graphs differ from torch by the numbers above: check the spec and checkpoint",
     "TrainError": "fix the named option or input; 'lenscope model train --help' lists them",
