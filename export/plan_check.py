@@ -150,4 +150,5 @@ def check_repository_plans(repo: Path, runtime: Runtime | None = None) -> dict[s
     manifest = load_manifest(repo)
     runtime = runtime or current_runtime()
     plans = sorted(repo.glob(f"*/1/{contract.TRT_PLAN}"))
-    return {p.parent.parent.name: check_plan(p, runtime, manifest.model_hash) for p in plans}
+    base = manifest.base_model_hash or manifest.model_hash  # plans record the fp32 graphs they came from
+    return {p.parent.parent.name: check_plan(p, runtime, base) for p in plans}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from lenscope.client.core import contract
-from lenscope.client.core.manifest import load_manifest
+from lenscope.client.core.manifest import load_manifest, variant_model_hash
 from lenscope.export.plan_check import PlanInfo, current_runtime, sha256_file, write_sidecar
 from lenscope.export.repository import RepositorySettings, write_repository
 
@@ -119,8 +119,13 @@ def build_trt_repository(onnx_dir: Path, out: Path, spec: Path | None = None, fp
         log(f"  built TensorRT engine for {name} ({plan.stat().st_size / 1e6:.1f} MB, fp16={fp16}, "
             f"TensorRT {trt.__version__}, {runtime.gpu_name} sm {runtime.compute_capability})")
     settings = RepositorySettings(profile="gpu", gpu_backend="tensorrt_plan", max_batch_size=max_batch_size)
+    variant = "tensorrt-fp16" if fp16 else "tensorrt-fp32"
     manifest = manifest.model_copy(update={
         "profile": "gpu",
+        # The engines compute in another precision than the verified fp32 graphs: their own model
+        # hash, so an fp32 index is served by them only after `lenscope model fidelity` passed.
+        "variant": variant, "base_model_hash": manifest.model_hash,
+        "model_hash": variant_model_hash(manifest.model_hash, variant),
         "extras": {**manifest.extras, "tensorrt": {"version": trt.__version__, "fp16": fp16, "max_batch_size": max_batch_size,
                                                    "gpu_name": runtime.gpu_name, "compute_capability": runtime.compute_capability}},
     })

@@ -107,6 +107,27 @@ def model_build_trt(
     build_trt_repository(onnx_dir, out, spec, fp16=fp16, max_batch_size=max_batch_size, log=log)
 
 
+@model_app.command("fidelity", short_help="fp16 fidelity gate: an fp16 graph against fp32 on a catalog.")
+def model_fidelity(
+    onnx_dir: Path = typer.Option(..., exists=True, file_okay=False, help="ONNX files from `model export --onnx-dir`."),
+    catalog: Path = typer.Option(..., callback=text_file, help="Catalog (JSONL/CSV); queries.jsonl beside it is used when present."),
+    queries: Optional[Path] = typer.Option(None, callback=text_file, help="Queries with relevance (default: queries.jsonl beside the catalog)."),
+    max_products: Optional[int] = typer.Option(None, min=1, help="Use the first N products only."),
+) -> None:
+    """Embed the catalog and its queries with the fp32 graphs and their fp16 conversion (onnxruntime CPU);
+    per-row cosine and Recall@10 delta (<= 0.2 pt passes); the numbers go into the manifest beside the graphs."""
+    from lenscope.export.precision import measure, record
+
+    rec = measure(onnx_dir, catalog, queries, "fp16", max_products, log=log)
+    record(onnx_dir, rec)
+    log(f"fp16 vs fp32 on {rec.n_products} products / {rec.n_queries} queries: min cosine {rec.min_cosine:.9f} "
+        f"(>= {rec.min_cosine_bound}), Recall@10 {rec.recall_at_10_fp32:.4f} -> {rec.recall_at_10_variant:.4f} "
+        f"(delta {rec.recall_at_10_delta_pt:+.2f} pt, <= {rec.max_recall_delta_pt}): {'PASSED' if rec.passed else 'FAILED'}")
+    log(f"recorded in {onnx_dir / 'export_manifest.json'} under fidelity.fp16")
+    if not rec.passed:
+        raise typer.Exit(1)
+
+
 @model_app.command("check-plans", short_help="Refuse TensorRT plans this image or GPU cannot load.")
 def model_check_plans(
     repository: Path = typer.Argument(..., exists=True, file_okay=False, help="A gpu repository with tensorrt_plan encoders."),

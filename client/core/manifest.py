@@ -42,6 +42,29 @@ class RankingFit(BaseModel):
     catalog_fingerprint: str | None = None
 
 
+Variant = Literal["fp32", "fp16", "tensorrt-fp16", "tensorrt-fp32"]
+
+
+class FidelityRecord(BaseModel):
+    """A variant measured against the fp32 ONNX graphs of `base_model_hash` on a catalog
+    (`lenscope model fidelity`): per-row cosine of the embeddings and the Recall@10 change."""
+
+    variant: Variant
+    base_model_hash: str
+    catalog: str
+    n_products: int
+    n_queries: int
+    min_cosine: float
+    mean_cosine: float
+    recall_at_10_fp32: float
+    recall_at_10_variant: float
+    recall_at_10_delta_pt: float  # fp32 minus variant, percentage points
+    max_recall_delta_pt: float  # the stated tolerance
+    min_cosine_bound: float
+    passed: bool
+    runtime: str  # what ran the variant, e.g. "onnxruntime CPUExecutionProvider"
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -58,6 +81,12 @@ class Manifest(BaseModel):
     created_at: str
     extras: dict[str, Any] = {}
     ranking_fit: RankingFit | None = None
+    # What the encoders compute in. fp32 (the exported graphs) unless a repository serves another
+    # variant; such a repository's model_hash is its own (variant_model_hash), and its index may
+    # only be one of the fp32 model when a passed fidelity record for that variant states so.
+    variant: Variant = "fp32"
+    base_model_hash: str | None = None
+    fidelity: dict[str, FidelityRecord] = {}
 
     @property
     def embed_dim(self) -> int:
@@ -98,3 +127,29 @@ def load_manifest(path: str | Path) -> Manifest:
     if not path.is_file():
         raise FileNotFoundError(f"no {contract.MANIFEST_FILE} at {path}; run 'lenscope model export' first")
     return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def variant_model_hash(base_model_hash: str, variant: str) -> str:
+    """A variant's own model hash: never equal to the fp32 model's, so an fp32 index does not open
+    against an fp16 model without a stated tolerance (`index_model_hash`)."""
+    if variant == "fp32":
+        return base_model_hash
+    return hashlib.sha256(f"{base_model_hash}:{variant}".encode()).hexdigest()[:16]
+
+
+def index_model_hash(manifest: dict[str, Any]) -> tuple[str, str | None]:
+    """The model hash an index must carry to be served with this (served) manifest, and why it is
+    not the manifest's own hash (None when it is).
+
+    A non-fp32 variant accepts the fp32 model's index only when the manifest holds a fidelity record
+    for that variant, measured against that fp32 model, that passed its stated tolerance."""
+    own = str(manifest["model_hash"])
+    variant, base = manifest.get("variant", "fp32"), manifest.get("base_model_hash")
+    record = (manifest.get("fidelity") or {}).get(variant)
+    if variant == "fp32" or not base or not isinstance(record, dict):
+        return own, None
+    if record.get("base_model_hash") != base or not record.get("passed"):
+        return own, None
+    return str(base), (f"{variant} model {own} serves the index of fp32 model {base}: fidelity gate passed "
+                       f"(min cosine {record.get('min_cosine')}, Recall@10 delta {record.get('recall_at_10_delta_pt')} pt "
+                       f"<= {record.get('max_recall_delta_pt')} pt on {record.get('catalog')})")

@@ -21,7 +21,7 @@ from lenscope.client.core import contract
 from lenscope.client.ranking.calibration import CalibrationSet
 from lenscope.client.ranking.facets import AttributeTable, FacetError, FilterSpec, UnknownFacetError, apply_filters, facet_counts, over_fetch
 from lenscope.client.index.bundle import IndexBundle, ModelVersionMismatch
-from lenscope.client.core.manifest import Manifest
+from lenscope.client.core.manifest import Manifest, index_model_hash
 from lenscope.client.ranking.fusion import FusionWeights, attribute_agreement, encode_labels, fuse, popularity_prior
 from lenscope.client.ranking.policy import RankingPolicy, query_type_of
 from lenscope.client.ranking.signals import prepare_signals
@@ -75,7 +75,7 @@ class SearchEngine:
         self.bundle = bundle
         self.settings = settings
         self.model = Manifest.model_validate(embedder.manifest())
-        bundle.require_model(self.model.model_hash)
+        bundle.require_model(index_model_hash(self.model.model_dump(mode="json"))[0])  # fp16: only a gated one
         self._served_hash = self.model.model_hash
         self._checked_at = time.monotonic()
         self._lock = threading.Lock()
@@ -368,7 +368,9 @@ def open_engine(triton_url: str, index_root: str, settings: SearchSettings = Sea
     # client_config carries TLS / mutual-TLS material for the channel to Triton
     embedder = TritonEmbedder(client_config or ClientConfig(url=triton_url, timeout_s=triton_timeout_s))
     try:  # at start-up no caller waits: allow a busy Triton longer than a query's share
-        served = embedder.manifest(timeout_s=max(embedder.config.timeout_s, 10.0))["model_hash"]
+        served, why = index_model_hash(embedder.manifest(timeout_s=max(embedder.config.timeout_s, 10.0)))
+        if why:
+            _log.info("index_model_variant", reason=why)
     except TritonError as err:
         embedder.close()
         raise BackendUnavailable(f"Triton at {triton_url} did not answer: {err}") from err
