@@ -195,6 +195,20 @@ def test_gpu_overlay_schedules_on_gpus(overlays):
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
 
 
+def test_gpu_triton_has_a_writable_trt_cache_where_the_configs_point(overlays):
+    """The gpu configs keep TensorRT engine/timing caches under RepositorySettings.trt_cache_dir; the
+    root filesystem is read-only and /models is mounted read-only, so the overlay must mount that path."""
+    from lenscope.export.repository import RepositorySettings
+
+    cache_dir = RepositorySettings(profile="gpu").trt_cache_dir
+    gpu = overlays["overlays/gpu"]
+    c = container(gpu, "triton", "triton")
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == cache_dir]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in pod_spec(gpu, "triton")["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+
+
 def test_cpu_demo_asks_for_no_gpu(overlays):
     c = container(overlays["overlays/cpu-demo"], "triton", "triton")
     assert not any("nvidia.com/gpu" in str(k) for k in c["resources"].get("limits", {}))
