@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lenscope.client.cli.paths import check_current_link, input_file, text_file
+from lenscope.client.cli.paths import check_current_link, input_file, published_index, text_file
 from lenscope.client.cli.terminal import fail, literal, log_to
 from lenscope.client.core.outputs import check_output_dir
 
@@ -193,6 +193,7 @@ def index_inspect_command(
     from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.bundle_store import BundleStore
 
+    published_index(index_root)
     try:
         bundle = BundleStore(index_root).open_current(expected_model_hash=None, fallback=False)
     except (BundleError, FileNotFoundError, OSError) as err:

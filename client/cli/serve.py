@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from lenscope.client.cli.paths import check_current_link, input_file
+from lenscope.client.cli.paths import input_file, published_index
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.ports import taken_ports
@@ -91,19 +91,6 @@ def settings_message(err: "ValidationError", env_prefix: str, known: "Iterable[s
         value = "(hidden)" if "token" in name.lower() else repr(e.get("input"))
         parts.append(f"{name}={value}: {e.get('msg')}")
     return "invalid setting " + "; ".join(parts)
-
-
-def published_index(index_root: Path) -> str:
-    """The version `current` points at, checked before Triton is asked anything: one clear line for an
-    empty root or a `current` that is not the symlink `lenscope index build` writes."""
-    from lenscope.client.index.bundle_store import CURRENT_LINK, BundleStore
-
-    check_current_link(index_root)
-    version = BundleStore(index_root).current_version()
-    if version is None:
-        fail(f"--index-root {index_root} holds no published index (no '{CURRENT_LINK}' link)",
-             hint=f"build one with 'lenscope index build --catalog CATALOG --index-root {index_root}'")
-    return version
 
 
 def _wait_interruptibly(server: TritonServer) -> int:
