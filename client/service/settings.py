@@ -47,7 +47,8 @@ class ServiceSettings(BaseSettings):
         8, ge=1, description="gRPC handler threads beyond max_inflight: they answer shed, invalid and health calls"
     )
     max_queued_rpcs: int = Field(
-        64, ge=0, description="RPCs waiting for a handler thread before gRPC itself answers RESOURCE_EXHAUSTED"
+        0, ge=0, description="RPCs waiting for a handler thread before gRPC itself answers RESOURCE_EXHAUSTED; "
+        "0 (measured best): gRPC rejects the excess on its polling thread before any work"
     )
 
     default_deadline_s: float = Field(1.0, gt=0, description="deadline for callers that send none")

@@ -98,7 +98,7 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
     data = run_benchmark("load", [
         "--products", "60", "--fractions", "0.5,3", "--extra-steps", "0", "--step-seconds", "3",
         "--pause-seconds", "0.5", "--warmup-seconds", "1", "--calibrate-seconds", "2", "--max-inflight", "4",
-        "--compare-inflight", "16"], tmp_path, bench_work)
+        "--compare-inflight", "16", "--overload", "2"], tmp_path, bench_work)
     assert len(data["steps"]) == 2
     for step in data["steps"]:
         assert step["requests"] == sum(step["codes"].values()) > 0
@@ -108,6 +108,10 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
     assert data["steps"][0]["codes"].get("OK", 0) > 0
     assert {"offered_rps", "rule", "max_ok_rps_any_step"} <= set(data["saturation"])
     assert data["capacity_estimate"]["ok_per_s"] > 0
+    if data["saturation"]["offered_rps"]:  # overload steps and the side-by-side runs need a saturation point
+        assert [o["x_saturation"] for o in data["overload"]] == [2.0]
+        assert {"goodput_ratio", "shed_latency_ms", "ok_rps"} <= set(data["overload"][0])
+        assert [c["variant"] for c in data["compare"]] == ["shipped", "max_inflight 16", "max_queued_rpcs 64"]
     assert data["setup"]["service_exit_code"] == 0
 
 
