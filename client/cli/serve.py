@@ -259,7 +259,9 @@ def search_service(
         tls = dict(ssl=True, root_certificates=str(triton_ca),
                    certificate_chain=str(triton_cert) if triton_cert else None,
                    private_key=str(triton_key) if triton_key else None)
-    engine = open_engine(triton, str(index_root), client_config=ClientConfig(url=triton, timeout_s=2.0, **tls))
+    # One concurrency model (service/servicer.py): the Triton client pool is sized from max_inflight too.
+    engine = open_engine(triton, str(index_root), client_config=ClientConfig(
+        url=triton, timeout_s=2.0, max_concurrency=settings.max_inflight, **tls))
     try:
         running = serve(engine, settings)
     except BaseException:

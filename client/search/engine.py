@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +78,6 @@ class SearchEngine:
         self._served_hash = self.model.model_hash
         self._checked_at = time.monotonic()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
 
         self.calibration = _load_model(bundle, CALIBRATION_ATTACHMENT, CalibrationSet)
         self.weights = _load_model(bundle, FUSION_ATTACHMENT, FusionWeights) or FusionWeights()
@@ -130,7 +128,9 @@ class SearchEngine:
         return self.recall.recall
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: the engine owns no threads (the service's concurrency model, see
+        ``service/servicer.py``: a search runs on the caller's thread, plus one Triton client thread
+        for the image of a photo+text query)."""
 
     # -- search ---------------------------------------------------------------------------------
     def search(self, q: SearchQuery) -> SearchResult:
@@ -229,10 +229,15 @@ class SearchEngine:
         budget = (deadline - time.perf_counter()) * self.settings.triton_share
         if budget <= 0:
             raise DeadlineExceeded("deadline exhausted before embedding")
-        img_f = self._pool.submit(self.embedder.embed_images, [q.image], budget) if q.image is not None else None
-        txt_f = self._pool.submit(self.embedder.embed_texts, [q.text], budget) if q.text and q.text.strip() else None
-        img = _unwrap(img_f.result(), "image") if img_f else None
-        txt = _unwrap(txt_f.result(), "text") if txt_f else None
+        has_text = bool(q.text and q.text.strip())
+        img = txt = None
+        if q.image is not None and has_text:
+            img_r, txt_r = self.embedder.embed_image_and_text(q.image, q.text, budget)
+            img, txt = _unwrap([img_r], "image"), _unwrap([txt_r], "text")
+        elif q.image is not None:
+            img = _unwrap(self.embedder.embed_images([q.image], budget), "image")
+        elif has_text:
+            txt = _unwrap(self.embedder.embed_texts([q.text], budget), "text")
         return _Embedded(image=None if img is None else img.embedding, text=None if txt is None else txt.embedding,
                          attributes={} if img is None else img.attributes)
 
