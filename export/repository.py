@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lenscope.client.core import contract
 from lenscope.client.core.contract import Tensor
@@ -57,13 +57,29 @@ class RepositorySettings(BaseModel):
     encoder_instances: int = Field(1, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=1, le=64)
     dynamic_batching: bool = True
+    # Per composing model (e.g. "image_preprocess"): served without dynamic batching, or with its own
+    # queue delay. benchmarks/perf_analyzer.py measures these side by side.
+    unbatched_models: frozenset[str] = frozenset()
+    model_queue_delay_us: dict[str, int] = {}
+
+    @model_validator(mode="after")
+    def _known_models(self) -> "RepositorySettings":
+        known = set(contract.ALL_MODELS) - set(contract.ENSEMBLES)
+        for field, names in (("unbatched_models", self.unbatched_models), ("model_queue_delay_us", self.model_queue_delay_us)):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(f"{field}: unknown model(s) {unknown}; composing models: {sorted(known)}")
+        for name, delay in self.model_queue_delay_us.items():
+            if not 0 <= delay <= 100_000:
+                raise ValueError(f"model_queue_delay_us[{name!r}] = {delay}: must be 0..100000")
+        return self
 
 
-def _batching(s: RepositorySettings) -> DynamicBatching | None:
-    if not s.dynamic_batching:
+def _batching(s: RepositorySettings, name: str) -> DynamicBatching | None:
+    if not s.dynamic_batching or name in s.unbatched_models:
         return None
     return DynamicBatching(
-        max_queue_delay_microseconds=s.max_queue_delay_microseconds,
+        max_queue_delay_microseconds=s.model_queue_delay_us.get(name, s.max_queue_delay_microseconds),
         queue_policy=QueuePolicy(max_queue_size=s.max_queue_size, default_timeout_microseconds=s.queue_timeout_microseconds),
     )
 
@@ -79,7 +95,7 @@ def _python_model(name: str, sig: contract.Signature, s: RepositorySettings, ins
         name=name, backend="python", max_batch_size=s.max_batch_size,
         inputs=tuple(TensorConfig.of(t) for t in sig.inputs),
         outputs=tuple(TensorConfig.of(t, labels.get(t.name)) for t in sig.outputs),
-        dynamic_batching=_batching(s), instance_group=InstanceGroup(kind="KIND_CPU", count=instances),
+        dynamic_batching=_batching(s, name), instance_group=InstanceGroup(kind="KIND_CPU", count=instances),
         warmup=(warmup,), parameters=params,
     )
 
@@ -93,7 +109,7 @@ def _encoder_model(name: str, sig: contract.Signature, s: RepositorySettings, on
         name=name, max_batch_size=s.max_batch_size,
         inputs=tuple(TensorConfig.of(t) for t in sig.inputs),
         outputs=tuple(TensorConfig.of(t, labels.get(t.name)) for t in sig.outputs),
-        dynamic_batching=_batching(s), warmup=(warm,),
+        dynamic_batching=_batching(s, name), warmup=(warm,),
     )
     if s.profile == "cpu":
         return ModelConfig(backend="python", instance_group=InstanceGroup(kind="KIND_CPU", count=s.encoder_instances),

@@ -49,7 +49,7 @@ def run_benchmark(name: str, args: list[str], out: Path, work: Path, timeout: in
 @pytest.mark.integration
 def test_perf_analyzer_smoke(tmp_path: Path, bench_work: Path) -> None:
     data = run_benchmark("perf_analyzer", [
-        "--concurrency", "1,2", "--configs", "batch-1x,nobatch-1x", "--window-ms", "400", "--max-trials", "3",
+        "--concurrency", "1,2", "--configs", "batch0-1x,nobatch-1x", "--window-ms", "400", "--max-trials", "3",
         "--inprocess-seconds", "0.5", "--inputs", "12"], tmp_path, bench_work)
     assert data["perf_analyzer"]["version"].startswith("2.51")
     points = [r for r in data["results"] if "throughput" in r]
