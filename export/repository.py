@@ -37,6 +37,7 @@ from lenscope.export.triton_config import (
 )
 
 BACKENDS_DIR = Path(__file__).parent / "backends"
+GPU_QUEUE_DELAY_US = 500
 
 
 class RepositorySettings(BaseModel):
@@ -49,7 +50,11 @@ class RepositorySettings(BaseModel):
     # onnxruntime, or prebuilt TensorRT engines from `lenscope model build-trt`.
     gpu_backend: Literal["onnxruntime-trt", "onnxruntime", "tensorrt_plan"] = "onnxruntime-trt"
     max_batch_size: int = Field(32, ge=1, le=1024)
-    max_queue_delay_microseconds: int = Field(500, ge=0, le=100_000)
+    # 0: batch what is already queued while an instance is busy, never wait for more. Measured side
+    # by side on the 2-core CPU box (benchmarks/reports/perf_analyzer.md): a 500 us delay, paid by
+    # every model of the ensemble, cost 2x the p50 at concurrency 1; batching with no delay kept the
+    # no-batching latency and its throughput at concurrency 8, and keeps the REJECT queue policy.
+    max_queue_delay_microseconds: int = Field(0, ge=0, le=100_000)
     max_queue_size: int = Field(128, ge=1)
     queue_timeout_microseconds: int = Field(2_000_000, ge=1)
     preprocess_instances: int = Field(2, ge=1, le=64)
@@ -61,6 +66,15 @@ class RepositorySettings(BaseModel):
     # queue delay. benchmarks/perf_analyzer.py measures these side by side.
     unbatched_models: frozenset[str] = frozenset()
     model_queue_delay_us: dict[str, int] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_queue_delay(cls, data: object) -> object:
+        # The 0 us default was measured on CPU only; the gpu profile (untested here) keeps the
+        # 500 us delay that lets a GPU encoder fill its batches.
+        if isinstance(data, dict) and data.get("profile") == "gpu" and "max_queue_delay_microseconds" not in data:
+            return {**data, "max_queue_delay_microseconds": GPU_QUEUE_DELAY_US}
+        return data
 
     @model_validator(mode="after")
     def _known_models(self) -> "RepositorySettings":

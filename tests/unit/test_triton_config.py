@@ -61,7 +61,7 @@ def test_cpu_configs_round_trip(name: str) -> None:
     else:
         assert d["backend"] == "python"
         db = d["dynamic_batching"]
-        assert db["max_queue_delay_microseconds"] == "500"
+        assert parse(render(cfg)).dynamic_batching.max_queue_delay_microseconds == 0  # shipped: no waiting
         pol = db["default_queue_policy"]
         assert pol["max_queue_size"] == 128
         # REJECT is the enum's zero value, so check the parsed message rather than the dict.
@@ -161,3 +161,9 @@ def test_batching_per_composing_model() -> None:
         RepositorySettings(unbatched_models={contract.EMBED_IMAGE})  # an ensemble has no batcher of its own
     with pytest.raises(ValidationError, match="must be 0..100000"):
         RepositorySettings(model_queue_delay_us={contract.TEXT_ENCODER: -1})
+
+
+def test_queue_delay_defaults_per_profile() -> None:
+    assert RepositorySettings().max_queue_delay_microseconds == 0  # measured on CPU (perf_analyzer.md)
+    assert RepositorySettings(profile="gpu").max_queue_delay_microseconds == 500  # GPU: not measured, unchanged
+    assert RepositorySettings(profile="gpu", max_queue_delay_microseconds=50).max_queue_delay_microseconds == 50
