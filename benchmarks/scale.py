@@ -16,7 +16,8 @@ like any other; the query embedding is real: the default model in the real trito
    reports (embed, retrieve, calibrate, fuse, facets, engine total) and of the client's round trip;
    the service's RSS per product after the run;
 4. ``--profile``: the same queries through the engine in this process under cProfile (the top
-   functions by cumulative time), to see what dominates the per-query path.
+   functions by cumulative time) on the ``--profile-kind`` bundle of the first size, to see what
+   dominates the per-query path.
 
 Flat search above ``--flat-max`` rows is skipped (1M flat is ~14 QPS: seconds per photo+text query),
 and said so in the report. Everything is on 127.0.0.1; every loop is bounded in count.
@@ -197,15 +198,29 @@ def run(args: argparse.Namespace, report: reporting.Report) -> dict[str, Any]:
                     s = row["service"][q]
                     print(f"  {q:10s} client p50 {s['client']['p50']:.2f} p99 {s['client']['p99']:.2f} ms; "
                           f"retrieve p99 {s['retrieve']['p99']:.2f}, embed p99 {s['embed']['p99']:.2f}")
-                if args.profile and profile is None:
+                if args.profile and profile is None and kind == args.profile_kind:
                     profile = {"products": n, "kind": kind, **profile_engine(triton.grpc_url, index_root, requests)}
                 if not args.keep:
                     import shutil
 
                     shutil.rmtree(index_root)
+                _write_partial(report, args, {"model_hash": manifest.model_hash, "embed_dim": manifest.embed_dim,
+                                              "rows": rows, "profile": profile})
     finally:
         triton.stop()
     return {"model_hash": manifest.model_hash, "embed_dim": manifest.embed_dim, "rows": rows, "profile": profile}
+
+
+def _write_partial(report: reporting.Report, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Rewrite the report after every bundle, so a long 1M run that is stopped still leaves its rows."""
+    report.data.update({"settings": _settings(args), **results})
+    report.markdown = []
+    markdown(report, report.data)
+    report.write()
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
@@ -253,7 +268,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=200, help="sequential service queries per query type")
     p.add_argument("--recall-queries", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", action="store_true", help="cProfile the engine in-process on the first bundle")
+    p.add_argument("--profile", action="store_true", help="cProfile the engine in-process on one bundle")
+    p.add_argument("--profile-kind", default=None, help="which index kind to profile (default: ivfpq if measured)")
     p.add_argument("--keep", action="store_true", help="keep the bundles (several GiB at 1M)")
     p.add_argument("--spec", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "scale")
@@ -262,6 +278,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for kind in args.kinds:
         if kind not in ("flat", "hnsw", "ivfpq"):
             p.error(f"--kinds: {kind!r} is not one of flat, hnsw, ivfpq")
+    if args.profile_kind is None:
+        args.profile_kind = "ivfpq" if "ivfpq" in args.kinds else args.kinds[0]
     args.out = reporting.output_dir(args.out, args.publish)
     return args
 
@@ -270,8 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     report = reporting.Report("scale", args.out, argv)
     results = run(args, report)
-    report.data.update({"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                        **results})
+    report.data.update({"settings": _settings(args), **results})
+    report.markdown = []
     markdown(report, report.data)
     paths = report.write()
     print("wrote " + ", ".join(str(p) for p in paths.values()))
