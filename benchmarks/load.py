@@ -239,7 +239,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     floats = lambda s: [float(x) for x in s.split(",") if x.strip()]  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--products", type=int, default=600, help="catalog size (600 = the bundled demo catalog)")
-    p.add_argument("--max-inflight", type=int, default=32, help="service admission limit (LENSCOPE_MAX_INFLIGHT; 32 = shipped)")
+    p.add_argument("--max-inflight", type=int, default=8, help="service admission limit (LENSCOPE_MAX_INFLIGHT; 8 = shipped)")
     p.add_argument("--fractions", type=floats, default=[0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5],
                    help="step rates as fractions of the closed-loop capacity estimate")
     p.add_argument("--overload", type=floats, default=[1.6, 2.4],
@@ -251,7 +251,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calibrate-seconds", type=float, default=6.0)
     p.add_argument("--deadline-s", type=float, default=1.0, help="client deadline per request")
     p.add_argument("--mix", default="image=0.4,text=0.4,image+text=0.2")
-    p.add_argument("--compare-inflight", type=int, default=8, help="0 = no comparison run")
+    p.add_argument("--compare-inflight", type=int, default=32, help="another admission limit, side by side (32: the old default); 0 = none")
     p.add_argument("--compare-queued", type=int, default=64,
                    help="also run the heaviest step with LENSCOPE_MAX_QUEUED_RPCS=N (64 = the old default)")
     p.add_argument("--no-compare", action="store_true", help="no side-by-side runs")
