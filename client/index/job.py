@@ -86,6 +86,9 @@ class IndexBuildConfig:
     progress: bool = True  # rich progress bar (only drawn on a terminal)
     keep_work: bool = False  # keep the checkpoints after publishing
     allow_outside_images: bool = False  # read image paths that are absolute or lead outside the catalog's folder
+    vector_backend: Literal["faiss", "milvus"] = "faiss"  # milvus: a new collection per build (writer.py)
+    milvus_uri: str | None = None
+    milvus_alias: str = "lenscope_serving"
 
 
 @dataclass
@@ -168,7 +171,9 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
         }
         t_write0 = time.perf_counter()
         settings = WriterSettings(index_kind=config.index_kind, ranking=ranking,
-                                  calibration_method=config.calibration_method, seed=config.seed)
+                                  calibration_method=config.calibration_method, seed=config.seed,
+                                  vector_backend=config.vector_backend, milvus_uri=config.milvus_uri,
+                                  milvus_alias=config.milvus_alias)
         bundle_id, info = write_bundle(Path(config.index_root), a, all_rejects, model, settings, info)
         seconds["write"] = round(time.perf_counter() - t_write0, 3)
         seconds["total"] = round(time.perf_counter() - t0, 3)

@@ -14,9 +14,12 @@ One concurrency model, sized from ``max_inflight`` (``ServiceSettings``), owned 
   for the image embedding while the engine thread embeds the text. So every pool is sized from the
   same number: handler threads ``max_inflight + spare_threads`` (the spare ones answer shed, invalid
   and health calls without waiting), engine threads ``max_inflight``, Triton client threads
-  ``max_inflight`` (``open_engine(concurrency=...)``). No pool can queue behind admission.
+  ``max_inflight`` (``ClientConfig.max_concurrency``, set by ``lenscope serve search``). No pool can
+  queue behind admission. The engine has one thread of its own: the online recall sample, off the
+  request path, skipped while busy.
 * **Deadlines.** The caller's remaining time (``default_deadline_s`` if it sent none) bounds the
-  request; the engine gets ``triton_deadline_fraction`` of it as ``SearchQuery.deadline_s``. The
+  request; the engine gets all of it as ``SearchQuery.deadline_s`` and hands Triton its
+  ``triton_deadline_fraction`` (applied once, there: retrieval and fusion need the rest). The
   engine runs on its own thread so the handler waits at most the remaining time, and the caller gets
   DEADLINE_EXCEEDED on time even from an engine that ignores its deadline. A slot is released when
   the engine call *finishes*, not when the caller gave up on it, so work abandoned at its deadline
@@ -182,8 +185,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if remaining_s < _MIN_USEFUL_S:
                 raise DeadlineExceeded("the deadline had already passed when the request arrived")
             deadline = time.monotonic() + remaining_s
-            engine_deadline_s = remaining_s * self._settings.triton_deadline_fraction
-            query = to_query(request, self._settings, self._backend.facet_names(), engine_deadline_s)
+            query = to_query(request, self._settings, self._backend.facet_names(), remaining_s)
             result = self._run(query, deadline, remaining_s, context, slot)
             response = to_response(result, request_id, (time.perf_counter() - started) * 1000.0)
             timings = dict(response.timings_ms)
