@@ -117,3 +117,41 @@ def test_cell_index_recall_on_clustered_data_and_its_measurement() -> None:
     assert 0.9 <= recall <= 1.0
     few = CellIndex(vectors, nlist=64, nprobe=1)
     assert few.recall_at(queries, 100) < recall  # fewer cells probed: lower recall, and it shows
+
+
+def test_recall_samples_run_off_the_request_thread_and_are_skipped_while_busy() -> None:
+    import random
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lenscope.client.search.engine import SearchEngine, SearchSettings
+    from lenscope.client.vectors.contract import RecallMonitor
+    from lenscope.client.vectors.faiss_index import FaissIndex
+
+    vectors = _clustered(500, 16, 5, seed=4)
+    index = FaissIndex(16)
+    index.add(np.arange(500, dtype=np.int64), vectors)
+    started, release, threads = threading.Event(), threading.Event(), []
+
+    class SlowMonitor(RecallMonitor):
+        def observe(self, queries, ann_ids, candidate_ids=None):
+            threads.append(threading.current_thread().name)
+            started.set()
+            release.wait(5)
+            return super().observe(queries, ann_ids, candidate_ids)
+
+    engine = SearchEngine.__new__(SearchEngine)  # only the recall sampling state: no Triton, no bundle
+    engine.settings = SearchSettings(recall_sample_rate=1.0)
+    engine.recall = SlowMonitor(index, k=10, sample_rate=1.0)
+    engine._recall_rng = random.Random(0)
+    engine._recall_idle = threading.Semaphore(1)
+    engine._recall_worker = ThreadPoolExecutor(1, thread_name_prefix="lenscope-recall")
+    q = vectors[:1]
+    res = index.search(q, 10)
+    engine._sample_recall(q, res)  # returns at once: measured on the recall thread
+    assert started.wait(5)
+    engine._sample_recall(q, res)  # busy: skipped, not queued
+    release.set()
+    engine._recall_worker.shutdown(wait=True)
+    assert threads == ["lenscope-recall_0"]
+    assert engine.recall.recall == 1.0 and engine.recall.total_sampled == 1
