@@ -155,3 +155,15 @@ def test_recall_samples_run_off_the_request_thread_and_are_skipped_while_busy() 
     engine._recall_worker.shutdown(wait=True)
     assert threads == ["lenscope-recall_0"]
     assert engine.recall.recall == 1.0 and engine.recall.total_sampled == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_best_first_is_the_stable_argsort_it_replaced(seed: int) -> None:
+    from lenscope.client.vectors.rescoring import best_first
+
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.standard_normal((3, 700)), 1).astype(np.float32)  # many exact ties
+    scores[:, rng.integers(0, 700, 200)] = -np.inf  # padding, as re-scoring marks missing candidates
+    scores[2, 5:] = -np.inf  # a row with fewer real candidates than k
+    for k in (1, 10, 100, 175, 700):
+        assert best_first(scores, k).tolist() == np.argsort(-scores, axis=1, kind="stable")[:, :k].tolist()
