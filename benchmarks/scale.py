@@ -211,12 +211,34 @@ def run(args: argparse.Namespace, report: reporting.Report) -> dict[str, Any]:
     return {"model_hash": manifest.model_hash, "embed_dim": manifest.embed_dim, "rows": rows, "profile": profile}
 
 
+def plot(data: dict[str, Any]):
+    """Client round trip p50 (bar) and p99 (tick) per bundle and query type."""
+    plt = reporting.pyplot()
+    rows = [r for r in data["rows"] if r.get("service")]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / max(1, len(QUERY_TYPES))
+    for j, q in enumerate(QUERY_TYPES):
+        xs = [i + j * width for i in range(len(rows))]
+        p50 = [r["service"][q]["client"]["p50"] for r in rows]
+        p99 = [r["service"][q]["client"]["p99"] for r in rows]
+        ax.bar(xs, p50, width, label=f"{q} p50")
+        ax.scatter(xs, p99, marker="_", s=200, color="black")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([f"{r['products']:,} {r['kind']}" for r in rows])
+    ax.set_ylabel("client round trip, ms (bar p50, tick p99)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def _write_partial(report: reporting.Report, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """Rewrite the report after every bundle, so a long 1M run that is stopped still leaves its rows."""
     report.data.update({"settings": _settings(args), **results})
     report.markdown = []
     markdown(report, report.data)
-    report.write()
+    report.write(plot(report.data))
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report.data.update({"settings": _settings(args), **results})
     report.markdown = []
     markdown(report, report.data)
-    paths = report.write()
+    paths = report.write(plot(report.data))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return report.data
 

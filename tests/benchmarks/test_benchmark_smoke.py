@@ -117,6 +117,21 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_scale_smoke(tmp_path: Path, bench_work: Path) -> None:
+    data = run_benchmark("scale", ["--sizes", "3000", "--kinds", "flat,ivfpq", "--queries", "3",
+                                   "--recall-queries", "10", "--flat-max", "2000"], tmp_path, bench_work)
+    flat, ivfpq = data["rows"]
+    assert "skipped" in flat and "service" not in flat  # above --flat-max: said, not measured
+    assert ivfpq["build"]["index_config"]["kind"] == "ivfpq" and ivfpq["build"]["index_config"]["rescore_factor"] == 16
+    assert 0.0 <= ivfpq["ann"]["recall_at_10"] <= 1.0 and ivfpq["disk_bytes_per_product"]["total"] > 0
+    for q in ("text", "photo", "photo+text", "filtered"):
+        stages = ivfpq["service"][q]
+        assert {"embed", "retrieve", "total", "client"} <= set(stages) and stages["client"]["p50"] > 0
+    assert data["profile"] is None  # --profile not given
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_soak_smoke(tmp_path: Path, bench_work: Path) -> None:
     data = run_benchmark("soak", [
         "--duration", "12", "--window", "4", "--rate", "15", "--sample-seconds", "1", "--products", "60"],
