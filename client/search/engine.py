@@ -1,8 +1,12 @@
 """The search facade: embed -> retrieve (adaptive over-fetch) -> exact re-score -> calibrate -> fuse
 -> facets, under the caller's deadline.
 
-Everything heavy is loaded once at start-up (index, title vectors, facet columns, popularity,
-calibration, fusion weights); a search touches SQLite only for the final hits' titles.
+Everything heavy is loaded once at start-up (index, title vectors and, above ``title_scan_max``
+rows, their in-memory IVF, facet columns, popularity, calibration, fusion weights); a search touches
+SQLite only for the final hits' titles. Longer than the ~400-line guide because the facade is one
+pipeline whose stages share the per-query state; the pure pieces already live elsewhere (ranking/,
+vectors/); the candidate merge (``round_robin``) and the online recall sampler are the next to move
+out if it grows.
 """
 
 from __future__ import annotations
