@@ -330,12 +330,14 @@ class SearchEngine:
         if self.policy is None:
             return RankingInfo(query_type=query_type, ranked_by="fused", calibrated_signals=list(calibrated),
                                raw_signals=list(raw), source="legacy",
-                               reason="index built before the held-out check: every query type fused")
+                               reason="index built before the held-out check: every query type fused",
+                               rule="legacy")
         d = self.policy.decisions.get(query_type)
         return RankingInfo(
             query_type=query_type, ranked_by=self.policy.ranked_by(query_type), calibrated_signals=list(calibrated),
             raw_signals=list(raw), source=self.policy.source, reason=d.reason if d else "",
             held_out={k: v.model_dump() for k, v in d.held_out.items()} if d else {},
+            rule=d.rule if d else "", pooled={k: v.model_dump() for k, v in d.pooled.items()} if d else {},
         )
 
     def _hits(self, ids: np.ndarray, order: np.ndarray, fused, raw: dict, calibrated: dict) -> list[Hit]:

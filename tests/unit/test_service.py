@@ -114,7 +114,8 @@ def canned_result() -> SearchResult:
         query_attributes={"color": {"red": 0.8, "pink": 0.15}},
         ranking=RankingInfo(query_type="image+text", ranked_by="visual", calibrated_signals=["visual"],
                             raw_signals=["text_image"], source="self-check", reason="fused did not beat visual",
-                            held_out={"fused": {"ndcg10": 0.5, "r10": 0.9}, "visual": {"ndcg10": 0.6, "r10": 0.9}}),
+                            held_out={"fused": {"ndcg10": 0.5, "r10": 0.9}, "visual": {"ndcg10": 0.6, "r10": 0.9}},
+                            rule="raw-fused-lost-held-out", pooled={"visual": {"ndcg10": 0.55, "r10": 0.8}}),
     )
 
 
@@ -219,6 +220,7 @@ def test_request_and_response_round_trip(svc: Harness) -> None:
     assert (r.query_type, r.ranked_by, list(r.calibrated_signals), list(r.raw_signals)) == (
         "image+text", "visual", ["visual"], ["text_image"])
     assert r.source == "self-check" and r.held_out["visual"].ndcg10 == pytest.approx(0.6)
+    assert r.rule == "raw-fused-lost-held-out" and r.pooled["visual"].r10 == pytest.approx(0.8)
     # Facet values keep the engine's order (count desc), zero-count selected values included.
     assert [(f.facet, [(v.value, v.count) for v in f.values]) for f in response.facets] == [
         ("color", [("red", 12), ("burgundy", 3), ("blue", 0)]),
