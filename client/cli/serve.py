@@ -271,8 +271,9 @@ def search_service(
         tls = dict(ssl=True, root_certificates=str(settings.triton_ca),
                    certificate_chain=str(settings.triton_cert) if settings.triton_cert else None,
                    private_key=str(settings.triton_key) if settings.triton_key else None)
+    # One concurrency model (service/servicer.py): the Triton client pool is sized from max_inflight too.
     client_config = ClientConfig(url=settings.triton_url, timeout_s=settings.triton_timeout_s,
-                                 keepalive_s=settings.triton_keepalive_s,
+                                 max_concurrency=settings.max_inflight, keepalive_s=settings.triton_keepalive_s,
                                  max_connection_age_s=settings.triton_max_connection_age_s, **tls)
     engine = open_engine(settings.triton_url, str(index_root), settings.search_settings(),
                          client_config=client_config, vector_backend=settings.vector_backend,
