@@ -34,7 +34,8 @@ ENV_PREFIX = "LENSCOPE_"
 # the search service, so their presence is not a typo (tests/unit/test_search_settings.py checks this
 # list against every LENSCOPE_ name the repository mentions).
 FOREIGN_VARIABLES = frozenset({
-    "LENSCOPE_TRITON_ADMIN_KEY",  # serve triton
+    "LENSCOPE_TRITON_ADMIN_KEY",  # serve triton, the Triton image, k8s
+    "LENSCOPE_TRITON_OPEN_ADMIN",  # the Triton image (docker/triton/entrypoint.sh)
     "LENSCOPE_SEARCH_TARGET",  # web demo
     "LENSCOPE_CACHE",
     "LENSCOPE_BENCH_WORK", "LENSCOPE_PERF_ANALYZER", "LENSCOPE_NO_HARM_REPORT",  # benchmarks
