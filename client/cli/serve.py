@@ -236,11 +236,18 @@ def search_service(
     triton_ca: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_CA", help="Talk TLS to Triton, trusting this CA (PEM)."),
     triton_cert: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_CERT", help="Client certificate for mutual TLS to Triton."),
     triton_key: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_KEY", help="Client key for mutual TLS to Triton."),
+    index_poll_s: float = typer.Option(
+        2.0, min=0.0, envvar="LENSCOPE_INDEX_POLL_S",
+        help="How often to look for a newly published index version and switch to it live (0: only on SIGHUP).",
+    ),
 ) -> None:
-    """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT."""
+    """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT.
+
+    It follows --index-root: a version published there (`index build`, `index remove`) is checked
+    and served within about --index-poll-s seconds, without a restart; SIGHUP looks at once."""
     from pydantic import ValidationError
 
-    from lenscope.client.search.engine import open_engine
+    from lenscope.client.search.live import open_live_engine
     from lenscope.client.service.server import serve
     from lenscope.client.service.settings import ServiceSettings
     from lenscope.client.triton.client import ClientConfig
@@ -259,7 +266,8 @@ def search_service(
         tls = dict(ssl=True, root_certificates=str(triton_ca),
                    certificate_chain=str(triton_cert) if triton_cert else None,
                    private_key=str(triton_key) if triton_key else None)
-    engine = open_engine(triton, str(index_root), client_config=ClientConfig(url=triton, timeout_s=2.0, **tls))
+    engine = open_live_engine(triton, str(index_root), poll_s=index_poll_s,
+                              client_config=ClientConfig(url=triton, timeout_s=2.0, **tls))
     try:
         running = serve(engine, settings)
     except BaseException:
@@ -270,6 +278,7 @@ def search_service(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: engine.reload_now())  # look for a new index version now
     stop.wait()
     running.stop()
     engine.close()
