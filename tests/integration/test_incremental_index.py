@@ -41,7 +41,7 @@ def setup(triton, tmp_path_factory):
     first = paths.catalog.parent / "v1.jsonl"
     first.write_text("".join(lines[:58]), encoding="utf-8")
     embedder = TritonEmbedder(ClientConfig(url=triton.grpc_url, timeout_s=30.0, max_concurrency=16))
-    root = base / "index"
+    root = base / "index"  # each test works on its own copy (see _fresh): order and selection do not matter
     v1 = _build(first, root, embedder)
     changed = []
     for i, line in enumerate(lines[2:], start=2):
@@ -57,6 +57,12 @@ def setup(triton, tmp_path_factory):
     embedder.close()
 
 
+def _fresh(root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "index"
+    shutil.copytree(root, copy, symlinks=True)
+    return copy
+
+
 def _engine(embedder, root: Path) -> SearchEngine:
     bundle = BundleStore(root).open_current(expected_model_hash=None)
     return SearchEngine(embedder, bundle, SearchSettings(default_deadline_s=30.0))
@@ -65,6 +71,7 @@ def _engine(embedder, root: Path) -> SearchEngine:
 @pytest.mark.slow  # two builds through Triton (~1 min on 2 busy cores)
 def test_incremental_build_embeds_only_changes_and_ranks_like_a_full_build(setup, tmp_path: Path) -> None:
     folder, root, v1, second, embedder = setup
+    root = _fresh(root, tmp_path)
     incr = _build(second, root, embedder, refit_fraction=0.0)  # refit, so the fit is a full build's too
     build = incr.info["build"]
     assert build["mode"] == "incremental" and build["previous"] == v1.bundle_id, build
@@ -95,17 +102,18 @@ def test_incremental_build_embeds_only_changes_and_ranks_like_a_full_build(setup
             e.bundle.close()
 
 
-def test_small_change_keeps_the_fit_and_model_change_means_full(setup) -> None:
-    folder, root, _, second, embedder = setup
+def test_small_change_keeps_the_fit_and_model_change_means_full(setup, tmp_path: Path) -> None:
+    folder, root, v1, _, embedder = setup
+    root = _fresh(root, tmp_path)
     before = BundleStore(root).current_version()
-    rows = second.read_text().splitlines(keepends=True)
+    rows = (folder / "v1.jsonl").read_text().splitlines(keepends=True)
     row = json.loads(rows[5])
     row["title"] += " blue"
-    third = folder / "v3.jsonl"
+    third = folder / "v3.jsonl"  # beside the images; product 20's image was replaced after v1 was built
     third.write_text("".join(rows[:5] + [json.dumps(row) + "\n"] + rows[6:]))
     report = _build(third, root, embedder)
     build = report.info["build"]
-    assert build["embedded"] == 1 and build["removed"] == 0 and build["previous"] == before, build
+    assert (build["embedded"], build["changed"], build["removed"]) == (2, 2, 0) and build["previous"] == before, build
     assert "previous fit kept" in build["ranking"], build
     old = BundleStore(root).versions_dir / before / "attachments"
     new = report.bundle_path / "attachments"
@@ -121,6 +129,7 @@ def test_small_change_keeps_the_fit_and_model_change_means_full(setup) -> None:
 
 def test_remove_publishes_without_the_products_and_checks_the_ids(setup, tmp_path: Path) -> None:
     _, root, _, _, _ = setup
+    root = _fresh(root, tmp_path)
     store = BundleStore(root)
     with store.open_current(expected_model_hash=None) as bundle:
         products = bundle.metadata.get(bundle.metadata.row_ids())
