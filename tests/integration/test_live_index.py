@@ -149,3 +149,40 @@ def test_damaged_new_version_keeps_the_old_one(triton, root) -> None:
     finally:
         running.stop(0.5)
         live.close()
+
+
+def test_removed_product_leaves_results_within_seconds(triton, root) -> None:
+    """`index remove` (no Triton involved: it only reads the stored version) is served by the running
+    service within 10 s; the product's own title no longer finds it."""
+    from typer.testing import CliRunner
+
+    from lenscope.client.cli.app import app
+
+    catalog, index_root = root
+    row = read_catalog(catalog).rows[7]
+    live, running = _live_service(triton, index_root)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+
+            def found() -> tuple[str, bool]:
+                resp = stub.Search(search_pb2.SearchRequest(text=row.title, top_k=5), timeout=30)
+                return resp.index_version, row.product_id in {h.product_id for h in resp.hits}
+
+            old_version, present = found()
+            assert present, "the product's own title should find it before the removal"
+            ids = index_root.parent / "withdraw.txt"
+            ids.write_text(row.product_id + "\n")
+            started = time.monotonic()
+            result = CliRunner().invoke(app, ["index", "remove", "--index-root", str(index_root), "--ids", str(ids)])
+            assert result.exit_code == 0, result.output
+            version, present = found()
+            while (present or version == old_version) and time.monotonic() - started < 10:
+                time.sleep(0.1)
+                version, present = found()
+            gone_after_s = time.monotonic() - started
+        assert not present and version != old_version, f"still served {gone_after_s:.1f}s after index remove started"
+        print(f"removed product gone from results {gone_after_s:.2f}s after 'index remove' started")
+    finally:
+        running.stop(0.5)
+        live.close()
