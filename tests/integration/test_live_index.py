@@ -186,3 +186,51 @@ def test_removed_product_leaves_results_within_seconds(triton, root) -> None:
     finally:
         running.stop(0.5)
         live.close()
+
+
+@pytest.mark.slow  # a service subprocess: ~25 s on 2 busy cores
+def test_serve_search_switches_on_sighup(triton, root) -> None:
+    """`lenscope serve search --index-poll-s 0` never looks by itself; SIGHUP makes it switch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from lenscope.client.index.removal import remove_products
+    from lenscope.client.triton.ports import free_ports
+
+    catalog, index_root = root
+    row = read_catalog(catalog).rows[2]
+    port, metrics = free_ports(2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lenscope.client.cli", "serve", "search", "--index-root", str(index_root),
+         "--triton", triton.grpc_url, "--grpc-port", str(port), "--metrics-port", str(metrics),
+         "--index-poll-s", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=120)
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+
+            def version() -> str:
+                return stub.Search(search_pb2.SearchRequest(text=row.title, top_k=3), timeout=30).index_version
+
+            old = version()
+            ids = index_root.parent / "sighup.txt"
+            ids.write_text(row.product_id + "\n")
+            new = remove_products(index_root, ids).bundle_id
+            time.sleep(1.0)
+            assert version() == old, "switched with polling off and no SIGHUP"
+            os.kill(proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while version() != new and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert version() == new
+            assert proc.poll() is None, "SIGHUP stopped the service"
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "index_switched" in out, out[-2000:]
