@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                      b["removed"], c["incremental"]["wall_s"], s.get("embed"), s.get("ranking_fit"),
                      reporting.ratio(c["incremental"]["wall_s"], full["wall_s"]), b["ranking"]])
     for c in results["changes"]:
-        rows.append([f"index remove ({c['remove']['removed']} products)", "-", "-", 0, c["remove"]["removed"],
+        rows.append([f"index remove after the {c['fraction']:.0%} build ({c['remove']['removed']} products)", "-", "-", 0, c["remove"]["removed"],
                      c["remove"]["wall_s"], 0, 0, reporting.ratio(c["remove"]["wall_s"], full["wall_s"]), "kept"])
     report.add(reporting.table(["build", "rows", "reused", "embedded", "removed", "wall s", "embed s", "fit s",
                                 "x full", "ranking fit"], rows))

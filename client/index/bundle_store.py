@@ -46,6 +46,7 @@ from lenscope.client.index.bundle import (
     ModelVersionMismatch,
     file_sha256,
     open_bundle,
+    probe_search,
 )
 from lenscope.client.index.metadata import MetadataStore, Product
 from lenscope.client.vectors.contract import VectorIndex
@@ -87,7 +88,8 @@ class BundleStore:
         return Path(target).name
 
     def open_current(
-        self, *, expected_model_hash: str | None, fallback: bool = True, verify_checksums: bool = True
+        self, *, expected_model_hash: str | None, fallback: bool = True, verify_checksums: bool = True,
+        index_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> IndexBundle:
         """Open the served version; if it is damaged and `fallback`, the newest older version that opens.
 
@@ -100,7 +102,8 @@ class BundleStore:
             raise BundleError(f"{self.root}: nothing published yet (no {CURRENT_LINK} link); build an index first")
         try:
             return open_bundle(
-                self.versions_dir / current, expected_model_hash=expected_model_hash, verify_checksums=verify_checksums
+                self.versions_dir / current, expected_model_hash=expected_model_hash, verify_checksums=verify_checksums,
+                index_options=index_options,
             )
         except BundleError as err:
             if not fallback:
@@ -112,6 +115,7 @@ class BundleStore:
                     self.versions_dir / older,
                     expected_model_hash=expected_model_hash,
                     verify_checksums=verify_checksums,
+                    index_options=index_options,
                 )
             except (BundleError, ModelVersionMismatch) as err:
                 log.warning("fallback candidate %s unusable: %s", older, err)
@@ -308,6 +312,8 @@ class BundleWriter:
             missing = np.setdiff1d(index_ids, bundle.metadata.row_ids(), assume_unique=True)
             if missing.size:
                 raise BundleError(f"{missing.size} indexed ids have no metadata row, e.g. {missing[:5].tolist()}")
+            if bundle.manifest.index_backend != "faiss":  # open_bundle probes FAISS indexes itself
+                probe_search(bundle.index)
 
 
 # -- filesystem plumbing ---------------------------------------------------------------------------

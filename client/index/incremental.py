@@ -94,6 +94,8 @@ def load_previous(index_root: Path, model: ModelInfo) -> tuple[Previous | None, 
     except BundleError as err:
         return None, f"the served version cannot be reused: {err}"
     with bundle:
+        if bundle.manifest.index_backend != "faiss":
+            return None, f"the served version uses the {bundle.manifest.index_backend} backend (incremental: FAISS only)"
         return _read(bundle, model)
 
 

@@ -90,6 +90,9 @@ class IndexBuildConfig:
     allow_outside_images: bool = False  # read image paths that are absolute or lead outside the catalog's folder
     full: bool = False  # embed every row even when the served version's vectors could be reused
     refit_fraction: float = DEFAULT_REFIT_FRACTION  # incremental: refit the ranking above this share of moved rows
+    vector_backend: Literal["faiss", "milvus"] = "faiss"  # milvus: a new collection per build (writer.py)
+    milvus_uri: str | None = None
+    milvus_alias: str = "lenscope_serving"
 
 
 @dataclass
@@ -129,7 +132,12 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
     scan = scan_catalog(config.catalog, splits=config.splits)
     model = _served_model(embedder)
     t_read = time.perf_counter()
-    prev, why_full = (None, "--full given") if config.full else load_previous(Path(config.index_root), model)
+    if config.full:
+        prev, why_full = None, "--full given"
+    elif config.vector_backend != "faiss":
+        prev, why_full = None, f"incremental builds are FAISS-only so far (--backend {config.vector_backend})"
+    else:
+        prev, why_full = load_previous(Path(config.index_root), model)
     seconds: dict[str, float] = {"read": round(t_read - t0, 3)}
     if prev is None:
         log.info("index_build_full", reason=why_full)
@@ -232,7 +240,9 @@ def _publish(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, embe
     }
     t_write0 = time.perf_counter()
     settings = WriterSettings(index_kind=config.index_kind, ranking=ranking,
-                              calibration_method=config.calibration_method, seed=config.seed)
+                              calibration_method=config.calibration_method, seed=config.seed,
+                              vector_backend=config.vector_backend, milvus_uri=config.milvus_uri,
+                              milvus_alias=config.milvus_alias)
     bundle_id, info = write_bundle(Path(config.index_root), a, all_rejects, model, settings, info)
     seconds["write"] = round(time.perf_counter() - t_write0, 3)
     seconds["total"] = round(time.perf_counter() - t0, 3)

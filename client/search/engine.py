@@ -347,31 +347,40 @@ __all__ = ["SearchEngine", "SearchSettings", "FacetError"]
 
 def open_engine(triton_url: str, index_root: str, settings: SearchSettings = SearchSettings(),
                 triton_timeout_s: float = 2.0, faiss_threads: int = 1,
-                client_config: "ClientConfig | None" = None) -> SearchEngine:
+                client_config: "ClientConfig | None" = None, *, vector_backend: str = "auto",
+                index_options: "dict[str, dict] | None" = None) -> SearchEngine:
     """Connect to Triton, open the published index bundle built by Triton's model, build the engine.
 
     FAISS runs single-threaded: the service parallelises across requests, and OpenMP threads
-    fighting over a few cores made batch-1 search ~10x slower in measurements.
+    fighting over a few cores made batch-1 search ~10x slower in measurements. `vector_backend`
+    (auto | faiss | milvus) refuses a bundle of the other kind; `index_options` holds per-backend
+    options for opening it (e.g. {"milvus": {"uri": ..., "token": ...}}).
     """
     import faiss
 
+    from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.bundle_store import BundleStore
     from lenscope.client.triton.client import ClientConfig
 
     faiss.omp_set_num_threads(faiss_threads)
     # client_config carries TLS / mutual-TLS material for the channel to Triton
     embedder = TritonEmbedder(client_config or ClientConfig(url=triton_url, timeout_s=triton_timeout_s))
-    try:
-        served = embedder.manifest()["model_hash"]
+    try:  # at start-up no caller waits: allow a busy Triton longer than a query's share
+        served = embedder.manifest(timeout_s=max(embedder.config.timeout_s, 10.0))["model_hash"]
     except TritonError as err:
         embedder.close()
         raise BackendUnavailable(f"Triton at {triton_url} did not answer: {err}") from err
     try:
-        bundle = BundleStore(index_root).open_current(expected_model_hash=served)
+        bundle = BundleStore(index_root).open_current(expected_model_hash=served, index_options=index_options)
     except BaseException:
         embedder.close()
         raise
     try:
+        built_with = bundle.manifest.index_backend
+        if vector_backend not in ("auto", built_with):
+            raise BundleError(f"the index published under {index_root} ({bundle.version}) was built with the "
+                              f"{built_with} backend, but the service is set to vector_backend={vector_backend}: "
+                              f"rebuild with --backend {vector_backend} or set LENSCOPE_VECTOR_BACKEND=auto")
         return SearchEngine(embedder, bundle, settings)
     except BaseException:
         bundle.close()

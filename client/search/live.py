@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,13 +63,15 @@ class LiveEngine:
     """A `SearchBackend` over an index root that switches to newly published versions while serving."""
 
     def __init__(self, engine: SearchEngine, index_root: str, *, poll_s: float = DEFAULT_POLL_S,
-                 settings: SearchSettings | None = None) -> None:
+                 settings: SearchSettings | None = None,
+                 index_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if poll_s < 0:
             raise ValueError(f"poll_s must be >= 0 (0 = only on reload_now); got {poll_s}")
         self.store = BundleStore(index_root)
         self.embedder = engine.embedder
         self.settings = settings or engine.settings
         self.poll_s = poll_s
+        self.index_options = index_options  # per-backend options for opening a version (e.g. Milvus address)
         self._lock = threading.Lock()
         self._served = _Served(engine)
         self._status = LiveStatus(version=engine.index_version)
@@ -160,7 +163,8 @@ class LiveEngine:
 
     def _open(self, version: str) -> SearchEngine:
         served_hash = self.embedder.manifest()["model_hash"]
-        bundle = open_bundle(self.store.versions_dir / version, expected_model_hash=served_hash)
+        bundle = open_bundle(self.store.versions_dir / version, expected_model_hash=served_hash,
+                             index_options=self.index_options)
         try:
             return SearchEngine(self.embedder, bundle, self.settings)
         except BaseException:
@@ -220,4 +224,5 @@ def open_live_engine(triton_url: str, index_root: str, settings: SearchSettings 
     from lenscope.client.search.engine import open_engine
 
     engine = open_engine(triton_url, index_root, settings, **kwargs)
-    return LiveEngine(engine, index_root, poll_s=poll_s, settings=settings).start()
+    return LiveEngine(engine, index_root, poll_s=poll_s, settings=settings,
+                      index_options=kwargs.get("index_options")).start()

@@ -3,7 +3,8 @@
 Latency discipline, enforced here:
 
 * **Deadlines.** The caller's remaining time (``default_deadline_s`` if it sent none) bounds the
-  request; the engine gets ``triton_deadline_fraction`` of it as ``SearchQuery.deadline_s``. The
+  request; the engine gets all of it as ``SearchQuery.deadline_s`` and hands Triton its
+  ``triton_deadline_fraction`` (applied once, there: retrieval and fusion need the rest). The
   engine runs on its own thread pool and the handler waits at most the remaining time, so the caller
   gets DEADLINE_EXCEEDED on time even from an engine that ignores its deadline.
 * **Shedding.** At most ``max_inflight`` searches run in the engine; a request finding every slot taken
@@ -118,8 +119,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if remaining_s < _MIN_USEFUL_S:
                 raise DeadlineExceeded("the deadline had already passed when the request arrived")
             deadline = time.monotonic() + remaining_s
-            engine_deadline_s = remaining_s * self._settings.triton_deadline_fraction
-            query = to_query(request, self._settings, self._backend.facet_names(), engine_deadline_s)
+            query = to_query(request, self._settings, self._backend.facet_names(), remaining_s)
             result = self._run(query, deadline, remaining_s, context)
             response = to_response(result, request_id, (time.perf_counter() - started) * 1000.0)
             timings = dict(response.timings_ms)

@@ -195,8 +195,11 @@ def test_search_image(overlays, known):
     assert runtime.base.startswith("python:3.11-slim")
     runs = " ".join(runtime.all("RUN"))
     assert "-c /tmp/requirements.lock" in runs and "--only-binary=:all:" in runs
-    for package in arg_default(runtime, "EXTRA_PACKAGES").split():
+    extras = arg_default(runtime, "EXTRA_PACKAGES").split()
+    for package in extras:
         assert re.sub(r"[-_.]+", "-", package).lower() in lock_pins(), f"{package} is not pinned by the lock"
+    # both vector backends the service can serve: FAISS bundles and Milvus collections (milvus component)
+    assert {"faiss-cpu", "pymilvus"} <= set(extras) and "import lenscope.client, pymilvus" in runs
     exposed = {int(p) for args in runtime.all("EXPOSE") for p in args.split()}
     assert exposed == {s["grpc_port"], s["metrics_port"]}
     entrypoint = exec_form(runtime.all("ENTRYPOINT")[-1])
