@@ -109,6 +109,10 @@ class LiveEngine:
         return self._served.engine
 
     @property
+    def bundle(self):  # noqa: ANN201 - IndexBundle of the version serving now
+        return self._served.engine.bundle
+
+    @property
     def model_hash(self) -> str:
         return self._served.engine.model_hash
 

@@ -208,7 +208,11 @@ def test_serve_search_switches_on_sighup(triton, root) -> None:
          "--index-poll-s", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=120)
+            try:
+                grpc.channel_ready_future(channel).result(timeout=120)
+            except grpc.FutureTimeoutError:
+                proc.kill()
+                pytest.fail(f"the service did not start: {proc.communicate()[0][-3000:]}")
             stub = search_pb2_grpc.SearchServiceStub(channel)
 
             def version() -> str:
