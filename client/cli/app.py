@@ -74,7 +74,7 @@ def model_export(
     profile: str = typer.Option("cpu", help="cpu (python backend + onnxruntime) | gpu (onnxruntime/TensorRT backends)."),
     gpu_backend: str = typer.Option("onnxruntime-trt", help="gpu profile: onnxruntime-trt | onnxruntime | tensorrt_plan."),
     max_batch_size: int = typer.Option(32, help="max_batch_size of every model."),
-    queue_delay_us: int = typer.Option(500, help="Dynamic batching max_queue_delay_microseconds."),
+    queue_delay_us: Optional[int] = typer.Option(None, min=0, max=100_000, help="Dynamic batching max_queue_delay_microseconds (default: 0 on cpu, measured in benchmarks/reports/perf_analyzer.md; 500 on gpu)."),
     encoder_instances: int = typer.Option(1, help="Instances of each encoder model."),
     intra_op_threads: int = typer.Option(1, help="cpu profile: onnxruntime threads per encoder instance."),
     onnx_dir: Optional[Path] = typer.Option(None, help="Keep the exported ONNX files here (for build-trt)."),
@@ -85,8 +85,8 @@ def model_export(
 
     settings = RepositorySettings(
         profile=profile, gpu_backend=gpu_backend, max_batch_size=max_batch_size,
-        max_queue_delay_microseconds=queue_delay_us, encoder_instances=encoder_instances,
-        intra_op_threads=intra_op_threads,
+        encoder_instances=encoder_instances, intra_op_threads=intra_op_threads,
+        **({} if queue_delay_us is None else {"max_queue_delay_microseconds": queue_delay_us}),
     )
     export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=log)
 

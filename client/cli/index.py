@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lenscope.client.cli.paths import check_current_link, input_file, text_file
+from lenscope.client.cli.paths import check_current_link, input_file, published_index, text_file
 from lenscope.client.cli.terminal import fail, literal, log_to
 from lenscope.client.core.outputs import check_output_dir
 
@@ -211,6 +211,7 @@ def index_inspect_command(
     from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.bundle_store import BundleStore
 
+    published_index(index_root)
     try:
         bundle = BundleStore(index_root).open_current(expected_model_hash=None, fallback=False)
     except (BundleError, FileNotFoundError, OSError) as err:
@@ -254,12 +255,25 @@ def _print_inspect(s: dict) -> None:
         out.print("no ranking policy stored: every query type is fused (index built before the held-out check)")
         return
     table = Table(title=f"ranking per query type ({policy['metric']})")
-    for col in ("query type", "ranked by", "held-out queries", "held-out nDCG@10 / R@10", "why"):
+    for col in ("query type", "ranked by", "held-out queries", "held-out nDCG@10 / R@10",
+                "all pseudo-queries: raw nDCG@10 / R@10", "why"):
         table.add_column(col)
     for qtype, d in policy["decisions"].items():
         scores = "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in d["held_out"].items())
-        table.add_row(qtype, d["ranked_by"], str(d["n_queries"]), scores or "-", literal(d["reason"]))
+        pooled = "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in d.get("pooled", {}).items())
+        table.add_row(qtype, d["ranked_by"], str(d["n_queries"]), scores or "-",
+                      f"{d.get('n_pooled', 0)} queries: {pooled}" if pooled else "-", literal(d["reason"]))
     out.print(table)
+    for qtype, d in policy["decisions"].items():  # one line each, so a rule name is never wrapped
+        out.print(f"{qtype}: ranked by {d['ranked_by']}, rule {d.get('rule') or '- (policy written before rules)'}")
+    by_kind = (ranking.get("self_check") or {}).get("raw_by_kind")
+    if by_kind:  # what the decision was made on: each pseudo-query kind's raw-signal scores
+        kinds = Table(title="pseudo-queries by kind (fit + held-out part): raw nDCG@10 / R@10")
+        kinds.add_column("kind")
+        kinds.add_column("raw signals")
+        for kind, scores in by_kind.items():
+            kinds.add_row(kind, "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in scores.items()))
+        out.print(kinds)
 
 
 def index_remove_command(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from lenscope.client.cli.paths import check_current_link, input_file
+from lenscope.client.cli.paths import input_file, published_index
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.ports import taken_ports
@@ -91,19 +91,6 @@ def settings_message(err: "ValidationError", env_prefix: str, known: "Iterable[s
         value = "(hidden)" if "token" in name.lower() else repr(e.get("input"))
         parts.append(f"{name}={value}: {e.get('msg')}")
     return "invalid setting " + "; ".join(parts)
-
-
-def published_index(index_root: Path) -> str:
-    """The version `current` points at, checked before Triton is asked anything: one clear line for an
-    empty root or a `current` that is not the symlink `lenscope index build` writes."""
-    from lenscope.client.index.bundle_store import CURRENT_LINK, BundleStore
-
-    check_current_link(index_root)
-    version = BundleStore(index_root).current_version()
-    if version is None:
-        fail(f"--index-root {index_root} holds no published index (no '{CURRENT_LINK}' link)",
-             hint=f"build one with 'lenscope index build --catalog CATALOG --index-root {index_root}'")
-    return version
 
 
 def _wait_interruptibly(server: TritonServer) -> int:
@@ -289,8 +276,9 @@ def search_service(
         tls = dict(ssl=True, root_certificates=str(settings.triton_ca),
                    certificate_chain=str(settings.triton_cert) if settings.triton_cert else None,
                    private_key=str(settings.triton_key) if settings.triton_key else None)
+    # One concurrency model (service/servicer.py): the Triton client pool is sized from max_inflight too.
     client_config = ClientConfig(url=settings.triton_url, timeout_s=settings.triton_timeout_s,
-                                 keepalive_s=settings.triton_keepalive_s,
+                                 max_concurrency=settings.max_inflight, keepalive_s=settings.triton_keepalive_s,
                                  max_connection_age_s=settings.triton_max_connection_age_s, **tls)
     engine = open_live_engine(settings.triton_url, str(index_root), settings.search_settings(),
                               poll_s=settings.index_poll_s, client_config=client_config,

@@ -318,7 +318,7 @@ def _log_ranking(log: Any, ranking: Any) -> None:
     shipped = ranking.info.get("shipped_fit")
     if shipped:
         log.warning("shipped_fit_not_applied", source=shipped["source"], reason=shipped["reason"])
-    decisions = {t: f"{d.ranked_by} ({d.reason})" for t, d in ranking.policy.decisions.items()}
+    decisions = {t: f"{d.ranked_by} (rule {d.rule or '-'}: {d.reason})" for t, d in ranking.policy.decisions.items()}
     log.info("ranking_fit", source=ranking.policy.source, catalog_fingerprint=ranking.info.get("catalog_fingerprint"),
              calibrated_pairs=sorted(ranking.calibration.pairs) if ranking.calibration else [], decisions=decisions)
 
