@@ -34,7 +34,8 @@ ENV_PREFIX = "LENSCOPE_"
 # the search service, so their presence is not a typo (tests/unit/test_search_settings.py checks this
 # list against every LENSCOPE_ name the repository mentions).
 FOREIGN_VARIABLES = frozenset({
-    "LENSCOPE_TRITON_ADMIN_KEY",  # serve triton
+    "LENSCOPE_TRITON_ADMIN_KEY",  # serve triton, the Triton image, k8s
+    "LENSCOPE_TRITON_OPEN_ADMIN",  # the Triton image (docker/triton/entrypoint.sh)
     "LENSCOPE_SEARCH_TARGET",  # web demo
     "LENSCOPE_CACHE",
     "LENSCOPE_BENCH_WORK", "LENSCOPE_PERF_ANALYZER", "LENSCOPE_NO_HARM_REPORT",  # benchmarks
@@ -67,12 +68,19 @@ class ServiceSettings(BaseSettings):
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 = any free port (tests)")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 = any free port")
 
-    max_inflight: int = Field(32, ge=1, description="searches running in the engine at once; more are shed")
+    max_inflight: int = Field(
+        8, ge=1, description="searches running in the engine at once; more are shed. Sizes every pool of a "
+        "request (service/servicer.py). 8 on 2 cores: side by side at 2.4x saturation it served 2x the "
+        "searches of 32, which let requests share the CPU until they missed their deadline "
+        "(benchmarks/reports/load.md); raise it with the cores"
+    )
     spare_threads: int = Field(
         8, ge=1, description="gRPC handler threads beyond max_inflight: they answer shed, invalid and health calls"
     )
     max_queued_rpcs: int = Field(
-        64, ge=0, description="RPCs waiting for a handler thread before gRPC itself answers RESOURCE_EXHAUSTED"
+        0, ge=0, description="RPCs waiting for a handler thread before gRPC itself answers RESOURCE_EXHAUSTED; "
+        "0: gRPC rejects the excess on its polling thread before any work, and no call waits unseen by its deadline "
+        "(side by side with 64 in benchmarks/reports/load.md: within the shared box's noise)"
     )
 
     default_deadline_s: float = Field(1.0, gt=0, description="deadline for callers that send none")
@@ -112,6 +120,10 @@ class ServiceSettings(BaseSettings):
 
     rerank_depth: int = Field(100, ge=1, le=10_000, description="filtered candidates re-ranked per query")
     max_candidates: int = Field(2000, ge=10, le=100_000, description="over-fetch bound of the ANN search")
+    index_poll_s: float = Field(
+        2.0, ge=0, description="how often the index root is checked for a newly published version, served live "
+        "(search/live.py); 0 = only on SIGHUP"
+    )
 
     max_request_bytes: int = Field(
         12 * MiB, ge=1024, description="gRPC receive cap: larger messages are refused by the transport"

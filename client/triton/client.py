@@ -71,7 +71,7 @@ class ClientConfig:
     url: str = "127.0.0.1:8001"
     timeout_s: float = 2.0  # per-call deadline
     retries: int = 3  # attempts on UNAVAILABLE only, within the call's deadline
-    max_concurrency: int = 16
+    max_concurrency: int = 16  # pool threads for fan-out; the search service sizes it from max_inflight
     ssl: bool = False
     root_certificates: str | None = None
     private_key: str | None = None
@@ -211,9 +211,22 @@ class TritonEmbedder:
         data = [t.encode("utf-8") for t in texts]
         return self._fan_out(contract.EMBED_TEXT, contract.TEXT, data, [contract.EMBEDDING], timeout_s)
 
+    def embed_image_and_text(self, image: bytes, text: str,
+                             timeout_s: float | None = None) -> tuple[EmbedResult, EmbedResult]:
+        """A photo+text query: the image on the client pool and the text on the calling thread, at the
+        same time, so one query holds at most one pool thread (the pool is sized from the service's
+        max_inflight, see ``service/servicer.py``)."""
+        outputs = [contract.EMBEDDING, *self.attribute_outputs()]
+        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        image_f = self._pool.submit(self._infer_one, contract.EMBED_IMAGE, contract.IMAGE, image, outputs, timeout)
+        text_r = self._infer_one(contract.EMBED_TEXT, contract.TEXT, text.encode("utf-8"), [contract.EMBEDDING], timeout)
+        return image_f.result(), text_r
+
     def _fan_out(self, model: str, input_name: str, items: list[bytes], outputs: list[str],
                  timeout_s: float | None) -> list[EmbedResult]:
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        if len(items) == 1:  # one query: no thread hop
+            return [self._infer_one(model, input_name, items[0], outputs, timeout)]
         futures = [self._pool.submit(self._infer_one, model, input_name, item, outputs, timeout) for item in items]
         return [f.result() for f in futures]
 

@@ -118,3 +118,22 @@ def test_the_triton_channel_is_replaced_after_its_maximum_age(monkeypatch: pytes
         assert third is not second and closed == [first]
     finally:
         embedder.close()
+
+
+def test_documented_defaults_are_the_defaults() -> None:
+    """The table in docs/search-settings.md states each default; a changed default must change it."""
+    doc = (ROOT / "docs" / "search-settings.md").read_text()
+    rows = dict(re.findall(r"^\| `(LENSCOPE_[A-Z0-9_]+)` \| ([^|]+) \|", doc, flags=re.M))
+    wrong = {}
+    for name, field in ServiceSettings.model_fields.items():
+        default = field.default
+        documented = rows.get(ENV_PREFIX + name.upper(), "").strip().strip("`")
+        if isinstance(default, bool):
+            expected = str(default).lower()
+        elif isinstance(default, (int, float, str)):
+            expected = str(default)
+        else:
+            continue  # None / secrets / paths: documented as "-" or in words
+        if documented.lower() != expected.lower():
+            wrong[ENV_PREFIX + name.upper()] = (documented, expected)
+    assert not wrong, f"docs/search-settings.md defaults differ from the code (documented, actual): {wrong}"

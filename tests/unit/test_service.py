@@ -368,6 +368,65 @@ def test_abandoned_work_keeps_its_slot_until_the_engine_finishes(start: Callable
     assert h.search(text="dress").hits
 
 
+def test_a_shed_call_is_answered_before_its_bytes_are_decoded(start: Callable[..., Harness]) -> None:
+    # Shed before work: with the only slot taken, even bytes that are not a SearchRequest get
+    # RESOURCE_EXHAUSTED (admission runs first); once the slot is free they get INVALID_ARGUMENT.
+    h = start(max_inflight=1)
+    h.engine.delay_s = 10.0
+    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
+    wait_until(lambda: h.engine.running == 1)
+    raw = h.channel.unary_unary(f"/{SERVICE_NAME}/Search")  # identity serializers: send raw bytes
+    garbage = b"\x12\x03\xff\xfe\xfd"  # field 2 (text, a string) holding invalid UTF-8
+    with pytest.raises(grpc.RpcError) as shed:
+        raw(garbage, timeout=5)
+    assert shed.value.code() == Code.RESOURCE_EXHAUSTED
+    assert "1 searches in flight" in shed.value.details()
+    h.engine.release.set()
+    assert pending.result().hits
+    wait_until(lambda: h.engine.running == 0)
+    with pytest.raises(grpc.RpcError) as invalid:
+        raw(garbage, timeout=5)
+    assert invalid.value.code() == Code.INVALID_ARGUMENT
+    assert len(h.engine.queries) == 1
+    lines = h.log_lines()
+    assert [line["code"] for line in lines if line.get("event") == "search"].count("RESOURCE_EXHAUSTED") == 1
+
+
+def test_grpc_itself_rejects_rpcs_beyond_the_handler_threads(start: Callable[..., Harness]) -> None:
+    # max_inflight 1 + spare 1 handler threads, no queue: a third concurrent call is refused by
+    # gRPC on its polling thread (never reaching a handler), still as RESOURCE_EXHAUSTED.
+    h = start(max_inflight=1, spare_threads=1, max_queued_rpcs=0)
+    h.engine.delay_s = 10.0
+    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
+    wait_until(lambda: h.engine.running == 1)
+    # Hold the spare handler thread with a reflection stream whose requests never come.
+    requests_done = threading.Event()
+
+    def no_requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        requests_done.wait(30)
+        return
+        yield  # pragma: no cover
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(h.channel).ServerReflectionInfo(no_requests(), timeout=30)
+    seen: list[tuple[grpc.StatusCode, str]] = []
+
+    def refused_by_grpc() -> bool:  # polled until the stream holds its thread
+        try:
+            h.search(text="dress", timeout=5)
+            seen.append((Code.OK, ""))
+        except grpc.RpcError as err:
+            seen.append((err.code(), err.details()))
+        return "Concurrent RPC limit exceeded" in seen[-1][1]
+
+    wait_until(refused_by_grpc)
+    assert {code for code, _ in seen} == {Code.RESOURCE_EXHAUSTED}, seen
+    assert len(h.engine.queries) == 1  # only the first, slow search reached the engine
+    requests_done.set()
+    reflection.cancel()
+    h.engine.release.set()
+    assert pending.result().hits
+
+
 def test_cancelled_call_frees_its_handler_at_once(svc: Harness) -> None:
     svc.engine.delay_s = 10.0
     pending = svc.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
