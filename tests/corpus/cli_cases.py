@@ -112,6 +112,15 @@ def _cases() -> list[CliCase]:
     add(bt, "onnx-dir-missing", ["--onnx-dir", "nope", "--out", "new"], "'nope' does not exist")
     add(bt, "no-tensorrt", ["--onnx-dir", "onnxdir", "--out", "newtrt"], "tensorrt")
 
+    cp = "model check-plans"
+    add(cp, "repo-missing", ["nope"], "'nope' does not exist")
+    add(cp, "no-manifest", ["userdata"], "no export_manifest.json")
+
+    mf = "model fidelity"
+    add(mf, "onnx-dir-missing", ["--onnx-dir", "nope", "--catalog", "catalog.jsonl"], "'nope' does not exist")
+    add(mf, "catalog-fifo", ["--onnx-dir", "onnxdir", "--catalog", "fifo"], "fifo is a fifo")
+    add(mf, "max-products-zero", ["--onnx-dir", "onnxdir", "--catalog", "catalog.jsonl", "--max-products", "0"], "--max-products")
+
     tr = "model train"
     add(tr, "out-user-file", ["--catalog", "catalog.jsonl", "--out", "notes.txt"], "notes.txt already exists and is not a checkpoint")
     add(tr, "out-equals-catalog", ["--catalog", "catalog.jsonl", "--out", "catalog.jsonl"], "is also the input --catalog")
