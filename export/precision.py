@@ -100,7 +100,8 @@ def measure(onnx_dir: Path, catalog_path: Path, queries_path: Path | None = None
     qset = read_queries(qpath, catalog) if Path(qpath).is_file() else None
     queries = []
     if qset is not None:
-        allq = [q for q in qset if any(pid in set(ids) for pid in q.relevance)]
+        known = set(ids)
+        allq = [q for q in qset if any(pid in known for pid in q.relevance)]
         held_out = [q for q in allq if q.split == "test"]
         queries = held_out or allq
     pixels = np.stack([preprocess_bytes(read_catalog_image(catalog.root, r.image, max_bytes=spec.limits.max_image_bytes,
