@@ -26,6 +26,11 @@ class HealthMonitor:
         self._serving: bool | None = None
         self._thread = threading.Thread(target=self._run, name="lenscope-health", daemon=True)
 
+    @property
+    def serving(self) -> bool:
+        """The status last published (False before the first check)."""
+        return self._serving is True
+
     def check(self) -> bool:
         try:
             ready = bool(self._backend.ready())

@@ -105,11 +105,12 @@ class MetricsHTTPServer(ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
+                 ready: Callable[[], bool] | None = None) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         self.address_family = infos[0][0]  # IPv6 hosts need AF_INET6 before the socket is made
         super().__init__((host, port), _QuietHandler)
-        self.set_app(make_wsgi_app(registry))
+        self.set_app(_with_ready(make_wsgi_app(registry), ready))
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.1}, name="lenscope-metrics", daemon=True
         )
@@ -118,6 +119,24 @@ class MetricsHTTPServer(ThreadingMixIn, WSGIServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+READY_PATH = "/ready"
+
+
+def _with_ready(metrics_app: Any, ready: Callable[[], bool] | None) -> Any:
+    """GET /ready: 200 while the gRPC health status is SERVING, else 503. Plain HTTP on the metrics
+    port, so the kubelet's readiness probe works when the gRPC port speaks (mutual) TLS, which the
+    native gRPC probe cannot."""
+
+    def app(environ: dict, start_response: Callable) -> Any:
+        if ready is None or environ.get("PATH_INFO") != READY_PATH:
+            return metrics_app(environ, start_response)
+        ok = bool(ready())
+        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"SERVING\n" if ok else b"NOT_SERVING\n"]
+
+    return app
 
 
 class _QuietHandler(WSGIRequestHandler):

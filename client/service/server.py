@@ -135,15 +135,16 @@ def serve(
     if port == 0:
         servicer.close()
         raise ServiceStartError(f"cannot listen on {address}")
+    monitor = HealthMonitor(backend, health_servicer, settings.health_check_interval_s, log)
     try:
-        metrics_server = MetricsHTTPServer(settings.host, settings.metrics_port, metrics.registry)
+        metrics_server = MetricsHTTPServer(settings.host, settings.metrics_port, metrics.registry,
+                                           ready=lambda: monitor.serving)
     except OSError as err:
         server.stop(None)
         servicer.close()
         address = _address(settings.host, settings.metrics_port)
         raise ServiceStartError(f"cannot serve metrics on {address}: {err}") from err
 
-    monitor = HealthMonitor(backend, health_servicer, settings.health_check_interval_s, log)
     monitor.start()
     server.start()
     log.info(

@@ -248,8 +248,11 @@ def test_search_ports_and_probes(overlays, overlay, known):
     c = container(overlays[overlay], "lenscope-search", "search")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": s["grpc_port"], "metrics": s["metrics_port"]}
-    readiness = c["readinessProbe"]["grpc"]
-    assert readiness == {"port": s["grpc_port"], "service": s["health_service"]}
+    # plain HTTP on the metrics port (client/service/observability.py READY_PATH): works with gRPC TLS on
+    from lenscope.client.service.observability import READY_PATH
+
+    assert "grpc" not in c["readinessProbe"]
+    assert c["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
     # Startup and liveness must not follow Triton's health (see the comment in the manifest).
     for probe in ("startupProbe", "livenessProbe"):
         assert ports[c[probe]["tcpSocket"]["port"]] == s["grpc_port"], probe

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -480,6 +481,22 @@ def test_health_follows_backend_readiness(svc: Harness) -> None:
     wait_until(lambda: _health(svc, SERVICE_NAME) == SERVING)
     svc.engine.is_ready = RuntimeError("triton probe crashed")  # cannot tell -> not serving
     wait_until(lambda: _health(svc, SERVICE_NAME) == NOT_SERVING)
+
+
+def _ready_http(h: Harness) -> int:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{h.service.metrics_port}/ready", timeout=2).status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_http_ready_mirrors_the_grpc_health(svc: Harness) -> None:
+    """The kubelet's readiness probe (k8s/base/search) reads /ready on the metrics port."""
+    assert _ready_http(svc) == 200
+    svc.engine.is_ready = False
+    wait_until(lambda: _ready_http(svc) == 503)
+    svc.engine.is_ready = True
+    wait_until(lambda: _ready_http(svc) == 200)
 
 
 def test_health_starts_not_serving_when_the_backend_is_not_ready(start: Callable[..., Harness]) -> None:
