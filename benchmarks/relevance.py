@@ -132,7 +132,7 @@ def stage_data(workdir: Path, budget: Budget, catalog: Path | None) -> dict[str,
 
 def _train_config(run: ModelRun, budget: Budget) -> dict[str, Any]:
     return {"epochs": getattr(budget, run.epochs_key), "strategy": run.strategy, "heads": run.heads,
-            "two_view": run.two_view, "seed": budget.seed, "threads": budget.threads, "monitor_every": 1}
+            "two_view": run.two_view, "seed": budget.seed, "threads": budget.threads, "patience": 0, "force": True}
 
 
 def stage_train(workdir: Path, budget: Budget, data: dict[str, Path]) -> dict[str, dict[str, Any]]:
