@@ -26,14 +26,10 @@ import torch
 
 from lenscope.client.catalog.rows import Catalog, CatalogRow
 from lenscope.client.core.modelspec import AttributeSpec, ModelSpec
+from lenscope.client.eval.labels import label_key
 from lenscope.export.training.config import TrainConfig, TrainError
 
 MAX_CATALOG_LABELS = 64
-
-
-def label_key(label: str) -> str:
-    """The form labels are compared in: case-folded, runs of whitespace as one space, trimmed."""
-    return " ".join(label.split()).casefold()
 
 
 @dataclass(frozen=True)
