@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / "tests" / "data" / "real-products"
 SHIPPED = REPO / "export" / "weights" / "lenscope-tiny.pt"
 SPEC = load_spec(REPO / "export" / "specs" / "lenscope-tiny.json").model_copy(update={"checkpoint": None})
-TINY = ["--steps", "3", "--eval-every", "1", "--batch-size", "8", "--precision", "fp32"]
+TINY = ["--steps", "2", "--eval-every", "1", "--batch-size", "8", "--precision", "fp32"]
 
 
 def _slice(dest: Path, source: str = "solidus") -> Path:
