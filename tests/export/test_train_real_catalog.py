@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / "tests" / "data" / "real-products"
 SHIPPED = REPO / "export" / "weights" / "lenscope-tiny.pt"
 SPEC = load_spec(REPO / "export" / "specs" / "lenscope-tiny.json").model_copy(update={"checkpoint": None})
-TINY = ["--steps", "2", "--eval-every", "1", "--batch-size", "8", "--precision", "fp32"]
+TINY = ["--batch-size", "8", "--precision", "fp32"]
 
 
 def _slice(dest: Path, source: str = "solidus") -> Path:
@@ -115,7 +115,7 @@ def test_fine_tune_on_a_real_catalog_slice_prints_the_held_out_table(tmp_path: P
     catalog = _slice(tmp_path / "cat")
     out = tmp_path / "ft.pt"
     res = _run("--catalog", str(catalog), "--init-checkpoint", str(SHIPPED), "--out", str(out),
-               "--holdout", "0.3", "--force", *TINY)
+               "--holdout", "0.3", "--force", "--steps", "2", "--eval-every", "1", *TINY)
     print(res.output)
     assert res.exit_code == 0, res.output
     assert "label sets from the catalog" in res.output and "held out" in res.output
@@ -134,7 +134,7 @@ def test_a_fine_tune_made_worse_is_refused_without_force(tmp_path: Path) -> None
     catalog = _slice(tmp_path / "cat")
     out = tmp_path / "worse.pt"
     res = _run("--catalog", str(catalog), "--init-checkpoint", str(SHIPPED), "--out", str(out), "--heads", "none",
-               "--holdout", "0.3", "--lr", "50", *TINY)
+               "--holdout", "0.3", "--lr", "50", "--steps", "2", "--eval-every", "2", *TINY)
     print(res.output)
     assert res.exit_code == 2, res.output
     assert "not written" in res.output and "--force" in res.output and "below its start" in res.output
