@@ -3,7 +3,7 @@ by side, plus the same inputs through in-process onnxruntime: what does Triton c
 batching and a second encoder instance buy?
 
     python benchmarks/perf_analyzer.py                       # CPU, default model, ~4-5 min on 2 cores
-    python benchmarks/perf_analyzer.py --concurrency 1,4 --configs batch-1x,nobatch-1x --window-ms 800
+    python benchmarks/perf_analyzer.py --concurrency 1,4 --configs batch0-1x,nobatch-1x --window-ms 800
 
 What runs (loopback only, every run bounded by perf_analyzer's window x max trials):
 
@@ -64,13 +64,38 @@ PA_LOCK = Path(__file__).with_name("perf_analyzer.lock")
 PA_ENV = "LENSCOPE_PERF_ANALYZER"
 PUBLISHED_T4_VIT_B16_FP16_BATCH1_MS = 3.5
 
+_PRE = [contract.IMAGE_PREPROCESS, contract.TEXT_TOKENIZER]
+# Every config states its batching knobs; anything not named is the shipped RepositorySettings default.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "batch-1x": {"dynamic_batching": True, "encoder_instances": 1},
+    "batch500-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 500, "encoder_instances": 1},
+    "batch100-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 100, "encoder_instances": 1},
+    "batch0-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 0, "encoder_instances": 1},
     "nobatch-1x": {"dynamic_batching": False, "encoder_instances": 1},
-    "batch-2x": {"dynamic_batching": True, "encoder_instances": 2},
+    # the python pre-processing models (image decode, tokenizer) unbatched, the ONNX models batching
+    "encbatch0-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 0, "unbatched_models": _PRE,
+                     "encoder_instances": 1},
+    "batch0-2x": {"dynamic_batching": True, "max_queue_delay_microseconds": 0, "encoder_instances": 2},
     "nobatch-2x": {"dynamic_batching": False, "encoder_instances": 2},
 }
-BASELINE = "batch-1x"  # the shipped default settings
+DEFAULT_CONFIGS = ("batch500-1x", "batch100-1x", "batch0-1x", "nobatch-1x", "encbatch0-1x", "batch0-2x")
+NO_BATCHING = "nobatch-1x"  # the acceptance reference: the shipped config must match its throughput at c8
+# The acceptance check on the shipped config (issue 18): p50 at concurrency 1 within this much of
+# in-process onnxruntime, and throughput at ACCEPT_CONCURRENCY >= the no-batching config's.
+ACCEPT_P50_OVERHEAD_MS = 1.5
+ACCEPT_CONCURRENCY = 8
+
+
+def shipped_config(configs: list[str]) -> str | None:
+    """The config among ``configs`` whose settings equal the shipped RepositorySettings defaults."""
+    from lenscope.export.repository import RepositorySettings
+
+    shipped = RepositorySettings()
+    for name in configs:
+        if name in CONFIGS and RepositorySettings(**CONFIGS[name]) == shipped:
+            return name
+    return None
+
+
 MODELS = (contract.EMBED_IMAGE, contract.EMBED_TEXT)
 
 
@@ -328,9 +353,10 @@ def summarise(results: list[dict[str, Any]], inproc: list[dict[str, Any]], confi
     def ip(model: str, c: int) -> dict[str, Any] | None:
         return next((r for r in inproc if r["model"] == model and r["concurrency"] == c), None)
 
-    base = BASELINE if BASELINE in configs else configs[0]
-    out: dict[str, Any] = {"baseline_config": base, "triton_vs_inprocess": [], "batching_on_vs_off": [],
-                           "two_vs_one_instance": []}
+    base = shipped_config(configs) or configs[0]
+    out: dict[str, Any] = {"baseline_config": base, "shipped_config": shipped_config(configs),
+                           "triton_vs_inprocess": [], "batching_on_vs_off": [], "two_vs_one_instance": [],
+                           "acceptance": []}
     for model in MODELS:
         for c in concurrencies:
             i = ip(model, c)
@@ -343,15 +369,31 @@ def summarise(results: list[dict[str, Any]], inproc: list[dict[str, Any]], confi
                         "p50_overhead_ms": round(t["p50_ms"] - i["p50_ms"], 3) if i["p50_ms"] is not None else None,
                         "throughput_ratio": reporting.ratio(t["throughput"], i["throughput"]),
                     })
-            for on, off, key in (("batch-1x", "nobatch-1x", "batching_on_vs_off"),
-                                 ("batch-2x", "nobatch-2x", "batching_on_vs_off"),
-                                 ("batch-2x", "batch-1x", "two_vs_one_instance"),
-                                 ("nobatch-2x", "nobatch-1x", "two_vs_one_instance")):
+            pairs = [(on, NO_BATCHING, "batching_on_vs_off") for on in configs
+                     if on.endswith("-1x") and on != NO_BATCHING]
+            pairs += [("batch0-2x", "nobatch-2x", "batching_on_vs_off"), ("batch0-2x", "batch0-1x", "two_vs_one_instance"),
+                      ("nobatch-2x", "nobatch-1x", "two_vs_one_instance")]
+            for on, off, key in pairs:
                 a, b = get(on, model, c), get(off, model, c)
                 if a and b:
                     out[key].append({"model": model, "concurrency": c, "compare": f"{on} / {off}",
                                      "throughput_ratio": reporting.ratio(a["throughput"], b["throughput"]),
                                      "p99_ratio": reporting.ratio(a["p99_ms"], b["p99_ms"])})
+    for config in configs:  # the acceptance figures for every config, so the choice can be read off
+        t1, i1 = get(config, contract.EMBED_IMAGE, 1), ip(contract.EMBED_IMAGE, 1)
+        t8, n8 = get(config, contract.EMBED_IMAGE, ACCEPT_CONCURRENCY), get(NO_BATCHING, contract.EMBED_IMAGE, ACCEPT_CONCURRENCY)
+        if not (t1 and i1):
+            continue
+        overhead = round(t1["p50_ms"] - i1["p50_ms"], 3)
+        ratio8 = reporting.ratio(t8["throughput"], n8["throughput"]) if t8 and n8 else None
+        out["acceptance"].append({
+            "config": config, "shipped": config == out["shipped_config"], "c1_p50_ms": t1["p50_ms"],
+            "inprocess_c1_p50_ms": i1["p50_ms"], "c1_p50_overhead_ms": overhead,
+            "p50_ok": overhead <= ACCEPT_P50_OVERHEAD_MS,
+            f"c{ACCEPT_CONCURRENCY}_throughput": t8["throughput"] if t8 else None,
+            f"c{ACCEPT_CONCURRENCY}_throughput_vs_nobatch": ratio8,
+            "throughput_ok": None if ratio8 is None else ratio8 >= 1.0,
+        })
     return out
 
 
@@ -429,6 +471,18 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
         report.add(reporting.table(["model", "concurrency", "configs", "throughput ratio", "p99 ratio"],
                                    [(r["model"], r["concurrency"], r["compare"], r["throughput_ratio"], r["p99_ratio"])
                                     for r in s["two_vs_one_instance"]], digits=3))
+    if s.get("acceptance"):
+        report.add(f"\n## Choosing the shipped CPU config (`embed_image`)\n")
+        report.add(f"Wanted: p50 at concurrency 1 within {ACCEPT_P50_OVERHEAD_MS} ms of in-process onnxruntime, and "
+                   f"throughput at concurrency {ACCEPT_CONCURRENCY} >= `{NO_BATCHING}`'s. Shipped now: "
+                   f"`{s.get('shipped_config') or 'not among the measured configs'}`.\n")
+        c = ACCEPT_CONCURRENCY
+        report.add(reporting.table(
+            ["config", "shipped", "c1 p50 ms", "in-process c1 p50 ms", "overhead ms", "p50 ok", f"c{c} infer/s",
+             f"c{c} vs {NO_BATCHING}", "throughput ok"],
+            [(a["config"], "yes" if a["shipped"] else "", a["c1_p50_ms"], a["inprocess_c1_p50_ms"],
+              a["c1_p50_overhead_ms"], a["p50_ok"], a[f"c{c}_throughput"], a[f"c{c}_throughput_vs_nobatch"],
+              a["throughput_ok"]) for a in s["acceptance"]], digits=2))
     report.add("\n## All points\n")
     rows = []
     for r in sorted(data["results"], key=lambda r: (r["model"], r["concurrency"], r["config"])):
@@ -442,7 +496,7 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
     report.add(reporting.table(["model", "config", "conc.", "infer/s", "p50 ms", "p90 ms", "p99 ms",
                                 "server queue ms", "server compute ms", "stable", "avg executed batch"], rows))
     report.add("\nConfigs: " + "; ".join(f"`{k}` = {v}" for k, v in data["configs"].items())
-               + ". Other settings as shipped (max_batch_size 32, max_queue_delay 500 us, 2 preprocess instances, "
+               + ". Other settings as shipped (max_batch_size 32, 2 preprocess instances, "
                  "1 intra-op thread per encoder instance).\n")
     gpu = data["gpu_reference"]
     report.add("## GPU reference\n")
@@ -457,7 +511,7 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated concurrency levels")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"subset of {', '.join(CONFIGS)}")
     p.add_argument("--window-ms", type=int, default=1500, help="perf_analyzer measurement window")
     p.add_argument("--max-trials", type=int, default=5, help="perf_analyzer windows per point at most")
     p.add_argument("--stability", type=int, default=25, help="perf_analyzer stability threshold (percent)")

@@ -305,9 +305,11 @@ class SearchStack:
     model_hash: str
     setup_seconds: float
 
-    def restart_service(self, max_inflight: int, log_path: Path) -> ServiceProcess:
-        """Another service process on the same Triton and index (e.g. another max_inflight)."""
-        return ServiceProcess.start(self.index_root, self.triton.grpc_url, log_path, max_inflight=max_inflight)
+    def restart_service(self, max_inflight: int, log_path: Path, env: dict[str, str] | None = None) -> ServiceProcess:
+        """Another service process on the same Triton and index (e.g. another max_inflight, or other
+        ``LENSCOPE_*`` settings in ``env``)."""
+        return ServiceProcess.start(self.index_root, self.triton.grpc_url, log_path, max_inflight=max_inflight,
+                                    env=env)
 
     def stop(self) -> None:
         try:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lenscope.client.core import contract
 from lenscope.client.core.contract import Tensor
@@ -37,6 +37,7 @@ from lenscope.export.triton_config import (
 )
 
 BACKENDS_DIR = Path(__file__).parent / "backends"
+GPU_QUEUE_DELAY_US = 500
 
 
 class RepositorySettings(BaseModel):
@@ -49,7 +50,11 @@ class RepositorySettings(BaseModel):
     # onnxruntime, or prebuilt TensorRT engines from `lenscope model build-trt`.
     gpu_backend: Literal["onnxruntime-trt", "onnxruntime", "tensorrt_plan"] = "onnxruntime-trt"
     max_batch_size: int = Field(32, ge=1, le=1024)
-    max_queue_delay_microseconds: int = Field(500, ge=0, le=100_000)
+    # 0: batch what is already queued while an instance is busy, never wait for more. Measured side
+    # by side on the 2-core CPU box (benchmarks/reports/perf_analyzer.md): a 500 us delay, paid by
+    # every model of the ensemble, cost 2x the p50 at concurrency 1; batching with no delay kept the
+    # no-batching latency and its throughput at concurrency 8, and keeps the REJECT queue policy.
+    max_queue_delay_microseconds: int = Field(0, ge=0, le=100_000)
     max_queue_size: int = Field(128, ge=1)
     queue_timeout_microseconds: int = Field(2_000_000, ge=1)
     preprocess_instances: int = Field(2, ge=1, le=64)
@@ -57,13 +62,38 @@ class RepositorySettings(BaseModel):
     encoder_instances: int = Field(1, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=1, le=64)
     dynamic_batching: bool = True
+    # Per composing model (e.g. "image_preprocess"): served without dynamic batching, or with its own
+    # queue delay. benchmarks/perf_analyzer.py measures these side by side.
+    unbatched_models: frozenset[str] = frozenset()
+    model_queue_delay_us: dict[str, int] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_queue_delay(cls, data: object) -> object:
+        # The 0 us default was measured on CPU only; the gpu profile (untested here) keeps the
+        # 500 us delay that lets a GPU encoder fill its batches.
+        if isinstance(data, dict) and data.get("profile") == "gpu" and "max_queue_delay_microseconds" not in data:
+            return {**data, "max_queue_delay_microseconds": GPU_QUEUE_DELAY_US}
+        return data
+
+    @model_validator(mode="after")
+    def _known_models(self) -> "RepositorySettings":
+        known = set(contract.ALL_MODELS) - set(contract.ENSEMBLES)
+        for field, names in (("unbatched_models", self.unbatched_models), ("model_queue_delay_us", self.model_queue_delay_us)):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(f"{field}: unknown model(s) {unknown}; composing models: {sorted(known)}")
+        for name, delay in self.model_queue_delay_us.items():
+            if not 0 <= delay <= 100_000:
+                raise ValueError(f"model_queue_delay_us[{name!r}] = {delay}: must be 0..100000")
+        return self
 
 
-def _batching(s: RepositorySettings) -> DynamicBatching | None:
-    if not s.dynamic_batching:
+def _batching(s: RepositorySettings, name: str) -> DynamicBatching | None:
+    if not s.dynamic_batching or name in s.unbatched_models:
         return None
     return DynamicBatching(
-        max_queue_delay_microseconds=s.max_queue_delay_microseconds,
+        max_queue_delay_microseconds=s.model_queue_delay_us.get(name, s.max_queue_delay_microseconds),
         queue_policy=QueuePolicy(max_queue_size=s.max_queue_size, default_timeout_microseconds=s.queue_timeout_microseconds),
     )
 
@@ -79,7 +109,7 @@ def _python_model(name: str, sig: contract.Signature, s: RepositorySettings, ins
         name=name, backend="python", max_batch_size=s.max_batch_size,
         inputs=tuple(TensorConfig.of(t) for t in sig.inputs),
         outputs=tuple(TensorConfig.of(t, labels.get(t.name)) for t in sig.outputs),
-        dynamic_batching=_batching(s), instance_group=InstanceGroup(kind="KIND_CPU", count=instances),
+        dynamic_batching=_batching(s, name), instance_group=InstanceGroup(kind="KIND_CPU", count=instances),
         warmup=(warmup,), parameters=params,
     )
 
@@ -93,7 +123,7 @@ def _encoder_model(name: str, sig: contract.Signature, s: RepositorySettings, on
         name=name, max_batch_size=s.max_batch_size,
         inputs=tuple(TensorConfig.of(t) for t in sig.inputs),
         outputs=tuple(TensorConfig.of(t, labels.get(t.name)) for t in sig.outputs),
-        dynamic_batching=_batching(s), warmup=(warm,),
+        dynamic_batching=_batching(s, name), warmup=(warm,),
     )
     if s.profile == "cpu":
         return ModelConfig(backend="python", instance_group=InstanceGroup(kind="KIND_CPU", count=s.encoder_instances),

@@ -130,8 +130,15 @@ class HeldOutScore(_message.Message):
     def __init__(self, ndcg10: _Optional[float] = ..., r10: _Optional[float] = ...) -> None: ...
 
 class RankingInfo(_message.Message):
-    __slots__ = ("query_type", "ranked_by", "calibrated_signals", "raw_signals", "source", "reason", "held_out")
+    __slots__ = ("query_type", "ranked_by", "calibrated_signals", "raw_signals", "source", "reason", "held_out", "rule", "pooled")
     class HeldOutEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: HeldOutScore
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[HeldOutScore, _Mapping]] = ...) -> None: ...
+    class PooledEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +152,8 @@ class RankingInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     HELD_OUT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    POOLED_FIELD_NUMBER: _ClassVar[int]
     query_type: str
     ranked_by: str
     calibrated_signals: _containers.RepeatedScalarFieldContainer[str]
@@ -152,7 +161,9 @@ class RankingInfo(_message.Message):
     source: str
     reason: str
     held_out: _containers.MessageMap[str, HeldOutScore]
-    def __init__(self, query_type: _Optional[str] = ..., ranked_by: _Optional[str] = ..., calibrated_signals: _Optional[_Iterable[str]] = ..., raw_signals: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., held_out: _Optional[_Mapping[str, HeldOutScore]] = ...) -> None: ...
+    rule: str
+    pooled: _containers.MessageMap[str, HeldOutScore]
+    def __init__(self, query_type: _Optional[str] = ..., ranked_by: _Optional[str] = ..., calibrated_signals: _Optional[_Iterable[str]] = ..., raw_signals: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., held_out: _Optional[_Mapping[str, HeldOutScore]] = ..., rule: _Optional[str] = ..., pooled: _Optional[_Mapping[str, HeldOutScore]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "facets", "timings_ms", "model_hash", "index_version", "over_fetch", "query_attributes", "request_id", "ranking")

@@ -18,7 +18,12 @@ from lenscope.client.cli.terminal import log_to
 from lenscope.client.cli.search import search_command
 from lenscope.client.cli.serve import serve_app
 from lenscope.client.cli.web import serve_web_command
-from lenscope.client.cli.index import catalog_generate_command, index_build_command, index_inspect_command
+from lenscope.client.cli.index import (
+    catalog_generate_command,
+    index_build_command,
+    index_inspect_command,
+    index_prune_command,
+)
 from lenscope.client.cli.model import is_lenscope_checkpoint, model_train_command  # noqa: F401 (tests import it here)
 
 # Plain (click) help: it wraps at any width, where Rich's option panels cut names at 80 columns.
@@ -38,6 +43,7 @@ app.add_typer(rerank_app, name="rerank")
 index_app = typer.Typer(help="Build and inspect search indexes.", **PLAIN)
 index_app.command("build", short_help="Embed a catalog through Triton, publish an index bundle.")(index_build_command)
 index_app.command("inspect", short_help="Show a bundle: rows, facets, model, fit decision.")(index_inspect_command)
+index_app.command("prune", short_help="Drop the Milvus collections of old index versions.")(index_prune_command)
 app.add_typer(index_app, name="index")
 catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", **PLAIN)
 catalog_app.command("generate", short_help="Generate the procedural catalog (images, photos, queries).")(catalog_generate_command)
@@ -54,7 +60,7 @@ def model_export(
     profile: str = typer.Option("cpu", help="cpu (python backend + onnxruntime) | gpu (onnxruntime/TensorRT backends)."),
     gpu_backend: str = typer.Option("onnxruntime-trt", help="gpu profile: onnxruntime-trt | onnxruntime | tensorrt_plan."),
     max_batch_size: int = typer.Option(32, help="max_batch_size of every model."),
-    queue_delay_us: int = typer.Option(500, help="Dynamic batching max_queue_delay_microseconds."),
+    queue_delay_us: Optional[int] = typer.Option(None, min=0, max=100_000, help="Dynamic batching max_queue_delay_microseconds (default: 0 on cpu, measured in benchmarks/reports/perf_analyzer.md; 500 on gpu)."),
     encoder_instances: int = typer.Option(1, help="Instances of each encoder model."),
     intra_op_threads: int = typer.Option(1, help="cpu profile: onnxruntime threads per encoder instance."),
     onnx_dir: Optional[Path] = typer.Option(None, help="Keep the exported ONNX files here (for build-trt)."),
@@ -65,8 +71,8 @@ def model_export(
 
     settings = RepositorySettings(
         profile=profile, gpu_backend=gpu_backend, max_batch_size=max_batch_size,
-        max_queue_delay_microseconds=queue_delay_us, encoder_instances=encoder_instances,
-        intra_op_threads=intra_op_threads,
+        encoder_instances=encoder_instances, intra_op_threads=intra_op_threads,
+        **({} if queue_delay_us is None else {"max_queue_delay_microseconds": queue_delay_us}),
     )
     export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=log)
 

@@ -193,6 +193,11 @@ def fit_fusion_command(
     if calibration_out is not None:
         check_output_file(calibration_out, "--calibration-out", _loads_as(load_calibration), "a calibration file",
                           {**inputs, "--out": out})
+    if catalog is not None:
+        from lenscope.client.ranking.binding_file import binding_path_for, load_binding
+
+        check_output_file(binding_path_for(out), "the binding file beside --out", _loads_as(load_binding),
+                          "a fit binding file", {**inputs, "--out": out, "--calibration-out": calibration_out})
     if features is not None:
         if calibration_out is not None:
             _fail("--calibration-out needs raw cosines: fit from --catalog")
@@ -225,4 +230,4 @@ def fit_fusion_command(
         _fail(str(err))
     console.print_json(json.dumps({k: summary[k] for k in ("min_grade", "weights", "selection_ndcg10",
                                                           "baseline_ndcg10", "fit")}))
-    log(f"wrote {out}" + (f" and {calibration_out}" if calibration_out else ""))
+    log(f"wrote {out}" + (f" and {calibration_out}" if calibration_out else "") + f" and {summary['binding_file']}")

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lenscope.client.cli.paths import check_current_link, input_file, text_file
+from lenscope.client.cli.paths import check_current_link, input_file, published_index, text_file
 from lenscope.client.cli.terminal import fail, literal, log_to
 from lenscope.client.core.outputs import check_output_dir
 
@@ -30,7 +30,31 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 # Entries an index root always holds once a build started: a folder without any is the user's.
-INDEX_ROOT_MARKERS = ("current", "versions", ".work")
+INDEX_ROOT_MARKERS = ("current", "versions", ".work", "milvus_collections.json")
+
+
+def _check_milvus_options(uri: Optional[str], alias: str, index_kind: str) -> None:
+    """Refuse Milvus options that would only fail after the whole catalog was embedded."""
+    import re
+
+    from pydantic import ValidationError
+
+    from lenscope.client.vectors.milvus_config import COLLECTION_NAME_PATTERN, MilvusIndexConfig
+
+    if uri is None:
+        _fail("--backend milvus needs --milvus-uri (http://host:19530, or a path ending in .db for Milvus Lite)")
+    try:
+        MilvusIndexConfig(uri=uri)
+    except ValidationError as err:
+        _fail(f"--milvus-uri {uri!r}: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
+    if not re.fullmatch(COLLECTION_NAME_PATTERN, alias):
+        _fail(f"--milvus-alias {alias!r} must match {COLLECTION_NAME_PATTERN}")
+    if index_kind == "ivfpq":
+        _fail("--index-kind ivfpq is a FAISS index; with --backend milvus use auto, flat or hnsw")
+    try:
+        import pymilvus  # noqa: F401
+    except ImportError:
+        _fail("--backend milvus needs pymilvus: pip install 'lenscope[milvus]'")
 
 
 def _make_embedder(url: str, timeout_s: float, concurrency: int, batch_size: int):
@@ -61,6 +85,12 @@ def index_build_command(
     seed: int = typer.Option(0, help="Seed of the calibration's unmatched-pair sampling."),
     keep_work: bool = typer.Option(False, help="Keep the embedding checkpoints after publishing."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (terminal only)."),
+    backend: str = typer.Option("faiss", "--backend", help="faiss (vectors in the bundle) | milvus (a new "
+                                "collection per build in --milvus-uri; token from LENSCOPE_MILVUS_TOKEN)."),
+    milvus_uri: Optional[str] = typer.Option(None, help="Milvus server (http://host:19530) or Milvus Lite path "
+                                             "(*.db) for --backend milvus."),
+    milvus_alias: str = typer.Option("lenscope_serving", help="Milvus alias moved to the new collection once "
+                                     "the build is published (blue-green)."),
     allow_outside_images: bool = typer.Option(
         False, "--allow-outside-images", help="Also read image paths that are absolute or lead outside the "
         "catalog's folder (refused by default: a catalog must not make the indexer read /etc/shadow)."),
@@ -81,6 +111,12 @@ def index_build_command(
         _fail(f"--calibration-method must be one of {list(CALIBRATION_METHODS)}, got {calibration_method!r}")
     if split and (bad := sorted(set(split) - set(SPLITS))):
         _fail(f"--split must be among {list(SPLITS)}, got {bad}")
+    if backend not in ("faiss", "milvus"):
+        _fail(f"--backend must be faiss or milvus, got {backend!r}")
+    if backend == "milvus":
+        _check_milvus_options(milvus_uri, milvus_alias, index_kind)
+    elif milvus_uri is not None:
+        _fail("--milvus-uri needs --backend milvus")
     check_output_dir(index_root, "--index-root", INDEX_ROOT_MARKERS, "an index")
     check_current_link(index_root)
     config = IndexBuildConfig(
@@ -89,6 +125,7 @@ def index_build_command(
         calibration=calibration, use_shipped_fit=shipped_fit,
         calibration_method=calibration_method, splits=tuple(split) if split else None,  # type: ignore[arg-type]
         seed=seed, progress=progress, keep_work=keep_work, allow_outside_images=allow_outside_images,
+        vector_backend=backend, milvus_uri=milvus_uri, milvus_alias=milvus_alias,  # type: ignore[arg-type]
     )
     embedder = _make_embedder(triton, timeout, concurrency, batch_size)
     try:
@@ -156,6 +193,7 @@ def index_inspect_command(
     from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.bundle_store import BundleStore
 
+    published_index(index_root)
     try:
         bundle = BundleStore(index_root).open_current(expected_model_hash=None, fallback=False)
     except (BundleError, FileNotFoundError, OSError) as err:
@@ -199,9 +237,53 @@ def _print_inspect(s: dict) -> None:
         out.print("no ranking policy stored: every query type is fused (index built before the held-out check)")
         return
     table = Table(title=f"ranking per query type ({policy['metric']})")
-    for col in ("query type", "ranked by", "held-out queries", "held-out nDCG@10 / R@10", "why"):
+    for col in ("query type", "ranked by", "held-out queries", "held-out nDCG@10 / R@10",
+                "all pseudo-queries: raw nDCG@10 / R@10", "why"):
         table.add_column(col)
     for qtype, d in policy["decisions"].items():
         scores = "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in d["held_out"].items())
-        table.add_row(qtype, d["ranked_by"], str(d["n_queries"]), scores or "-", literal(d["reason"]))
+        pooled = "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in d.get("pooled", {}).items())
+        table.add_row(qtype, d["ranked_by"], str(d["n_queries"]), scores or "-",
+                      f"{d.get('n_pooled', 0)} queries: {pooled}" if pooled else "-", literal(d["reason"]))
     out.print(table)
+    for qtype, d in policy["decisions"].items():  # one line each, so a rule name is never wrapped
+        out.print(f"{qtype}: ranked by {d['ranked_by']}, rule {d.get('rule') or '- (policy written before rules)'}")
+    by_kind = (ranking.get("self_check") or {}).get("raw_by_kind")
+    if by_kind:  # what the decision was made on: each pseudo-query kind's raw-signal scores
+        kinds = Table(title="pseudo-queries by kind (fit + held-out part): raw nDCG@10 / R@10")
+        kinds.add_column("kind")
+        kinds.add_column("raw signals")
+        for kind, scores in by_kind.items():
+            kinds.add_row(kind, "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in scores.items()))
+        out.print(kinds)
+
+
+def index_prune_command(
+    index_root: Path = typer.Option(..., exists=True, file_okay=False, help="Bundle root given to `index build`."),
+    milvus_uri: Optional[str] = typer.Option(None, help="Reach the Milvus the collections were built in at this "
+                                             "address (default: as recorded). Token: LENSCOPE_MILVUS_TOKEN."),
+    milvus_alias: str = typer.Option("lenscope_serving", help="The alias `index build` moves; its collection is kept."),
+    min_age: float = typer.Option(600.0, min=0.0, help="Keep collections younger than this many seconds "
+                                  "(a build may still be writing one)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be dropped."),
+) -> None:
+    """Drop Milvus collections of old index versions: those no published version under INDEX_ROOT uses
+    and the alias does not point at. FAISS versions are collected by `index build` itself."""
+    import os
+
+    from lenscope.client.index.bundle import BundleError
+    from lenscope.client.index.milvus_versions import prune
+
+    try:
+        report = prune(index_root, alias=milvus_alias, uri=milvus_uri, token=os.environ.get("LENSCOPE_MILVUS_TOKEN"),
+                       min_age_s=min_age, dry_run=dry_run)
+    except BundleError as err:
+        _fail(str(err))
+    out = log_to(Console())
+    verb = "would drop" if dry_run else "dropped"
+    for name in report.dropped:
+        out(f"{verb} {name}")
+    for name, why in report.kept.items():
+        out(f"kept {name}: {why}")
+    if not report.dropped and not report.kept:
+        out(f"no Milvus collections recorded under {index_root}")

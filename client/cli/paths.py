@@ -85,3 +85,18 @@ def check_current_link(index_root: Path) -> None:
     if os.path.lexists(link) and not link.is_symlink():
         fail(f"{link} is not a symlink: an index root's '{CURRENT_LINK}' is the link 'lenscope index build' publishes",
              hint=f"move it away and rebuild with 'lenscope index build --catalog CATALOG --index-root {index_root}'")
+
+
+def published_index(index_root: Path) -> str:
+    """The version `current` points at, checked before Triton is asked anything: one clear line for an
+    empty root or a `current` that is not the symlink `lenscope index build` writes."""
+    from lenscope.client.index.bundle_store import CURRENT_LINK, BundleStore
+
+    from lenscope.client.cli.terminal import fail
+
+    check_current_link(index_root)
+    version = BundleStore(index_root).current_version()
+    if version is None:
+        fail(f"--index-root {index_root} holds no published index (no '{CURRENT_LINK}' link)",
+             hint=f"build one with 'lenscope index build --catalog CATALOG --index-root {index_root}'")
+    return version

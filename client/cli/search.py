@@ -89,6 +89,9 @@ def render(response: search_pb2.SearchResponse, out: Console) -> None:
         top = sorted(probs.probabilities.items(), key=lambda kv: -kv[1])[:3]
         out.print(Text.assemble(literal(f"query {attr}", "bold", keep_newlines=False), ": ",
                                 literal(", ".join(f"{label} {p:.2f}" for label, p in top), keep_newlines=False)))
+    line = ranking_line(response)
+    if line:
+        out.print(literal(line, keep_newlines=False))
     timings = Text("timings (ms): ")
     for i, (stage, ms) in enumerate(ordered_timings(dict(response.timings_ms))):
         timings.append(" | " if i else "")
@@ -99,6 +102,19 @@ def render(response: search_pb2.SearchResponse, out: Console) -> None:
         f"model {response.model_hash[:12]} | index {response.index_version} | "
         f"candidates {of.candidates} in {of.rounds} round(s){'' if of.filled else ', top_k not filled'}"
         f"{' (bound reached)' if of.hit_bound else ''} | request {response.request_id}", "dim", keep_newlines=False))
+
+
+def ranking_line(response: search_pb2.SearchResponse) -> str | None:
+    """One line saying how this query was ranked and why (the index build's decision for its query
+    type), e.g. ``ranked by: raw text_image cosine (image+text query; rule raw-too-few-held-out): ...``;
+    None for a server older than the do-no-harm rule (no ``ranking`` field)."""
+    if not response.HasField("ranking"):
+        return None
+    r = response.ranking
+    how = "fused ranking" if r.ranked_by == "fused" else f"raw {r.ranked_by} cosine"
+    rule = f"; rule {r.rule}" if r.rule else ""
+    raw = f"; uncalibrated (raw cosine): {', '.join(r.raw_signals)}" if r.raw_signals else ""
+    return f"ranked by: {how} ({r.query_type} query, {r.source or 'unknown source'}{rule}){raw}: {r.reason}"
 
 
 def read_photo(path: Path) -> bytes:

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from lenscope.client.cli.paths import check_current_link, input_file
+from lenscope.client.cli.paths import input_file, published_index
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.ports import taken_ports
 from lenscope.client.triton.server import ADMIN_HEADER, TritonServer, TritonServerConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from pydantic import ValidationError
 
 serve_app = typer.Typer(
@@ -73,26 +75,22 @@ def check_port_free(host: str, port: int, option: str) -> None:
             fail(f"{option} {port} / host {host!r}: {err}", hint="ports are 0-65535; hosts are addresses of this machine")
 
 
-def settings_message(err: "ValidationError", env_prefix: str) -> str:
-    """A settings validation error naming the environment variables and the values they held."""
+def settings_message(err: "ValidationError", env_prefix: str, known: "Iterable[str]" = ()) -> str:
+    """A settings validation error naming the environment variables and the values they held; an unknown
+    variable (extra="forbid") is named with the closest real setting."""
+    import difflib
+
+    names = [env_prefix.upper() + k.upper() for k in known]
     parts = []
     for e in err.errors():
         name = env_prefix.upper() + "_".join(str(p) for p in e.get("loc", ())).upper()
-        parts.append(f"{name}={e.get('input')!r}: {e.get('msg')}")
+        if e.get("type") == "extra_forbidden":
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            parts.append(f"{name} is not a setting" + (f" (did you mean {close[0]}?)" if close else ""))
+            continue
+        value = "(hidden)" if "token" in name.lower() else repr(e.get("input"))
+        parts.append(f"{name}={value}: {e.get('msg')}")
     return "invalid setting " + "; ".join(parts)
-
-
-def published_index(index_root: Path) -> str:
-    """The version `current` points at, checked before Triton is asked anything: one clear line for an
-    empty root or a `current` that is not the symlink `lenscope index build` writes."""
-    from lenscope.client.index.bundle_store import CURRENT_LINK, BundleStore
-
-    check_current_link(index_root)
-    version = BundleStore(index_root).current_version()
-    if version is None:
-        fail(f"--index-root {index_root} holds no published index (no '{CURRENT_LINK}' link)",
-             hint=f"build one with 'lenscope index build --catalog CATALOG --index-root {index_root}'")
-    return version
 
 
 def _wait_interruptibly(server: TritonServer) -> int:
@@ -229,44 +227,65 @@ def triton(
 @serve_app.command("search", short_help="Run the gRPC search service until SIGTERM.")
 def search_service(
     index_root: Path = typer.Option(..., "--index-root", exists=True, file_okay=False, help="Index root (from `lenscope index build`)."),
-    triton: str = typer.Option("127.0.0.1:8001", "--triton", envvar="LENSCOPE_TRITON_URL", help="Triton gRPC host:port."),
+    triton: Optional[str] = typer.Option(
+        None, "--triton", help="Triton gRPC: host:port, a comma list of ip:port, or dns:///name:port "
+        "(round-robin over every address; default: LENSCOPE_TRITON_URL or 127.0.0.1:8001)."),
     grpc_port: Optional[int] = typer.Option(None, min=0, max=65535, help="gRPC port (default: LENSCOPE_GRPC_PORT or 50051)."),
     metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="Prometheus port (default: LENSCOPE_METRICS_PORT or 9464)."),
     host: Optional[str] = typer.Option(None, help="Listen address (default: LENSCOPE_HOST or 127.0.0.1)."),
-    triton_ca: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_CA", help="Talk TLS to Triton, trusting this CA (PEM)."),
-    triton_cert: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_CERT", help="Client certificate for mutual TLS to Triton."),
-    triton_key: Optional[Path] = typer.Option(None, callback=input_file, envvar="LENSCOPE_TRITON_KEY", help="Client key for mutual TLS to Triton."),
+    triton_ca: Optional[Path] = typer.Option(None, callback=input_file, help="Talk TLS to Triton, trusting this CA (PEM; LENSCOPE_TRITON_CA)."),
+    triton_cert: Optional[Path] = typer.Option(None, callback=input_file, help="Client certificate for mutual TLS to Triton (LENSCOPE_TRITON_CERT)."),
+    triton_key: Optional[Path] = typer.Option(None, callback=input_file, help="Client key for mutual TLS to Triton (LENSCOPE_TRITON_KEY)."),
+    vector_backend: Optional[str] = typer.Option(None, help="auto | faiss | milvus (LENSCOPE_VECTOR_BACKEND; default auto: what the bundle was built with)."),
+    milvus_uri: Optional[str] = typer.Option(None, help="Milvus server for a milvus bundle (LENSCOPE_MILVUS_URI); the token comes from LENSCOPE_MILVUS_TOKEN only."),
+    rerank_depth: Optional[int] = typer.Option(None, help="Filtered candidates re-ranked per query (LENSCOPE_RERANK_DEPTH, 100)."),
+    max_candidates: Optional[int] = typer.Option(None, help="Over-fetch bound of the ANN search (LENSCOPE_MAX_CANDIDATES, 2000)."),
+    deadline_fraction: Optional[float] = typer.Option(None, help="Share of the caller's deadline Triton may use (LENSCOPE_TRITON_DEADLINE_FRACTION, 0.8)."),
 ) -> None:
-    """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT."""
+    """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT.
+
+    Every setting is a flag or a LENSCOPE_* variable (docs/search-settings.md lists them); an unknown
+    LENSCOPE_* variable is refused.
+    """
     from pydantic import ValidationError
 
     from lenscope.client.search.engine import open_engine
     from lenscope.client.service.server import serve
-    from lenscope.client.service.settings import ServiceSettings
+    from lenscope.client.service.settings import ENV_PREFIX, ServiceSettings
     from lenscope.client.triton.client import ClientConfig
 
-    overrides = {k: v for k, v in {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host}.items() if v is not None}
-    try:
-        settings = ServiceSettings(**overrides)  # LENSCOPE_* values are validated here, before any work
+    flags = {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host, "triton_url": triton,
+             "triton_ca": triton_ca, "triton_cert": triton_cert, "triton_key": triton_key,
+             "vector_backend": vector_backend, "milvus_uri": milvus_uri, "rerank_depth": rerank_depth,
+             "max_candidates": max_candidates, "triton_deadline_fraction": deadline_fraction}
+    try:  # LENSCOPE_* values are validated here, before any work; unknown LENSCOPE_* names are refused
+        settings = ServiceSettings.from_environment(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as err:
-        fail(settings_message(err, ServiceSettings.model_config.get("env_prefix", "")),
-             hint="fix the environment variable (or pass the option); client/service/settings.py lists them")
+        fail(settings_message(err, ENV_PREFIX, ServiceSettings.model_fields),
+             hint="fix the environment variable (or pass the option); docs/search-settings.md lists them")
     published_index(index_root)
     check_port_free(settings.host, settings.grpc_port, "--grpc-port")
     check_port_free(settings.host, settings.metrics_port, "--metrics-port")
     tls = {}
-    if triton_ca is not None:
-        tls = dict(ssl=True, root_certificates=str(triton_ca),
-                   certificate_chain=str(triton_cert) if triton_cert else None,
-                   private_key=str(triton_key) if triton_key else None)
-    engine = open_engine(triton, str(index_root), client_config=ClientConfig(url=triton, timeout_s=2.0, **tls))
+    if settings.triton_ca is not None:
+        tls = dict(ssl=True, root_certificates=str(settings.triton_ca),
+                   certificate_chain=str(settings.triton_cert) if settings.triton_cert else None,
+                   private_key=str(settings.triton_key) if settings.triton_key else None)
+    # One concurrency model (service/servicer.py): the Triton client pool is sized from max_inflight too.
+    client_config = ClientConfig(url=settings.triton_url, timeout_s=settings.triton_timeout_s,
+                                 max_concurrency=settings.max_inflight, keepalive_s=settings.triton_keepalive_s,
+                                 max_connection_age_s=settings.triton_max_connection_age_s, **tls)
+    engine = open_engine(settings.triton_url, str(index_root), settings.search_settings(),
+                         client_config=client_config, vector_backend=settings.vector_backend,
+                         index_options=settings.index_options())
     try:
         running = serve(engine, settings)
     except BaseException:
         engine.close()
         raise
     _echo(f"lenscope: search service on {settings.host}:{running.port} (metrics :{running.metrics_port}), "
-          f"model {engine.model_hash}, index {engine.index_version}\n")
+          f"model {engine.model_hash}, index {engine.index_version} ({engine.bundle.manifest.index_backend}), "
+          f"triton {settings.triton_url}\n")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

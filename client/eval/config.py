@@ -29,7 +29,7 @@ RAW_ANN = {"image": "single:visual", "text": "single:text_image", "image+text": 
 # exactly. A photo+text query's candidate pool merges both query vectors' ANN results, so its
 # "single:visual" ranking is not a pure cosine ranking: reported, not part of the verdict.
 FIDELITY_TYPES = ("image", "text")
-COMBINED_VARIANTS: tuple[str, ...] = ("raw_sum", "calibrated", "fused_no_heads", "fused")
+COMBINED_VARIANTS: tuple[str, ...] = ("raw_sum", "calibrated", "fused_no_heads", "fused", "served")
 CURVE_VARIANTS: tuple[str, ...] = ("raw_ann", "calibrated", "fused_no_heads", "fused")
 CURVE_KS: tuple[int, ...] = tuple(range(1, 51))
 TOP_K = 100  # the most hits a SearchQuery may ask for: MRR is MRR@100

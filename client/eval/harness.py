@@ -24,11 +24,14 @@ exact re-score -> calibrate -> fuse). Two things are test scaffolding and say so
   ``raw_sum``          every similarity signal of the query, raw cosines, equal weights.
   ``calibrated``       the same signals calibrated (per modality pair), equal weights.
   ``fused_no_heads``   the fitted fusion with the attribute signal at weight 0 (heads off).
-  ``fused``            the fitted fusion: what production serves (heads on).
+  ``fused``            the fitted fusion (heads on), for every query type.
+  ``served``           the engine as the index build left it: what ``lenscope serve`` answers (the
+                       bundle's calibration and weights, and per query type the build's decision:
+                       fused, or its best raw signal where fused did not beat it held out).
 
-Calibration and fusion weights come from (first that applies): files given by the caller; the files
-shipped next to the model's checkpoint (``<stem>.calibration.json`` / ``<stem>.fusion.json``,
-matched by checkpoint sha256); a fit on the labelled queries of another split (``fit_split``,
+Calibration and fusion weights come from (first that applies): files given by the caller; the fit
+shipped with the model (``<stem>.calibration.json`` / ``<stem>.fusion.json``), only where its
+binding (``<stem>.binding.json``) names this model and the indexed catalog, as serving does; a fit on the labelled queries of another split (``fit_split``,
 default ``val``) through the same live stack (``fusion_fit``); the index bundle's own
 (catalog-fitted calibration, default weights). The report names which one was used.
 
@@ -61,6 +64,15 @@ from lenscope.client.eval.stack import live_stack
 from lenscope.client.eval.tables import attribute_report, headline, metric_table
 from lenscope.client.eval.thumbnail import VARIANT as THUMBNAIL_VARIANT, thumbnail_rankings
 from lenscope.client.ranking.modality_gap import gap_samples, gap_table
+
+
+def served_policy(engine: Any) -> dict[str, Any]:
+    """What the ``served`` variant ranks each query type by: the index build's decisions."""
+    policy = getattr(engine, "policy", None)
+    if policy is None:
+        return {"source": "legacy", "decisions": {}}
+    return {"source": policy.source, "decisions": {
+        t: {"ranked_by": d.ranked_by, "rule": d.rule, "reason": d.reason} for t, d in policy.decisions.items()}}
 
 
 def evaluate(config: EvalConfig, log: Log = print) -> dict[str, Any]:
@@ -116,11 +128,14 @@ def evaluate(config: EvalConfig, log: Log = print) -> dict[str, Any]:
                              "raw_sum": "all similarity signals of the query, raw cosines, equal weights",
                              "calibrated": "the same signals calibrated per modality pair, equal weights",
                              "fused_no_heads": "fitted fusion weights with the attribute signal at 0 (heads off)",
-                             "fused": "fitted fusion weights (production; heads on)"},
+                             "fused": "fitted fusion weights (heads on), every query type",
+                             "served": "what serving ranks: the index bundle's calibration, weights and per-type "
+                                       "decision (fused or its best raw signal, the do-no-harm rule)"},
             },
             "ranking": {"calibration_source": setup.calibration_source, "weights_source": setup.weights_source,
                         "weights": setup.weights.model_dump(), "weights_no_heads": setup.weights_no_heads.model_dump(),
-                        "fit": setup.fitted.summary() if setup.fitted else None, "fit_seconds": setup.fit_seconds},
+                        "fit": setup.fitted.summary() if setup.fitted else None, "fit_seconds": setup.fit_seconds,
+                        "served": served_policy(ix.engine)},
             "metrics": table,
             "headline": headline(table),
             "recall_curves": {"ks": list(CURVE_KS), "types": curves},

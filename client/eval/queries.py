@@ -70,8 +70,12 @@ def _search(engine: Any, qset: QuerySet, q: Query, top_k: int = TOP_K):
 
 
 @contextmanager
-def _engine_state(engine: Any, weights: FusionWeights, calibration: CalibrationSet | None) -> Iterator[None]:
-    # the variant's weights rank every query type (the bundle's per-type policy is set aside)
+def _engine_state(engine: Any, weights: FusionWeights | None, calibration: CalibrationSet | None) -> Iterator[None]:
+    # the variant's weights rank every query type (the bundle's per-type policy is set aside);
+    # weights None: the engine as the index build left it (weights, calibration, policy): "served"
+    if weights is None:
+        yield
+        return
     saved = engine.weights, engine.calibration, getattr(engine, "policy", None)
     engine.weights, engine.calibration, engine.policy = weights, calibration, None
     try:
@@ -119,8 +123,10 @@ def collect_pools(ix: SplitIndex, qset: QuerySet, queries: Sequence[Query],
 
 
 def _variant_weights(variant: str, fused: FusionWeights, fused_no_heads: FusionWeights
-                     ) -> tuple[FusionWeights, bool]:
-    """(weights, use calibration) of a variant name."""
+                     ) -> tuple[FusionWeights | None, bool]:
+    """(weights, use calibration) of a variant name; (None, True) for ``served``, the engine as built."""
+    if variant == "served":
+        return None, True
     if variant.startswith("single:"):
         sig = variant.split(":", 1)[1]
         return FusionWeights(bias=0.0, **{s: (1.0 if s == sig else 0.0) for s in SIGNALS}), False

@@ -60,14 +60,21 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
            "", "Variants: " + "; ".join(f"`{k}` {v}" for k, v in report["definitions"]["variants"].items()), "",
            "## Headline", "",
            "| query type | raw ANN R@10 | best single signal nDCG@10 | fused nDCG@10 | fused - best single (pt) | "
-           "fused R@10 | heads on - off R@10 (pt) |",
-           "|---|---|---|---|---|---|---|"]
+           "fused R@10 | heads on - off R@10 (pt) | served nDCG@10 / R@10 (ranked by) |",
+           "|---|---|---|---|---|---|---|---|"]
+    served = r.get("served", {}).get("decisions", {})
     for t, h in report["headline"].items():
         bs = h.get("best_single", {})
+        sv = h.get("served", {})
+        by = served.get(t, {}).get("ranked_by", "-")
         out.append(f"| {TYPE_LABEL[t]} | {_fmt(h.get('raw_ann', {}).get('R@10'))} | "
                    f"{_fmt(bs.get('nDCG@10'))} ({bs.get('variant', '-')}) | {_fmt(h.get('fused', {}).get('nDCG@10'))} | "
                    f"{_fmt(h.get('fused_minus_best_single_ndcg10_points'), 2)} | {_fmt(h.get('fused', {}).get('R@10'))} | "
-                   f"{_fmt(h.get('heads_on_minus_off_R@10_points'), 2)} |")
+                   f"{_fmt(h.get('heads_on_minus_off_R@10_points'), 2)} | "
+                   f"{_fmt(sv.get('nDCG@10'))} / {_fmt(sv.get('R@10'))} ({by}) |")
+    if served:
+        out += ["", "Served ranking per query type (the index build's do-no-harm decision): "
+                + "; ".join(f"**{t}** {d['ranked_by']} ({d['rule']}): {d['reason']}" for t, d in served.items())]
     out += ["", "## All rankings", "", metrics_markdown(report["metrics"])]
     if "recall_curves" in plots:
         out += [f"![Recall@K]({plots['recall_curves']})", ""]

@@ -67,6 +67,13 @@ class PrefetchedEmbedder:
             return hits
         return self.inner.embed_texts(texts, timeout_s)
 
+    def embed_image_and_text(self, image: bytes, text: str, timeout_s: float | None = None) -> tuple[Any, Any]:
+        image_r = self.image_result(image)
+        text_r = self._texts.get(text)
+        if image_r is not None and text_r is not None:
+            return image_r, text_r
+        return self.inner.embed_image_and_text(image, text, timeout_s)
+
     def manifest(self) -> dict:
         return self.inner.manifest()
 

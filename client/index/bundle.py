@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -169,13 +170,16 @@ def read_manifest(path: Path) -> BundleManifest:
         raise BundleError(f"{manifest_path}: invalid manifest: {err}") from err
 
 
-def open_bundle(path: Path | str, *, expected_model_hash: str | None, verify_checksums: bool = True) -> IndexBundle:
+def open_bundle(path: Path | str, *, expected_model_hash: str | None, verify_checksums: bool = True,
+                index_options: Mapping[str, Mapping[str, Any]] | None = None) -> IndexBundle:
     """Open one bundle directory for serving.
 
     Order matters: the model hash is checked before any file is hashed (a mismatch is cheap to report
     and no amount of file checking makes the vectors usable), then sizes and SHA-256 checksums, then
     the index and metadata are opened and their counts compared with the manifest.
-    `expected_model_hash=None` skips the model check (inspection tools only).
+    `expected_model_hash=None` skips the model check (inspection tools only). `index_options` maps a
+    backend name to keyword options of its `load` (e.g. where a Milvus collection is read from at serve
+    time); only the bundle's own backend's entry is used.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -183,7 +187,8 @@ def open_bundle(path: Path | str, *, expected_model_hash: str | None, verify_che
         raise ModelVersionMismatch(manifest.model_manifest_hash, expected_model_hash, f"index bundle {path}")
     verify_files(path, manifest, checksums=verify_checksums)
     try:
-        index = backend_class(manifest.index_backend).load(path / INDEX_DIR)
+        options = dict((index_options or {}).get(manifest.index_backend) or {})
+        index = backend_class(manifest.index_backend).load(path / INDEX_DIR, **options)
     except IndexFormatError as err:
         raise BundleError(f"{path}: vector index unusable: {err}") from err
     if index.dim != manifest.embedding_dim or index.ntotal != manifest.counts.vectors:

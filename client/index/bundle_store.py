@@ -87,7 +87,8 @@ class BundleStore:
         return Path(target).name
 
     def open_current(
-        self, *, expected_model_hash: str | None, fallback: bool = True, verify_checksums: bool = True
+        self, *, expected_model_hash: str | None, fallback: bool = True, verify_checksums: bool = True,
+        index_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> IndexBundle:
         """Open the served version; if it is damaged and `fallback`, the newest older version that opens.
 
@@ -100,7 +101,8 @@ class BundleStore:
             raise BundleError(f"{self.root}: nothing published yet (no {CURRENT_LINK} link); build an index first")
         try:
             return open_bundle(
-                self.versions_dir / current, expected_model_hash=expected_model_hash, verify_checksums=verify_checksums
+                self.versions_dir / current, expected_model_hash=expected_model_hash, verify_checksums=verify_checksums,
+                index_options=index_options,
             )
         except BundleError as err:
             if not fallback:
@@ -112,6 +114,7 @@ class BundleStore:
                     self.versions_dir / older,
                     expected_model_hash=expected_model_hash,
                     verify_checksums=verify_checksums,
+                    index_options=index_options,
                 )
             except (BundleError, ModelVersionMismatch) as err:
                 log.warning("fallback candidate %s unusable: %s", older, err)

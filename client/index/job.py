@@ -86,6 +86,9 @@ class IndexBuildConfig:
     progress: bool = True  # rich progress bar (only drawn on a terminal)
     keep_work: bool = False  # keep the checkpoints after publishing
     allow_outside_images: bool = False  # read image paths that are absolute or lead outside the catalog's folder
+    vector_backend: Literal["faiss", "milvus"] = "faiss"  # milvus: a new collection per build (writer.py)
+    milvus_uri: str | None = None
+    milvus_alias: str = "lenscope_serving"
 
 
 @dataclass
@@ -168,7 +171,9 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
         }
         t_write0 = time.perf_counter()
         settings = WriterSettings(index_kind=config.index_kind, ranking=ranking,
-                                  calibration_method=config.calibration_method, seed=config.seed)
+                                  calibration_method=config.calibration_method, seed=config.seed,
+                                  vector_backend=config.vector_backend, milvus_uri=config.milvus_uri,
+                                  milvus_alias=config.milvus_alias)
         bundle_id, info = write_bundle(Path(config.index_root), a, all_rejects, model, settings, info)
         seconds["write"] = round(time.perf_counter() - t_write0, 3)
         seconds["total"] = round(time.perf_counter() - t0, 3)
@@ -246,7 +251,7 @@ def _log_ranking(log: Any, ranking: Any) -> None:
     shipped = ranking.info.get("shipped_fit")
     if shipped:
         log.warning("shipped_fit_not_applied", source=shipped["source"], reason=shipped["reason"])
-    decisions = {t: f"{d.ranked_by} ({d.reason})" for t, d in ranking.policy.decisions.items()}
+    decisions = {t: f"{d.ranked_by} (rule {d.rule or '-'}: {d.reason})" for t, d in ranking.policy.decisions.items()}
     log.info("ranking_fit", source=ranking.policy.source, catalog_fingerprint=ranking.info.get("catalog_fingerprint"),
              calibrated_pairs=sorted(ranking.calibration.pairs) if ranking.calibration else [], decisions=decisions)
 

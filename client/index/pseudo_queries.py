@@ -13,10 +13,17 @@ it, and an attribute phrase ("red dress") names every product with those attribu
 - ``photo+title`` (image+text): an extra photo + a word of its title that names no attribute (a
   brand, a material, a model name) -> the product (2) and the products whose titles have that word
   and that share an attribute value with it (1): what a shopper adds that the photo cannot show.
+- ``photo+variant`` (image+text), the composing query: an extra photo + ANOTHER value of one of its
+  product's attributes ("red" for a photo of the black cap) -> the product that differs from it in
+  that value only: its colour/size variant (``variant_of`` family) of that value, else the products
+  with that value and all its other values (2); products with that value sharing another of its
+  values (1). The photo says which product, the text says which variant; a ranking that ignores
+  either loses these queries, which is what "the text refines the photo" means.
 
-Products are split (seeded, by product id) into a fit part and a held-out part; every query and
-its relevance live inside one part, and each part's queries are ranked among that part's products
-only, so nothing the fit saw is scored as held-out evidence. Pure functions over ``ProductView``,
+Products are split (seeded, by product family: a product and its ``variant_of`` variants stay
+together, so a composing query and its variant are in one part) into a fit part and a held-out
+part; every query and its relevance live inside one part, and each part's queries are ranked among
+that part's products only, so nothing the fit saw is scored as held-out evidence. Pure functions over ``ProductView``,
 a neutral view of a product (id, title, attributes, extra images); ``views_from_rows`` adapts the
 current catalog rows to it.
 """
@@ -36,24 +43,30 @@ from lenscope.client.index.reader import SourceRow
 
 FIT, HELD_OUT = "fit", "held_out"
 KIND_TYPE = {"title": "text", "phrase": "text", "photo": "image", "photo+phrase": "image+text",
-             "photo+title": "image+text"}
+             "photo+title": "image+text", "photo+variant": "image+text"}
 STOPWORDS = frozenset({"a", "an", "and", "by", "for", "from", "in", "of", "on", "the", "with"})
 
 
 @dataclass(frozen=True)
 class ProductView:
-    """What pseudo-queries need of a product; ``images`` are its extra images (not the main one)."""
+    """What pseudo-queries need of a product; ``images`` are its extra images (not the main one);
+    ``family`` is the product its variants hang off (``variant_of``'s root; None: itself)."""
 
     product_id: str
     title: str
     attributes: Mapping[str, str] = field(default_factory=dict)
     images: tuple[str, ...] = ()
+    family: str | None = None
+
+    @property
+    def family_id(self) -> str:
+        return self.family or self.product_id
 
 
 @dataclass(frozen=True)
 class PseudoQuery:
     query_id: str
-    kind: str  # title | photo | phrase | photo+phrase
+    kind: str  # one of KIND_TYPE
     part: str  # fit | held_out
     text: str | None
     image: str | None  # catalog path of an extra image
@@ -66,9 +79,20 @@ class PseudoQuery:
 
 def views_from_rows(rows: Sequence[SourceRow]) -> list[ProductView]:
     """The adapter from catalog rows: every attribute the catalog gives, every image but the main one
-    (the main image is what the index embeds, so it cannot be a query for its own product)."""
+    (the main image is what the index embeds, so it cannot be a query for its own product), and the
+    root of its ``variant_of`` chain as its family."""
+    parent = {s.row.product_id: s.row.variant_of for s in rows}
+
+    def root(pid: str) -> str | None:
+        seen = {pid}
+        while parent.get(pid) is not None and parent[pid] in parent and parent[pid] not in seen:
+            pid = parent[pid]
+            seen.add(pid)
+        return pid if len(seen) > 1 else None
+
     return [ProductView(product_id=s.row.product_id, title=s.row.title, attributes=dict(s.row.attributes),
-                        images=tuple(img.path for img in s.row.images[1:])) for s in rows]
+                        images=tuple(img.path for img in s.row.images[1:]), family=root(s.row.product_id))
+            for s in rows]
 
 
 def catalog_fingerprint(views: Sequence[ProductView]) -> str:
@@ -78,10 +102,11 @@ def catalog_fingerprint(views: Sequence[ProductView]) -> str:
 
 
 def split_parts(views: Sequence[ProductView], held_out_fraction: float, seed: int) -> dict[str, str]:
-    """product id -> fit | held_out, by a seeded hash of the id (stable when products are added)."""
+    """product id -> fit | held_out, by a seeded hash of the product's family id (a product without
+    variants: its own id), so variants share a part; stable when products are added."""
     def u(pid: str) -> float:
         return int(hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest()[:12], 16) / 16 ** 12
-    return {v.product_id: HELD_OUT if u(v.product_id) < held_out_fraction else FIT for v in views}
+    return {v.product_id: HELD_OUT if u(v.family_id) < held_out_fraction else FIT for v in views}
 
 
 def _drop_one_word(title: str, rng: np.random.Generator) -> str | None:
@@ -123,7 +148,7 @@ def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str],
             titles.append(PseudoQuery(f"{part}:title:{v.product_id}", "title", part, text, None, {v.product_id: 1}))
     out += cap(titles)
 
-    photos, mixed, worded = [], [], []
+    photos, mixed, worded, composed = [], [], [], []
     words_of = {v.product_id: _words(v.title) for v in views}
     for v in views:
         same = set.intersection(*(having[av] for av in v.attributes.items())) if v.attributes else set()
@@ -146,7 +171,8 @@ def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str],
                 rel = {pid: 1 for pid in near} | {v.product_id: 2}
                 worded.append(PseudoQuery(f"{part}:photo+title:{v.product_id}:{j}", "photo+title", part, word, img,
                                           rel))
-    out += cap(photos) + cap(mixed) + cap(worded)
+            composed += _variant_queries(v, j, img, part, views, having, rng)
+    out += cap(photos) + cap(mixed) + cap(worded) + cap(composed)
 
     phrases = []
     n = len(views)
@@ -160,6 +186,44 @@ def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str],
                                        {pid: 1 for pid in sorted(rel_ids)}))
     out += cap(phrases)
     return out
+
+
+def _variant_queries(v: ProductView, j: int, img: str, part: str, views: Sequence[ProductView],
+                     having: Mapping[tuple[str, str], set[str]], rng: np.random.Generator) -> list[PseudoQuery]:
+    """``photo+variant`` queries for one photo: one per variant of its family that differs from it in
+    one attribute value, else one for a random other value with a look-alike of that value."""
+    items = dict(v.attributes)
+    if not items:
+        return []
+
+    def query(a: str, value: str, targets: set[str], tag: str) -> PseudoQuery:
+        others = [(b, w) for b, w in items.items() if b != a]
+        near = {pid for b, w in others for pid in having.get((b, w), ())} & having[(a, value)]
+        rel = {pid: 1 for pid in near - {v.product_id}} | {pid: 2 for pid in targets}
+        return PseudoQuery(f"{part}:photo+variant:{v.product_id}:{j}:{tag}", "photo+variant", part, value, img, rel)
+
+    out = []
+    for u in views:
+        if u.product_id == v.product_id or u.family_id != v.family_id:
+            continue
+        diff = [(a, w) for a, w in u.attributes.items() if items.get(a) != w]
+        if len(diff) == 1 and diff[0][0] in items:
+            out.append(query(diff[0][0], diff[0][1], {u.product_id}, u.product_id))
+    if out:
+        return out
+    options = []
+    for a, val in sorted(items.items()):
+        rest = [(b, w) for b, w in items.items() if b != a]
+        for (b, w), ids in sorted(having.items()):
+            if b != a or w == val:
+                continue
+            twins = {pid for pid in ids if all(pid in having[bw] for bw in rest)} if rest else set()
+            if twins:
+                options.append((a, w, twins))
+    if not options:
+        return []
+    a, w, twins = options[int(rng.integers(len(options)))]
+    return [query(a, w, twins, f"{a}={w}")]
 
 
 def pseudo_queries(views: Sequence[ProductView], *, held_out_fraction: float = 0.3, seed: int = 0,

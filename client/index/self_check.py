@@ -7,7 +7,9 @@ the best single raw signal on the held-out part (``ranking.policy.decide``).
           --candidate pools: each query ranked among its own part's products, raw cosines-->
           fit part: ``fusion_fit.fit_fusion`` (calibration + weights, attribute heads off: the
           pseudo-queries carry no attribute probabilities)
-          held-out part: nDCG@10 / R@10 of the fused ranking and of each raw signal -> decisions
+          held-out part: nDCG@10 / R@10 of the fused ranking and of each raw signal
+          both parts: nDCG@10 / R@10 of each raw signal (no fit involved) -> which raw signal
+          -> decisions (``policy.decide``: fused only where it beat raw on the held-out part)
 
 Returns what to store with the index (calibration, weights, the ranking policy) and a summary
 of what the check saw, for the build log, the bundle and ``lenscope index inspect``.
@@ -44,6 +46,8 @@ from lenscope.client.ranking.pools import CandidatePool, FitError
 # candidates the engine re-ranks, not the whole part.
 MAX_CANDIDATES = 100
 EMBED_BATCH = 64
+# A pseudo-query kind's weight in a query type's score: its number of queries, at most this many.
+KIND_WEIGHT_CAP = 20
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,10 @@ def build_pools(queries: Sequence[PseudoQuery], ids: Sequence[str], parts: Mappi
 
 def held_out_scores(pools: Sequence[CandidatePool], calibration: CalibrationSet | None,
                     weights: FusionWeights | None) -> dict[str, dict[str, Score]]:
-    """query type -> ranking ("fused", each raw signal) -> nDCG@10 and R@10 on these pools, the mean
-    over the type's pseudo-query kinds of each kind's mean (so that, say, 90 title queries do not
-    outvote 40 attribute-phrase queries of the same type)."""
+    """query type -> ranking ("fused", each raw signal) -> nDCG@10 and R@10 on these pools: over the
+    type's pseudo-query kinds, the mean of each kind's mean weighted by the kind's number of queries
+    capped at ``KIND_WEIGHT_CAP`` (so that 150 attribute phrases do not outvote 25 titles of the same
+    type, and one lone query of a kind does not weigh as much as twenty of another)."""
     out: dict[str, dict[str, Score]] = {}
     for qtype in QUERY_TYPES:
         mine = [p for p in pools if p.query_type == qtype]
@@ -156,8 +161,24 @@ def held_out_scores(pools: Sequence[CandidatePool], calibration: CalibrationSet 
             for r, p in zip(ranked, mine):
                 nd[_kind(p)].append(ndcg_at_k(r, p.relevance, 10))
                 r10[_kind(p)].append(recall_at_k(r, p.relevance, 10))
-            out[qtype][name] = Score(ndcg10=round(float(np.mean([np.mean(nd[k]) for k in kinds])), 4),
-                                     r10=round(float(np.mean([np.mean(r10[k]) for k in kinds])), 4))
+            w = np.array([min(len(nd[k]), KIND_WEIGHT_CAP) for k in kinds], dtype=np.float64)
+            out[qtype][name] = Score(ndcg10=round(float(np.average([np.mean(nd[k]) for k in kinds], weights=w)), 4),
+                                     r10=round(float(np.average([np.mean(r10[k]) for k in kinds], weights=w)), 4))
+    return out
+
+
+def raw_scores_by_kind(pools: Sequence[CandidatePool]) -> dict[str, dict[str, Score]]:
+    """pseudo-query kind -> raw signal -> mean nDCG@10 / R@10: what each kind of query favours (the
+    build log and ``index inspect`` show it, so a user sees what the decision was made on)."""
+    out: dict[str, dict[str, Score]] = {}
+    for kind in sorted({_kind(p) for p in pools}):
+        mine = [p for p in pools if _kind(p) == kind]
+        out[kind] = {}
+        for s in TYPE_SIGNALS[mine[0].query_type]:
+            ranked = [[p.product_ids[i] for i in np.argsort(-p.signals[s], kind="stable")] for p in mine]
+            out[kind][s] = Score(
+                ndcg10=round(float(np.mean([ndcg_at_k(r, p.relevance, 10) for r, p in zip(ranked, mine)])), 4),
+                r10=round(float(np.mean([recall_at_k(r, p.relevance, 10) for r, p in zip(ranked, mine)])), 4))
     return out
 
 
@@ -196,10 +217,14 @@ def self_check(views: Sequence[ProductView], vectors: CatalogVectors, embedder: 
     except (FitError, ValueError) as err:
         summary["fit"] = {"error": f"no fit: {err}"}
     scores = held_out_scores(held, calibration, weights)
+    pooled = held_out_scores(pools, None, None)  # raw signals only: nothing was fitted to any pool
+    summary["raw_by_kind"] = {k: {s: sc.model_dump() for s, sc in v.items()} for k, v in raw_scores_by_kind(pools).items()}
     decisions = {}
     for qtype in QUERY_TYPES:
         n = sum(1 for p in held if p.query_type == qtype)
-        decisions[qtype] = decide(qtype, scores.get(qtype, {}), n, min_queries=min_queries)
+        decisions[qtype] = decide(qtype, scores.get(qtype, {}), n, pooled=pooled.get(qtype, {}),
+                                  n_pooled=sum(1 for p in pools if p.query_type == qtype),
+                                  fitted=weights is not None, min_queries=min_queries)
     policy = RankingPolicy(source="self-check", binding=binding, decisions=decisions, notes=dict(notes or {}))
     return SelfCheck(calibration=calibration, weights=weights, policy=policy, summary=summary)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import structlog
 
 from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig, IVFPQConfig
 from lenscope.client.index.bundle_store import BundleStore
@@ -48,6 +49,8 @@ from lenscope.client.ranking.fusion import FusionWeights
 
 if TYPE_CHECKING:
     from lenscope.client.index.ranking_setup import RankingSetup
+
+_log = structlog.get_logger("lenscope.index")
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
 FLAT_MAX_ROWS = 50_000  # "auto": exact search below this, HNSW above
@@ -141,6 +144,11 @@ def head_agreement(a: Assembled, model: ModelInfo) -> dict[str, float | None]:
 @dataclass(frozen=True)
 class WriterSettings:
     index_kind: IndexKind = "auto"
+    # where the vectors go: a FAISS index inside the bundle, or a new Milvus collection per build
+    # (index/milvus_versions.py: ledger, alias, prune); the token is LENSCOPE_MILVUS_TOKEN
+    vector_backend: Literal["faiss", "milvus"] = "faiss"
+    milvus_uri: str | None = None
+    milvus_alias: str = "lenscope_serving"
     # calibration + weights + per-query-type policy chosen by index/ranking_setup.py; None: the
     # default weights, no calibration (raw cosines), every query type fused
     ranking: "RankingSetup | None" = None
@@ -160,8 +168,51 @@ def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], 
         counts = dict(Counter(r.reason for r in all_rejects if not r.kept))
         first = next((f"; first: line {r.line}: {r.message}" for r in all_rejects if not r.kept), "")
         raise ValueError(f"no row was accepted: nothing to index ({sum(counts.values())} rejected: {counts}{first})")
-    index = make_index(settings.index_kind, n, dim)
-    index.add(np.arange(n, dtype=np.int64), a.image)
+    index = _build_vectors(index_root, a, model, settings)
+    try:
+        bundle_id, info = _publish(index_root, a, all_rejects, model, settings, info, index)
+    finally:
+        if settings.vector_backend == "milvus":
+            index.close()
+    return bundle_id, info
+
+
+def _build_vectors(index_root: Path, a: Assembled, model: ModelInfo, settings: WriterSettings):  # noqa: ANN202
+    """The image vectors in a FAISS index, or in this build's own Milvus collection with the catalog's
+    attributes as filter fields (attribute names Milvus cannot hold are named in the log and skipped)."""
+    n, dim = len(a), model.embed_dim
+    if settings.vector_backend == "faiss":
+        index = make_index(settings.index_kind, n, dim)
+        index.add(np.arange(n, dtype=np.int64), a.image)
+        return index
+    from lenscope.client.index import milvus_versions  # noqa: PLC0415 - pymilvus only for Milvus builds
+    from lenscope.client.vectors.milvus_index import MilvusIndex  # noqa: PLC0415
+
+    if settings.milvus_uri is None:
+        raise ValueError("the milvus backend needs --milvus-uri (http://host:19530, or a path ending in .db)")
+    kinds = {"flat": "FLAT", "hnsw": "HNSW", "auto": "FLAT" if n < FLAT_MAX_ROWS else "HNSW"}
+    if settings.index_kind not in kinds:
+        raise ValueError(f"--index-kind {settings.index_kind} is a FAISS index; with Milvus use auto, flat or hnsw")
+    names = sorted({k for s in a.rows for k in s.row.attributes})
+    attributes, skipped = milvus_versions.filterable_attributes(names)
+    if skipped:
+        _log.warning("milvus_attributes_skipped", attributes=skipped,
+                     reason="not valid Milvus field names; still facets, just not pushed down as filters")
+    config = milvus_versions.build_config(index_root, model.model_hash, settings.milvus_uri, attributes,
+                                          index_type=kinds[settings.index_kind])
+    index = MilvusIndex(dim, config)
+    try:
+        columns = {name: [s.row.attributes.get(name) for s in a.rows] for name in attributes}
+        index.add(np.arange(n, dtype=np.int64), a.image, attributes=columns)
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def _publish(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], model: ModelInfo,
+             settings: WriterSettings, info: dict[str, Any], index: Any) -> tuple[str, dict[str, Any]]:
+    n, dim = len(a), model.embed_dim
 
     ranking = settings.ranking
     cal = ranking.calibration if ranking else None
@@ -203,4 +254,10 @@ def write_bundle(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], 
         w.attach(REJECTS, rejects_jsonl(all_rejects))
         w.attach(INDEX_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     assert w.bundle_id is not None
+    if settings.vector_backend == "milvus":  # published: now the alias follows (blue-green)
+        from lenscope.client.index.milvus_versions import switch_alias  # noqa: PLC0415
+
+        previous = switch_alias(index.client, settings.milvus_alias, index.collection, index.config.timeout_s)
+        _log.info("milvus_alias_switched", alias=settings.milvus_alias, collection=index.collection,
+                  previous=previous, note="the previous collection is kept until `lenscope index prune`")
     return w.bundle_id, info

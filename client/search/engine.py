@@ -1,13 +1,18 @@
 """The search facade: embed -> retrieve (adaptive over-fetch) -> exact re-score -> calibrate -> fuse
 -> facets, under the caller's deadline.
 
-Everything heavy is loaded once at start-up (index, title vectors, facet columns, popularity,
-calibration, fusion weights); a search touches SQLite only for the final hits' titles.
+Everything heavy is loaded once at start-up (index, title vectors and, above ``title_scan_max``
+rows, their in-memory IVF, facet columns, popularity, calibration, fusion weights); a search touches
+SQLite only for the final hits' titles. Longer than the ~400-line guide because the facade is one
+pipeline whose stages share the per-query state; the pure pieces already live elsewhere (ranking/,
+vectors/); the candidate merge (``round_robin``) and the online recall sampler are the next to move
+out if it grows.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +41,7 @@ from lenscope.client.search.models import (
     SearchResult,
 )
 from lenscope.client.triton.client import EmbedResult, TritonEmbedder, TritonError
+from lenscope.client.vectors.cell_index import CellIndex
 from lenscope.client.vectors.contract import RecallMonitor
 
 _log = structlog.get_logger("lenscope.search")
@@ -58,6 +64,8 @@ class SearchSettings(BaseModel):
     facet_max_values: int = Field(25, ge=1)
     recall_sample_rate: float = Field(0.02, ge=0, le=1)
     model_check_interval_s: float = Field(5.0, gt=0)
+    # above this many title vectors, title retrieval uses an in-memory IVF-flat instead of a scan
+    title_scan_max: int = Field(50_000, ge=0)
 
 
 @dataclass
@@ -79,7 +87,6 @@ class SearchEngine:
         self._served_hash = self.model.model_hash
         self._checked_at = time.monotonic()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
 
         self.calibration = _load_model(bundle, CALIBRATION_ATTACHMENT, CalibrationSet)
         self.weights = _load_model(bundle, FUSION_ATTACHMENT, FusionWeights) or FusionWeights()
@@ -88,24 +95,40 @@ class SearchEngine:
         self.policy: RankingPolicy | None = _load_model(bundle, POLICY_ATTACHMENT, RankingPolicy)
         titles = bundle.load_array(TITLE_VECTORS)
         self.title_vectors = None if titles is None else np.asarray(titles, dtype=np.float32)
+        # Title retrieval: an exact scan up to TITLE_SCAN_MAX rows; above, an IVF-flat built now
+        # (exact scores, approximate choice of rows: see vectors/cell_index.py), since a scan of a
+        # 1M x D matrix per query costs more than the whole search (benchmarks/reports/scale.md).
+        self._title_cells: CellIndex | None = None
+        if self.title_vectors is not None and self.title_vectors.shape[0] > settings.title_scan_max:
+            t = time.perf_counter()
+            self._title_cells = CellIndex(self.title_vectors)
+            _log.info("title_cell_index_built", rows=self.title_vectors.shape[0], nlist=self._title_cells.nlist,
+                      nprobe=self._title_cells.nprobe, seconds=round(time.perf_counter() - t, 1))
 
         row_ids = np.asarray(bundle.metadata.row_ids(), dtype=np.int64)
         self._n = int(row_ids.max()) + 1 if row_ids.size else 0
         self._facets = tuple(sorted(bundle.metadata.attribute_names()))
-        values = bundle.metadata.attribute_values(row_ids.tolist(), list(self._facets))
         columns: dict[str, list[str | None]] = {f: [None] * self._n for f in self._facets}
-        for f in self._facets:
-            for rid, vals in zip(row_ids.tolist(), values[f]):
-                columns[f][rid] = vals[0] if vals else None
+        for f in self._facets:  # one table scan per facet (first value of each product, as a column)
+            col = columns[f]
+            for rid, value in zip(*bundle.metadata.first_values(f)):
+                col[rid] = value
         self.attributes = AttributeTable.from_columns(columns)
         # label indices per model attribute, for attribute agreement with the heads' predictions
         self._label_codes = {
             a: encode_labels(columns[a], labels) for a, labels in self.model.labels.items() if a in columns
         }
         pop = np.zeros(self._n)
-        pop[row_ids] = np.nan_to_num(np.asarray(bundle.metadata.popularity(row_ids.tolist()), dtype=np.float64))
+        pop_ids, pop_values = bundle.metadata.all_popularity()
+        pop[pop_ids] = np.nan_to_num(pop_values)
         self.popularity = popularity_prior(pop, float(pop.max(initial=0.0)))
-        self.recall = RecallMonitor(bundle.index, k=10, sample_rate=settings.recall_sample_rate)
+        # Online recall: a sampled query's exact search (a brute force over the catalog: ~100 ms at
+        # 1M) runs on one background thread, never in the request path; samples arriving while it is
+        # busy are skipped. The engine decides the sampling, the monitor measures every query given.
+        self.recall = RecallMonitor(bundle.index, k=10, sample_rate=1.0)
+        self._recall_rng = random.Random(0)
+        self._recall_idle = threading.Semaphore(1)
+        self._recall_worker = ThreadPoolExecutor(1, thread_name_prefix="lenscope-recall")
 
     # -- service protocol -----------------------------------------------------------------------
     @property
@@ -130,7 +153,28 @@ class SearchEngine:
         return self.recall.recall
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """The engine runs searches on its caller's thread (the service's concurrency model, see
+        ``service/servicer.py``); it owns only the background recall thread."""
+        self._recall_worker.shutdown(wait=False, cancel_futures=True)
+
+    def _sample_recall(self, q: np.ndarray, res) -> None:
+        if self.settings.recall_sample_rate <= 0 or self._recall_rng.random() >= self.settings.recall_sample_rate:
+            return
+        if not self._recall_idle.acquire(blocking=False):
+            return  # the previous sample is still running: skip rather than queue work
+
+        def measure() -> None:
+            try:
+                self.recall.observe(q, res)
+            except Exception as err:  # noqa: BLE001 - monitoring must never fail a search
+                _log.warning("recall_sample_failed", error=str(err))
+            finally:
+                self._recall_idle.release()
+
+        try:
+            self._recall_worker.submit(measure)
+        except RuntimeError:  # closed
+            self._recall_idle.release()
 
     # -- search ---------------------------------------------------------------------------------
     def search(self, q: SearchQuery) -> SearchResult:
@@ -229,10 +273,15 @@ class SearchEngine:
         budget = (deadline - time.perf_counter()) * self.settings.triton_share
         if budget <= 0:
             raise DeadlineExceeded("deadline exhausted before embedding")
-        img_f = self._pool.submit(self.embedder.embed_images, [q.image], budget) if q.image is not None else None
-        txt_f = self._pool.submit(self.embedder.embed_texts, [q.text], budget) if q.text and q.text.strip() else None
-        img = _unwrap(img_f.result(), "image") if img_f else None
-        txt = _unwrap(txt_f.result(), "text") if txt_f else None
+        has_text = bool(q.text and q.text.strip())
+        img = txt = None
+        if q.image is not None and has_text:
+            img_r, txt_r = self.embedder.embed_image_and_text(q.image, q.text, budget)
+            img, txt = _unwrap([img_r], "image"), _unwrap([txt_r], "text")
+        elif q.image is not None:
+            img = _unwrap(self.embedder.embed_images([q.image], budget), "image")
+        elif has_text:
+            txt = _unwrap(self.embedder.embed_texts([q.text], budget), "text")
         return _Embedded(image=None if img is None else img.embedding, text=None if txt is None else txt.embedding,
                          attributes={} if img is None else img.attributes)
 
@@ -247,14 +296,18 @@ class SearchEngine:
             if vec is not None:
                 q = vec[None, :].astype(np.float32)
                 res = self.bundle.index.search(q, k)
-                self.recall.observe(q, res)
+                self._sample_recall(q, res)
                 lists.append((name, res.ids[0][res.ids[0] >= 0]))
         if self.title_vectors is not None and self.title_vectors.shape[0]:
             for name, vec in (("image_title", emb.image), ("text_title", emb.text)):
-                if vec is not None:
-                    scores = self.title_vectors @ vec.astype(np.float32)
-                    top = np.argpartition(-scores, min(k, scores.size) - 1)[:k]
-                    lists.append((name, top[np.argsort(-scores[top], kind="stable")].astype(np.int64)))
+                if vec is None:
+                    continue
+                if self._title_cells is not None:
+                    lists.append((name, self._title_cells.search(vec, k)))
+                    continue
+                scores = self.title_vectors @ vec.astype(np.float32)
+                top = np.argpartition(-scores, min(k, scores.size) - 1)[:k]
+                lists.append((name, top[np.argsort(-scores[top], kind="stable")].astype(np.int64)))
         lists.sort(key=lambda item: item[0] != first)
         return round_robin([ids for _, ids in lists], k)
 
@@ -277,12 +330,14 @@ class SearchEngine:
         if self.policy is None:
             return RankingInfo(query_type=query_type, ranked_by="fused", calibrated_signals=list(calibrated),
                                raw_signals=list(raw), source="legacy",
-                               reason="index built before the held-out check: every query type fused")
+                               reason="index built before the held-out check: every query type fused",
+                               rule="legacy")
         d = self.policy.decisions.get(query_type)
         return RankingInfo(
             query_type=query_type, ranked_by=self.policy.ranked_by(query_type), calibrated_signals=list(calibrated),
             raw_signals=list(raw), source=self.policy.source, reason=d.reason if d else "",
             held_out={k: v.model_dump() for k, v in d.held_out.items()} if d else {},
+            rule=d.rule if d else "", pooled={k: v.model_dump() for k, v in d.pooled.items()} if d else {},
         )
 
     def _hits(self, ids: np.ndarray, order: np.ndarray, fused, raw: dict, calibrated: dict) -> list[Hit]:
@@ -304,16 +359,24 @@ class SearchEngine:
 
 
 def round_robin(lists: list[np.ndarray], k: int) -> np.ndarray:
-    """At most k distinct ids taking each list's next best in turn (first list first)."""
-    out: dict[int, None] = {}
-    depth = max((len(x) for x in lists), default=0)
-    for i in range(depth):
-        for ids in lists:
-            if i < len(ids):
-                out.setdefault(int(ids[i]), None)
-                if len(out) >= k:
-                    return np.fromiter(out, np.int64, len(out))
-    return np.fromiter(out, np.int64, len(out))
+    """At most k distinct ids taking each list's next best in turn (first list first).
+
+    Vectorised (the pool is up to ``max_candidates`` ids from up to four lists): interleave the
+    lists rank by rank, keep each id's first occurrence, in order. Same ids, same order as the loop
+    it replaced (``tests/unit/test_search_fast_path.py`` checks both on random lists).
+    """
+    lists = [np.asarray(x, dtype=np.int64).ravel() for x in lists]
+    depth = max((x.size for x in lists), default=0)
+    if depth == 0 or k <= 0:
+        return np.empty(0, dtype=np.int64)
+    grid = np.full((depth, len(lists)), -1, dtype=np.int64)  # row = rank, column = list
+    present = np.zeros((depth, len(lists)), dtype=bool)
+    for j, ids in enumerate(lists):
+        grid[: ids.size, j] = ids
+        present[: ids.size, j] = True
+    seq = grid[present]  # row-major: rank 0 of every list, then rank 1, ...
+    _, first = np.unique(seq, return_index=True)
+    return seq[np.sort(first)[:k]]
 
 
 def _check_deadline(deadline: float, stage: str) -> None:
@@ -347,31 +410,40 @@ __all__ = ["SearchEngine", "SearchSettings", "FacetError"]
 
 def open_engine(triton_url: str, index_root: str, settings: SearchSettings = SearchSettings(),
                 triton_timeout_s: float = 2.0, faiss_threads: int = 1,
-                client_config: "ClientConfig | None" = None) -> SearchEngine:
+                client_config: "ClientConfig | None" = None, *, vector_backend: str = "auto",
+                index_options: "dict[str, dict] | None" = None) -> SearchEngine:
     """Connect to Triton, open the published index bundle built by Triton's model, build the engine.
 
     FAISS runs single-threaded: the service parallelises across requests, and OpenMP threads
-    fighting over a few cores made batch-1 search ~10x slower in measurements.
+    fighting over a few cores made batch-1 search ~10x slower in measurements. `vector_backend`
+    (auto | faiss | milvus) refuses a bundle of the other kind; `index_options` holds per-backend
+    options for opening it (e.g. {"milvus": {"uri": ..., "token": ...}}).
     """
     import faiss
 
+    from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.bundle_store import BundleStore
     from lenscope.client.triton.client import ClientConfig
 
     faiss.omp_set_num_threads(faiss_threads)
     # client_config carries TLS / mutual-TLS material for the channel to Triton
     embedder = TritonEmbedder(client_config or ClientConfig(url=triton_url, timeout_s=triton_timeout_s))
-    try:
-        served = embedder.manifest()["model_hash"]
+    try:  # at start-up no caller waits: allow a busy Triton longer than a query's share
+        served = embedder.manifest(timeout_s=max(embedder.config.timeout_s, 10.0))["model_hash"]
     except TritonError as err:
         embedder.close()
         raise BackendUnavailable(f"Triton at {triton_url} did not answer: {err}") from err
     try:
-        bundle = BundleStore(index_root).open_current(expected_model_hash=served)
+        bundle = BundleStore(index_root).open_current(expected_model_hash=served, index_options=index_options)
     except BaseException:
         embedder.close()
         raise
     try:
+        built_with = bundle.manifest.index_backend
+        if vector_backend not in ("auto", built_with):
+            raise BundleError(f"the index published under {index_root} ({bundle.version}) was built with the "
+                              f"{built_with} backend, but the service is set to vector_backend={vector_backend}: "
+                              f"rebuild with --backend {vector_backend} or set LENSCOPE_VECTOR_BACKEND=auto")
         return SearchEngine(embedder, bundle, settings)
     except BaseException:
         bundle.close()

@@ -81,6 +81,8 @@ class RankingInfo(BaseModel):
     source: str = ""  # self-check | bound fit | supplied files | legacy
     reason: str = ""
     held_out: dict[str, dict[str, float]] = {}  # ranking -> {"ndcg10", "r10"} on held-out pseudo-queries
+    rule: str = ""  # which rule of the do-no-harm policy chose ranked_by (ranking.policy.RULES)
+    pooled: dict[str, dict[str, float]] = {}  # raw signal -> {"ndcg10", "r10"} on all pseudo-queries
 
 
 class SearchResult(BaseModel):

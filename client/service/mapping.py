@@ -125,6 +125,9 @@ def _ranking(info: RankingInfo | None) -> search_pb2.RankingInfo | None:
         raw_signals=info.raw_signals, source=info.source, reason=info.reason,
         held_out={k: search_pb2.HeldOutScore(ndcg10=v.get("ndcg10", 0.0), r10=v.get("r10", 0.0))
                   for k, v in info.held_out.items()},
+        rule=info.rule,
+        pooled={k: search_pb2.HeldOutScore(ndcg10=v.get("ndcg10", 0.0), r10=v.get("r10", 0.0))
+                for k, v in info.pooled.items()},
     )
 
 

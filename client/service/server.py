@@ -104,6 +104,9 @@ def serve(
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ],
+        # Shed before work: past this many concurrent RPCs gRPC answers RESOURCE_EXHAUSTED on its own
+        # polling thread (no handler thread, no decoding); below it the servicer's max_inflight slots
+        # decide, still before decoding. With no queue, no request waits for a handler thread.
         maximum_concurrent_rpcs=settings.handler_threads + settings.max_queued_rpcs,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {

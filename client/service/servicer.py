@@ -1,15 +1,29 @@
-"""The Search RPC: validate, admit (or shed), run the engine under the deadline, map the outcome.
+"""The Search RPC: admit (or shed) first, then validate, run the engine under the deadline, map the outcome.
 
-Latency discipline, enforced here:
+One concurrency model, sized from ``max_inflight`` (``ServiceSettings``), owned here:
 
+* **Admission before work.** A request takes one of ``max_inflight`` slots *before* its bytes are
+  decoded; finding every slot taken it gets RESOURCE_EXHAUSTED at once (a counter, a log line, no
+  parsing, no embedding), so past saturation the shed traffic costs almost nothing and goodput holds.
+  In front of that, gRPC itself admits at most ``max_inflight + spare_threads (+ max_queued_rpcs)``
+  concurrent RPCs and rejects the rest on its polling thread, before any handler thread or request
+  byte is touched ("Concurrent RPC limit exceeded!", also RESOURCE_EXHAUSTED; those rejections never
+  reach this servicer, so they show in clients' status counts, not in ``lenscope_search_requests_total``).
+* **Threads per request.** An admitted search holds one gRPC handler thread (waiting, for the
+  deadline) and one engine thread (working); a photo+text query also holds one Triton client thread
+  for the image embedding while the engine thread embeds the text. So every pool is sized from the
+  same number: handler threads ``max_inflight + spare_threads`` (the spare ones answer shed, invalid
+  and health calls without waiting), engine threads ``max_inflight``, Triton client threads
+  ``max_inflight`` (``ClientConfig.max_concurrency``, set by ``lenscope serve search``). No pool can
+  queue behind admission. The engine has one thread of its own: the online recall sample, off the
+  request path, skipped while busy.
 * **Deadlines.** The caller's remaining time (``default_deadline_s`` if it sent none) bounds the
-  request; the engine gets ``triton_deadline_fraction`` of it as ``SearchQuery.deadline_s``. The
-  engine runs on its own thread pool and the handler waits at most the remaining time, so the caller
-  gets DEADLINE_EXCEEDED on time even from an engine that ignores its deadline.
-* **Shedding.** At most ``max_inflight`` searches run in the engine; a request finding every slot taken
-  gets RESOURCE_EXHAUSTED at once instead of a place in an unbounded queue. A slot is released when
-  the engine call *finishes*, not when the caller gave up on it, so work abandoned at its deadline still
-  counts against capacity.
+  request; the engine gets all of it as ``SearchQuery.deadline_s`` and hands Triton its
+  ``triton_deadline_fraction`` (applied once, there: retrieval and fusion need the rest). The
+  engine runs on its own thread so the handler waits at most the remaining time, and the caller gets
+  DEADLINE_EXCEEDED on time even from an engine that ignores its deadline. A slot is released when
+  the engine call *finishes*, not when the caller gave up on it, so work abandoned at its deadline
+  still counts against capacity.
 
 Also :class:`SearchBackend`, what the servicer serves. Request validation and status codes live in
 ``mapping``; starting the server around this servicer lives in ``server``.
@@ -28,7 +42,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from lenscope.client.api import search_pb2, search_pb2_grpc
-from lenscope.client.search.models import DeadlineExceeded, Overloaded, SearchQuery, SearchResult
+from lenscope.client.search.models import DeadlineExceeded, SearchQuery, SearchResult
 from lenscope.client.service.mapping import Cancelled, status_for, to_query, to_response
 from lenscope.client.service.observability import ServiceMetrics
 from lenscope.client.service.settings import ServiceSettings
@@ -69,8 +83,33 @@ class SearchBackend(Protocol):
         ...
 
 
+class _Slot:
+    """One admitted search's share of ``max_inflight``: released exactly once, by the handler if the
+    engine never got the work, else by the engine future when it finishes."""
+
+    __slots__ = ("_release", "_handed_over", "_done")
+
+    def __init__(self, release: Any) -> None:
+        self._release = release
+        self._handed_over = False
+        self._done = False
+
+    def hand_over(self, future: futures.Future[SearchResult]) -> None:
+        self._handed_over = True
+        future.add_done_callback(lambda _: self.release())
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._release()
+
+    def release_unless_handed_over(self) -> None:
+        if not self._handed_over:
+            self.release()
+
+
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    """Search RPC: validate, admit (or shed), run the engine under the deadline, map the outcome."""
+    """Search RPC: admit (or shed), validate, run the engine under the deadline, map the outcome."""
 
     def __init__(self, backend: SearchBackend, settings: ServiceSettings, metrics: ServiceMetrics, log: Any):
         self._backend = backend
@@ -78,6 +117,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._metrics = metrics
         self._log = log
         self._slots = threading.BoundedSemaphore(settings.max_inflight)
+        self._busy_message = f"server busy: {settings.max_inflight} searches in flight; retry with backoff"
         # Exactly max_inflight workers: admission already bounds the work, so this pool never queues.
         self._engine = futures.ThreadPoolExecutor(settings.max_inflight, thread_name_prefix="lenscope-engine")
 
@@ -85,22 +125,49 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._engine.shutdown(wait=False, cancel_futures=True)
 
     def SearchBytes(self, data: bytes, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
-        """Parse the request ourselves: grpcio's own deserializer answers bad bytes (e.g. non-UTF-8
-        in a string field) with an opaque INTERNAL that the service never sees, logs or counts."""
+        """Admit first, then parse the request ourselves: grpcio's own deserializer answers bad bytes
+        (e.g. non-UTF-8 in a string field) with an opaque INTERNAL that the service never sees, logs
+        or counts."""
+        slot = self._admit(context)
         try:
-            request = search_pb2.SearchRequest.FromString(data)
-        except DecodeError as err:
-            request_id = _request_id(context)
-            message = (f"request is not a valid {SERVICE_NAME.rsplit('.', 1)[0]}.SearchRequest "
-                       f"(string fields must be UTF-8): {err}")
-            self._metrics.observe(grpc.StatusCode.INVALID_ARGUMENT, None)
-            self._log.warning("search", code="INVALID_ARGUMENT", request_id=request_id, image_bytes=None,
-                              text_chars=None, message=message)
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        return self.Search(request, context)
+            try:
+                request = search_pb2.SearchRequest.FromString(data)
+            except DecodeError as err:
+                request_id = _request_id(context)
+                message = (f"request is not a valid {SERVICE_NAME.rsplit('.', 1)[0]}.SearchRequest "
+                           f"(string fields must be UTF-8): {err}")
+                self._metrics.observe(grpc.StatusCode.INVALID_ARGUMENT, None)
+                self._log.warning("search", code="INVALID_ARGUMENT", request_id=request_id, image_bytes=None,
+                                  text_chars=None, message=message)
+                context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            return self._search(request, context, slot)
+        finally:
+            slot.release_unless_handed_over()
 
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+        """The typed entry point (the server registers ``SearchBytes``): the same admission first."""
+        slot = self._admit(context)
+        try:
+            return self._search(request, context, slot)
+        finally:
+            slot.release_unless_handed_over()
+
+    def _admit(self, context: grpc.ServicerContext) -> _Slot:
+        """Take a slot or shed at once: no decoding, validation or engine work for a shed call."""
+        if self._slots.acquire(blocking=False):
+            self._metrics.inflight.inc()
+            return _Slot(self._release)
+        request_id = _request_id(context)
+        self._metrics.observe(grpc.StatusCode.RESOURCE_EXHAUSTED, None)
+        self._log.warning("search", code="RESOURCE_EXHAUSTED", request_id=request_id, message=self._busy_message)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._busy_message)
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def _search(
+        self, request: search_pb2.SearchRequest, context: grpc.ServicerContext, slot: _Slot
+    ) -> search_pb2.SearchResponse:
         started = time.perf_counter()
         request_id = _request_id(context)
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
@@ -118,9 +185,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if remaining_s < _MIN_USEFUL_S:
                 raise DeadlineExceeded("the deadline had already passed when the request arrived")
             deadline = time.monotonic() + remaining_s
-            engine_deadline_s = remaining_s * self._settings.triton_deadline_fraction
-            query = to_query(request, self._settings, self._backend.facet_names(), engine_deadline_s)
-            result = self._run(query, deadline, remaining_s, context)
+            query = to_query(request, self._settings, self._backend.facet_names(), remaining_s)
+            result = self._run(query, deadline, remaining_s, context, slot)
             response = to_response(result, request_id, (time.perf_counter() - started) * 1000.0)
             timings = dict(response.timings_ms)
             fields.update(hits=len(result.hits), model_hash=result.model_hash, index_version=result.index_version)
@@ -140,21 +206,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return response
 
     def _run(
-        self, query: SearchQuery, deadline: float, budget_s: float, context: grpc.ServicerContext
+        self, query: SearchQuery, deadline: float, budget_s: float, context: grpc.ServicerContext, slot: _Slot
     ) -> SearchResult:
-        """Admit or shed, then wait for the engine until `deadline` (time.monotonic) or a cancel."""
-        if not self._slots.acquire(blocking=False):
-            raise Overloaded(
-                f"server busy: {self._settings.max_inflight} searches in flight; retry with backoff"
-            )
-        self._metrics.inflight.inc()
-        try:
-            future = self._engine.submit(self._backend.search, query)
-        except BaseException:
-            self._release(None)
-            raise
+        """Hand the admitted query to the engine and wait until `deadline` (time.monotonic) or a cancel."""
+        future = self._engine.submit(self._backend.search, query)
+        slot.hand_over(future)
         finished = threading.Event()
-        future.add_done_callback(self._release)
         future.add_done_callback(lambda _: finished.set())
         context.add_callback(finished.set)  # wake up at once if the caller cancels
         finished.wait(max(deadline - time.monotonic(), 0.0))
@@ -164,7 +221,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise Cancelled("the caller cancelled the request")
         raise DeadlineExceeded(f"search did not finish within the {budget_s * 1000:.0f} ms deadline")
 
-    def _release(self, _future: futures.Future[SearchResult] | None) -> None:
+    def _release(self) -> None:
         self._metrics.inflight.dec()
         self._slots.release()
 

@@ -75,7 +75,7 @@ class MilvusIndexConfig(BaseModel):
         validate_default=True,
     )
     token_env: str | None = Field(
-        "MILVUS_TOKEN",
+        "LENSCOPE_MILVUS_TOKEN",
         description="name of the environment variable holding the token ('user:password' or an API key); "
         "read when connecting, never stored. Unset or empty variable = no authentication.",
     )
@@ -187,17 +187,19 @@ _lite_users: Counter[str] = Counter()
 _lite_lock = threading.Lock()
 
 
-def connect(config: MilvusIndexConfig) -> Any:
+def connect(config: MilvusIndexConfig, token: str | None = None) -> Any:
+    """A MilvusClient for `config`; the token is `token` when given, else `$config.token_env`."""
     from pymilvus import MilvusClient  # noqa: PLC0415 - only deployments using this backend need pymilvus
     from pymilvus.exceptions import MilvusException  # noqa: PLC0415
 
-    token = os.environ.get(config.token_env, "") if config.token_env else ""
+    if token is None:
+        token = os.environ.get(config.token_env, "") if config.token_env else ""
     if config.is_lite:
         Path(config.uri).parent.mkdir(parents=True, exist_ok=True)
     try:
         client = MilvusClient(uri=config.uri, token=token, db_name=config.db_name, timeout=config.timeout_s)
     except MilvusException as err:
-        where = f"token from ${config.token_env}" if token else "no token"
+        where = "with a token" if token else "no token"
         raise MilvusConnectionError(f"cannot connect to Milvus at {config.uri} ({where}): {err.message}") from err
     if config.is_lite:
         with _lite_lock:

@@ -86,10 +86,10 @@ class MilvusIndex(MilvusCollection, VectorIndex):
             raise
 
     @classmethod
-    def _attach(cls, dim: int, config: MilvusIndexConfig, ntotal: int) -> Self:
+    def _attach(cls, dim: int, config: MilvusIndexConfig, ntotal: int, token: str | None = None) -> Self:
         index = cls.__new__(cls)
         index._dim, index._config, index._n = dim, config, ntotal
-        index._client = connect(config)
+        index._client = connect(config, token)
         return index
 
     def set_search_params(
@@ -310,8 +310,12 @@ class MilvusIndex(MilvusCollection, VectorIndex):
         (directory / STATE_FILE).write_text(json.dumps(state.model_dump(mode="json"), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path, *, load_collection: bool = True) -> Self:
+    def load(cls, directory: Path, *, load_collection: bool = True, uri: str | None = None,
+             token: str | None = None) -> Self:
         """Re-attach to the saved collection and check it is the one that was saved.
+
+        `uri` reads the collection from another address of the same Milvus than the build used (a
+        service inside the cluster vs a build job outside it); `token` replaces `$token_env`.
 
         Raises IndexFormatError when the state file is unreadable or the collection is missing or differs
         (schema, row count, fingerprint), MilvusConnectionError when Milvus cannot be reached.
@@ -321,7 +325,10 @@ class MilvusIndex(MilvusCollection, VectorIndex):
         directory = Path(directory)
         state_path = directory / STATE_FILE
         state = read_state(state_path)
-        index = cls._attach(state.dim, state.config, state.ntotal)
+        config = state.config
+        if uri is not None and uri != config.uri:
+            config = MilvusIndexConfig.model_validate({**config.model_dump(), "uri": uri})
+        index = cls._attach(state.dim, config, state.ntotal, token)
         try:
             index._verify_attached(state, str(state_path), load_collection)
         except MilvusException as err:

@@ -61,6 +61,21 @@ class Facet:
 
 
 @dataclass(frozen=True)
+class RankingNote:
+    """How the service ranked this query (``SearchResponse.ranking``): the index build's decision
+    for its query type, the rule that chose it and why; shown so a user sees a fallback to a raw
+    cosine instead of guessing."""
+
+    query_type: str
+    ranked_by: str  # "fused" or a raw similarity signal
+    label: str  # "fused ranking" / "raw text_image cosine"
+    rule: str
+    source: str
+    reason: str
+    raw_signals: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Results:
     cards: tuple[Card, ...]
     facets: tuple[Facet, ...]
@@ -72,6 +87,16 @@ class Results:
     filled: bool
     query_attributes: tuple[tuple[str, tuple[tuple[str, float], ...]], ...]
     signal_names: tuple[str, ...]
+    ranking: RankingNote | None = None  # None: a server older than the do-no-harm rule
+
+
+def _ranking(response: search_pb2.SearchResponse) -> RankingNote | None:
+    if not response.HasField("ranking"):
+        return None
+    r = response.ranking
+    label = "fused ranking" if r.ranked_by == "fused" else f"raw {r.ranked_by} cosine"
+    return RankingNote(query_type=r.query_type, ranked_by=r.ranked_by, label=label, rule=r.rule, source=r.source,
+                       reason=r.reason, raw_signals=tuple(r.raw_signals))
 
 
 def _signal_order(response: search_pb2.SearchResponse) -> list[str]:
@@ -121,4 +146,5 @@ def present(response: search_pb2.SearchResponse, query: PageQuery) -> Results:
         filled=response.over_fetch.filled,
         query_attributes=query_attrs,
         signal_names=tuple(order),
+        ranking=_ranking(response),
     )

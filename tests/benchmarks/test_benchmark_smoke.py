@@ -49,7 +49,7 @@ def run_benchmark(name: str, args: list[str], out: Path, work: Path, timeout: in
 @pytest.mark.integration
 def test_perf_analyzer_smoke(tmp_path: Path, bench_work: Path) -> None:
     data = run_benchmark("perf_analyzer", [
-        "--concurrency", "1,2", "--configs", "batch-1x,nobatch-1x", "--window-ms", "400", "--max-trials", "3",
+        "--concurrency", "1,2", "--configs", "batch0-1x,nobatch-1x", "--window-ms", "400", "--max-trials", "3",
         "--inprocess-seconds", "0.5", "--inputs", "12"], tmp_path, bench_work)
     assert data["perf_analyzer"]["version"].startswith("2.51")
     points = [r for r in data["results"] if "throughput" in r]
@@ -98,7 +98,7 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
     data = run_benchmark("load", [
         "--products", "60", "--fractions", "0.5,3", "--extra-steps", "0", "--step-seconds", "3",
         "--pause-seconds", "0.5", "--warmup-seconds", "1", "--calibrate-seconds", "2", "--max-inflight", "4",
-        "--compare-inflight", "16"], tmp_path, bench_work)
+        "--compare-inflight", "16", "--overload", "2"], tmp_path, bench_work)
     assert len(data["steps"]) == 2
     for step in data["steps"]:
         assert step["requests"] == sum(step["codes"].values()) > 0
@@ -108,7 +108,26 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
     assert data["steps"][0]["codes"].get("OK", 0) > 0
     assert {"offered_rps", "rule", "max_ok_rps_any_step"} <= set(data["saturation"])
     assert data["capacity_estimate"]["ok_per_s"] > 0
+    if data["saturation"]["offered_rps"]:  # overload steps and the side-by-side runs need a saturation point
+        assert [o["x_saturation"] for o in data["overload"]] == [2.0]
+        assert {"goodput_ratio", "shed_latency_ms", "ok_rps"} <= set(data["overload"][0])
+        assert [c["variant"] for c in data["compare"]] == ["shipped", "max_inflight 16", "max_queued_rpcs 64"]
     assert data["setup"]["service_exit_code"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_scale_smoke(tmp_path: Path, bench_work: Path) -> None:
+    data = run_benchmark("scale", ["--sizes", "3000", "--kinds", "flat,ivfpq", "--queries", "3",
+                                   "--recall-queries", "10", "--flat-max", "2000"], tmp_path, bench_work)
+    flat, ivfpq = data["rows"]
+    assert "skipped" in flat and "service" not in flat  # above --flat-max: said, not measured
+    assert ivfpq["build"]["index_config"]["kind"] == "ivfpq" and ivfpq["build"]["index_config"]["rescore_factor"] == 16
+    assert 0.0 <= ivfpq["ann"]["recall_at_10"] <= 1.0 and ivfpq["disk_bytes_per_product"]["total"] > 0
+    for q in ("text", "photo", "photo+text", "filtered"):
+        stages = ivfpq["service"][q]
+        assert {"embed", "retrieve", "total", "client"} <= set(stages) and stages["client"]["p50"] > 0
+    assert data["profile"] is None  # --profile not given
 
 
 @pytest.mark.slow

@@ -158,6 +158,18 @@ def _cases() -> list[CliCase]:
     add(ib, "batch-size-zero", ["--catalog", "catalog.jsonl", "--index-root", "newidx", "--batch-size", "0", *base], "--batch-size")
     add(ib, "triton-unreachable", ["--catalog", "catalog.jsonl", "--index-root", "newidx", *base], "unavailable", code=3)
 
+    ii = "index inspect"
+    add(ii, "index-root-missing", ["--index-root", "nope"], "'nope' does not exist")
+    add(ii, "index-root-empty", ["--index-root", "empty_root"], "empty_root holds no published index")
+    add(ii, "index-root-is-file", ["--index-root", "notes.txt"], "notes.txt")
+    add(ii, "current-is-regular-file", ["--index-root", "root_file_current"], "current is not a symlink")
+    add(ii, "index-root-escape-codes", ["--index-root", f"user{ESC}[2Jdata"], "\\x1b[2jdata")
+
+    ip = "index prune"
+    add(ip, "index-root-missing", ["--index-root", "nope"], "'nope' does not exist")
+    add(ip, "index-root-is-file", ["--index-root", "notes.txt"], "notes.txt")
+    add(ip, "min-age-negative", ["--index-root", "root_ok", "--min-age", "-1"], "--min-age")
+
     ss = "serve search"
     add(ss, "index-root-empty", ["--index-root", "empty_root"], "empty_root holds no published index")
     add(ss, "index-root-missing", ["--index-root", "nope"], "'nope' does not exist")

@@ -64,13 +64,11 @@ TABLE = {
             "lenscope_search_inflight_requests": "gauge",
             "lenscope_ann_recall_at_k": "gauge",
         },
-        # Settings the deployment sets that ServiceSettings does not define: the Triton address
-        # (read by `lenscope serve search --triton`, envvar) and the large-catalog mode's (not
-        # read by the code yet: the Milvus backend is still to come).
-        "env_outside_service_settings": (
-            "LENSCOPE_TRITON_URL", "LENSCOPE_VECTOR_BACKEND", "LENSCOPE_MILVUS_URI", "LENSCOPE_MILVUS_TOKEN",
-        ),
-        "triton_url": "triton:8001",
+        # Settings the deployment sets that ServiceSettings does not define: none any more (the
+        # service refuses unknown LENSCOPE_* variables at start-up).
+        "env_outside_service_settings": (),
+        # client-side round-robin over the headless Service's addresses (one per ready Triton pod)
+        "triton_url": "dns:///triton-headless:8001",
         # `lenscope serve search`: the index location is an option without an environment variable.
         "cli": ("serve", "search"),
         "index_root_option": "--index-root",
@@ -162,7 +160,9 @@ def facts() -> Facts:
     else:
         options = {name: p.default for name, p in inspect.signature(search_service).parameters.items()}
         search["index_root_option"] = options["index_root"].param_decls[0]
-        search["triton_url_envvar"] = options["triton"].envvar
+        # the flag has no envvar of its own: the one settings object reads LENSCOPE_TRITON_URL
+        assert "triton_url" in ServiceSettings.model_fields
+        search["triton_url_envvar"] = search["env_prefix"] + "TRITON_URL"
         sources["search command line"] = "python:lenscope.client.cli.serve.search_service"
 
     return Facts(triton=triton, search=search, sources=sources)

@@ -144,6 +144,25 @@ def test_triton_ports_probes_and_flags(overlays, overlay, known):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_admin_apis_are_locked_with_a_key_from_a_secret(overlays, overlay):
+    """Like `lenscope serve triton`: model load/unload, logging, trace and shared memory answer only
+    requests with the admin header, over gRPC and HTTP; the key is a Secret's, never in the manifest."""
+    from lenscope.client.triton.server import ADMIN_APIS, ADMIN_HEADER
+
+    c = container(overlays[overlay], "triton", "triton")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        apis, _, rest = flag_value(c["args"], flag).partition(":")
+        header, _, value = rest.partition("=")
+        assert set(apis.split(",")) == set(ADMIN_APIS) and header == ADMIN_HEADER, flag
+        var = re.fullmatch(r"\$\((\w+)\)", value)
+        assert var, f"{flag}: the key must be a $(VAR) reference, not a literal"
+        ref = env[var.group(1)]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] and ref["key"] and not ref.get("optional"), "a missing Secret must stop the pod"
+    assert not [o for o in overlays[overlay] if o["kind"] == "Secret"], "no Secret is committed"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_triton_drains_before_it_is_killed(overlays, overlay):
     """preStop sleep (endpoint removal propagates) + --exit-timeout-secs (in-flight requests finish)
     must fit inside terminationGracePeriodSeconds, with margin for the process to exit."""
@@ -253,10 +272,15 @@ def test_search_settings(overlays, overlay, known):
         assert settings.grpc_port == s["grpc_port"] and settings.metrics_port == s["metrics_port"]
 
 
-def test_triton_url_names_the_triton_service(overlays, known):
+def test_triton_url_names_the_headless_triton_service(overlays, known):
+    """The search service dials every Triton pod (client-side round-robin over the headless Service's
+    addresses), not the ClusterIP that pins each connection to one pod."""
     for objects in overlays.values():
-        host, port = search_env(objects)["LENSCOPE_TRITON_URL"].rsplit(":", 1)
+        url = search_env(objects)["LENSCOPE_TRITON_URL"]
+        assert url.startswith("dns:///"), url
+        host, port = url.removeprefix("dns:///").rsplit(":", 1)
         service = find(objects, "Service", host)
+        assert service["spec"]["clusterIP"] == "None"
         grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
         assert grpc_port["port"] == int(port) == known.triton["grpc_port"]
 
@@ -280,6 +304,11 @@ def test_milvus_mode_in_gpu_overlay(overlays):
     assert token == {"secretKeyRef": {"name": "lenscope-milvus", "key": "token"}}, "the token must come from a Secret"
     assert not [o for o in gpu if o["kind"] == "Secret"], "no Secret is committed"
     assert "LENSCOPE_VECTOR_BACKEND" not in search_env(overlays["overlays/cpu-demo"])
+    # every one of them is a setting the service reads (an unknown LENSCOPE_* variable is refused)
+    from lenscope.client.service.settings import ServiceSettings
+
+    for name in ("LENSCOPE_VECTOR_BACKEND", "LENSCOPE_MILVUS_URI", "LENSCOPE_MILVUS_TOKEN"):
+        assert name.removeprefix("LENSCOPE_").lower() in ServiceSettings.model_fields, name
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -177,8 +177,13 @@ def test_triton_image(overlays, known):
 
     exposed = {int(p) for args in runtime.all("EXPOSE") for p in args.split()}
     assert exposed == {t["http_port"], t["grpc_port"], t["metrics_port"]}
+    # `docker run`: the entrypoint locks the admin APIs, then execs tritonserver with CMD's flags
+    # (Kubernetes sets `command: tritonserver` and passes the lock itself: test_deploy_contract).
+    entrypoint = exec_form(runtime.all("ENTRYPOINT")[-1])
+    assert entrypoint == ["/opt/lenscope/bin/lenscope-triton-entrypoint"]
+    assert any(c.endswith(f"docker/triton/entrypoint.sh {entrypoint[0]}") for c in runtime.all("COPY"))
     cmd = exec_form(runtime.all("CMD")[-1])
-    assert cmd[0] == "tritonserver" and set(t["required_args"]) <= set(cmd)
+    assert set(t["required_args"]) <= set(cmd)
     healthcheck = runtime.all("HEALTHCHECK")[-1]
     assert f"127.0.0.1:{t['http_port']}{t['ready_path']}" in healthcheck
 
@@ -195,8 +200,11 @@ def test_search_image(overlays, known):
     assert runtime.base.startswith("python:3.11-slim")
     runs = " ".join(runtime.all("RUN"))
     assert "-c /tmp/requirements.lock" in runs and "--only-binary=:all:" in runs
-    for package in arg_default(runtime, "EXTRA_PACKAGES").split():
+    extras = arg_default(runtime, "EXTRA_PACKAGES").split()
+    for package in extras:
         assert re.sub(r"[-_.]+", "-", package).lower() in lock_pins(), f"{package} is not pinned by the lock"
+    # both vector backends the service can serve: FAISS bundles and Milvus collections (milvus component)
+    assert {"faiss-cpu", "pymilvus"} <= set(extras) and "import lenscope.client, pymilvus" in runs
     exposed = {int(p) for args in runtime.all("EXPOSE") for p in args.split()}
     assert exposed == {s["grpc_port"], s["metrics_port"]}
     entrypoint = exec_form(runtime.all("ENTRYPOINT")[-1])
@@ -226,3 +234,47 @@ def test_images_are_tagged(overlays):
             for c in [*spec.get("initContainers", []), *spec["containers"]]:
                 name, _, tag = c["image"].rpartition(":")
                 assert name and "/" not in tag and tag not in ("", "latest"), c["image"]
+
+
+def _run_entrypoint(tmp_path, env: dict[str, str]):
+    """Runs docker/triton/entrypoint.sh with a stand-in `tritonserver` first on PATH that writes its
+    argv, one per line (the script's own logic is what is under test, not Triton's)."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "tritonserver"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    base = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(["sh", str(DOCKER / "triton" / "entrypoint.sh"), "--model-repository=/models"],
+                          env={**base, **env}, capture_output=True, text=True, timeout=30)
+
+
+def test_triton_entrypoint_locks_admin_apis_by_default(tmp_path):
+    from lenscope.client.triton.server import ADMIN_APIS, ADMIN_HEADER
+
+    lock = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}="
+    given = _run_entrypoint(tmp_path, {"LENSCOPE_TRITON_ADMIN_KEY": "s3cret-key.1"})
+    assert given.returncode == 0, given.stderr
+    assert given.stdout.splitlines() == ["--model-repository=/models", f"--grpc-restricted-protocol={lock}s3cret-key.1",
+                                         f"--http-restricted-api={lock}s3cret-key.1"]
+    fresh = [_run_entrypoint(tmp_path, {}) for _ in range(2)]
+    keys = set()
+    for run in fresh:
+        assert run.returncode == 0 and "locked with a random key" in run.stderr
+        grpc_flag, http_flag = run.stdout.splitlines()[1:]
+        key = grpc_flag.split(lock, 1)[1]
+        assert len(key) >= 32 and http_flag == f"--http-restricted-api={lock}{key}"
+        keys.add(key)
+    assert len(keys) == 2  # a new key per start: nobody holds it
+    opened = _run_entrypoint(tmp_path, {"LENSCOPE_TRITON_OPEN_ADMIN": "1"})
+    assert opened.stdout.splitlines() == ["--model-repository=/models"] and "OPEN" in opened.stderr
+
+
+@pytest.mark.parametrize("key, message", [("short", "8-128 characters"), ("has space!", "only letters"),
+                                          ("$(reboot)xx", "only letters")])
+def test_triton_entrypoint_refuses_a_bad_key(tmp_path, key, message):
+    run = _run_entrypoint(tmp_path, {"LENSCOPE_TRITON_ADMIN_KEY": key})
+    assert run.returncode == 2 and message in run.stderr and run.stdout == ""

@@ -92,6 +92,15 @@ def test_fit_command_writes_files_the_engine_reads(exported_repo: Path, catalog:
     assert weights.visual > 0
     calibration = load_calibration(cal)
     assert set(calibration.pairs) == {"image_image", "image_title", "text_image", "text_title"}
+    # the binding beside the weights: this model and this catalog (what `index build` of it computes)
+    from lenscope.client.core.manifest import load_manifest
+    from lenscope.client.eval.fitting import catalog_binding
+    from lenscope.client.ranking.binding_file import load_binding
+
+    binding = load_binding(tmp_path / "fusion.binding.json")
+    assert binding.model_hash == load_manifest(exported_repo).model_hash == calibration.model_hash
+    assert binding == catalog_binding(catalog, binding.model_hash, "val") and binding.products == N
+    assert "fusion.binding.json" in result.output
     # refusing the test split silently is not allowed: it warns; bad inputs exit 2
     bad = CliRunner().invoke(_app(), ["fit", "--out", str(fusion)])
     assert bad.exit_code == 2

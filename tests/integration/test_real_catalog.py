@@ -100,7 +100,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
 def decisions_reported(info: dict) -> None:
     assert info["ranking"]["source"] == "self-check"
     for qtype, d in info["ranking"]["decisions"].items():
-        assert d["ranked_by"] and d["reason"] and d["held_out"], (qtype, d)
+        # the numbers it was chosen on: held-out ones, or (too few held out) those of all pseudo-queries
+        assert d["ranked_by"] and d["reason"] and d["rule"] and (d["held_out"] or d["pooled"]), (qtype, d)
     assert set(info["ranking"]["decisions"]) == {"text", "image", "image+text"}
 
 
@@ -113,23 +114,12 @@ def test_shipped_model_build_reports_its_decision(shipped: tuple[dict, dict]) ->
     assert all(numbers[t]["ranked_by"] == info["ranking"]["decisions"][t]["ranked_by"] for t in numbers)
 
 
-# Measured 2026-12-05 (shipped lenscope-tiny, CPU tritonserver): image+text ranks by the raw visual
-# cosine, chosen on 2 held-out pseudo-queries (< 10, so fused is not published); visual R@10 0.60 /
-# nDCG@10 0.345 vs text_image 0.70 / 0.260, text_title 0.65 / 0.213, image_title 0.40 / 0.117,
-# random 0.25 / 0.11. The served ranking has the best nDCG@10 but loses 2 of 20 queries on R@10 to
-# text_image. The queries lost are "photo + another variant's colour": the red cap's main image is
-# at visual rank 22-24 for the black and gray cap photos (+ "red"), the black hoodie at 19 for the red
-# hoodie photo (+ "black"); text_image ignores the photo and ranks the red cap 9th, the black hoodie
-# 5th. The held-out evidence had fused ahead (nDCG@10 0.949 vs visual 0.942) on 2 queries, too few to
-# publish it; the pseudo-queries pair a photo only with its own product's values, so the self-check
-# never sees a composing query (issue 14, point 4).
-SHIPPED_PHOTO_TEXT = pytest.mark.xfail(strict=True, reason=(
-    "real-products, shipped model, image+text: served (raw visual, picked on 2 held-out pseudo-queries) "
-    "R@10 0.60 < text_image R@10 0.70; nDCG@10 served 0.345 vs text_image 0.260. The self-check's "
-    "pseudo-queries have no photo + other-variant-colour queries (issue 14 point 4)."))
-
-
-@pytest.mark.parametrize("qtype", ["text", "image", pytest.param("image+text", marks=SHIPPED_PHOTO_TEXT)])
+# image+text on this catalog (measured 2026-12-05, shipped lenscope-tiny, CPU tritonserver): no held-out
+# pseudo-query of that type (the held-out part's families have no extra photos), so fused is not
+# published and the raw signal that all 22 pseudo-queries favour ranks (rule raw-too-few-held-out):
+# text_image, R@10 0.70 on these queries, visual 0.60, text_title 0.65. Its photo+variant
+# pseudo-queries (a photo + a sibling variant's colour) are what the visual cosine loses.
+@pytest.mark.parametrize("qtype", ["text", "image", "image+text"])
 def test_shipped_model_does_no_harm_on_real_products(shipped: tuple[dict, dict], qtype: str) -> None:
     check_type(*shipped, "real-products, shipped model", qtype)
 

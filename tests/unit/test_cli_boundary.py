@@ -92,3 +92,18 @@ def test_search_render_prints_hostile_titles_literally() -> None:
     assert "\x1b" not in out and "\x07" not in out
     assert "dress [/] \\x1b]0;owned\\x07 \\x1b[2J [bold]x" in out and "p[/]1" in out
     assert "color[/]" in out and "\\x1b[31mred (1)" in out
+
+
+def test_search_render_says_how_the_query_was_ranked() -> None:
+    response = search_pb2.SearchResponse(model_hash="m" * 16, index_version="v1", request_id="r1")
+    response.ranking.CopyFrom(search_pb2.RankingInfo(
+        query_type="image+text", ranked_by="text_image", source="self-check", rule="raw-too-few-held-out",
+        raw_signals=["visual", "text_image"], reason="only 0 held-out queries (< 10), fused not published"))
+    buf = io.StringIO()
+    render(response, Console(file=buf, width=400, force_terminal=False))
+    out = buf.getvalue()
+    assert "ranked by: raw text_image cosine (image+text query, self-check; rule raw-too-few-held-out)" in out
+    assert "uncalibrated (raw cosine): visual, text_image" in out and "fused not published" in out
+    old = io.StringIO()  # a server older than the rule sends no ranking: nothing is made up
+    render(search_pb2.SearchResponse(model_hash="m" * 16), Console(file=old, width=400, force_terminal=False))
+    assert "ranked by" not in old.getvalue()

@@ -271,3 +271,14 @@ def test_recall_monitor_samples_the_requested_fraction(flat, data):
     assert monitor.samples == sampled
     with pytest.raises(ValueError, match="sample_rate"):
         RecallMonitor(flat, sample_rate=1.5)
+
+
+def test_ivfpq_rescores_16x_by_default_and_an_explicit_factor_wins() -> None:
+    # From the recall sweep (benchmarks/reports/ann.md): PQ re-scored 4x capped recall@10 at ~0.89,
+    # 16x reached 0.995. Graph and flat distances are exact, so they keep 4x.
+    assert FaissIndexConfig(kind="ivfpq").rescore_factor == 16
+    assert FaissIndexConfig(kind="hnsw").rescore_factor == 4
+    assert FaissIndexConfig().rescore_factor == 4
+    assert FaissIndexConfig(kind="ivfpq", rescore_factor=4).rescore_factor == 4
+    saved = FaissIndexConfig(kind="ivfpq", rescore_factor=4).model_dump()  # an index saved with 4x stays 4x
+    assert FaissIndexConfig.model_validate(saved).rescore_factor == 4

@@ -368,6 +368,36 @@ def test_shipped_fit_is_applied_only_where_it_is_bound(tmp_path: Path, catalog: 
         assert why in other.info["ranking"]["shipped_fit"]["reason"]
 
 
+def test_rerank_fit_binding_is_the_catalog_the_index_build_sees(tmp_path: Path) -> None:
+    """What ``lenscope rerank fit`` writes beside its weights binds the fit to exactly the catalog an
+    index build of the same file computes: there it applies, elsewhere (another file) it does not."""
+    from lenscope.client.eval.fitting import catalog_binding
+    from lenscope.client.ranking.binding_file import binding_path_for, load_binding, save_binding
+
+    full, expected = make_catalog(tmp_path / "cat")
+    dropped = {pid for pid, reason in expected.items() if not reason.startswith("photo_")}
+    clean = tmp_path / "cat" / "clean.jsonl"  # the same products without the rows the build rejects
+    keep = []
+    for line in full.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["product_id"] not in dropped and row["product_id"] not in {json.loads(k)["product_id"] for k in keep}:
+            keep.append(line)
+    clean.write_text("\n".join(keep) + "\n")
+    binding = catalog_binding(clean, MODEL_HASH, "val")
+    report = build(clean, tmp_path / "a")
+    assert binding.catalog_fingerprint == report.info["ranking"]["catalog_fingerprint"]
+    assert binding.model_hash == MODEL_HASH and binding.products == report.indexed == len(keep)
+    path = binding_path_for(tmp_path / "lenscope-x.fusion.json")
+    assert path.name == "lenscope-x.binding.json" and binding_path_for(tmp_path / "w.json").name == "w.binding.json"
+    save_binding(binding, path)
+    assert load_binding(path) == binding
+    # a catalog whose rows the build rejects is another catalog for the binding: the fit is not applied
+    assert catalog_binding(full, MODEL_HASH, "val").catalog_fingerprint != binding.catalog_fingerprint
+
+
 class RecordingEmbedder(FakeEmbedder):
     """Remembers every image byte string it was sent."""
 
@@ -551,6 +581,9 @@ def test_cli_build_and_exit_codes(tmp_path: Path, catalog: Path, monkeypatch: py
     assert seen["ranking"]["source"] == "self-check"
     res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path / "idx")])
     assert res.exit_code == 0 and "ranking per query type" in res.output and "self-check" in res.output, res.output
+    rules = {d["rule"] for d in seen["policy"]["decisions"].values()}
+    assert rules and all(r in res.output for r in rules)  # which rule chose each ranking
+    assert "pseudo-queries by kind" in res.output and "photo+phrase" in res.output
     res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path)])
     assert res.exit_code == 2 and "cannot open the index" in res.output, res.output
 

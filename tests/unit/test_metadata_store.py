@@ -168,3 +168,26 @@ def test_iterables_stream_in_batches(tmp_path):
         assert store.distinct_values("size") == ["m", "s"]
         counts = {v: store.matching_ids({"size": v}).size for v in ("m", "s")}
     assert counts == {"m": 1250, "s": 1250}
+
+
+def test_bulk_column_reads_match_the_per_row_reads(tmp_path) -> None:
+    # The engine's start-up reads (one scan per facet) give what the per-row-id reads give.
+    from lenscope.client.index.metadata import MetadataStore, Product
+
+    products = [
+        Product(row_id=0, product_id="a", attributes={"color": ["red", "blue"], "size": "m"}, popularity=3.0),
+        Product(row_id=2, product_id="b", attributes={"color": "green"}, popularity=0.0),
+        Product(row_id=5, product_id="c", attributes={"size": "s"}, popularity=7.5),
+    ]
+    with MetadataStore.create(tmp_path / "m.sqlite") as store:
+        store.insert_many(products)
+    with MetadataStore.open(tmp_path / "m.sqlite") as store:
+        ids = store.row_ids().tolist()
+        per_row = store.attribute_values(ids, ["color", "size"])
+        for name in ("color", "size"):
+            rows, values = store.first_values(name)
+            expected = [(i, v[0]) for i, v in zip(ids, per_row[name]) if v]
+            assert list(zip(rows.tolist(), values)) == expected
+        assert store.first_values("nope")[0].size == 0
+        pop_ids, pop = store.all_popularity()
+        assert pop_ids.tolist() == ids and pop.tolist() == store.popularity(ids).tolist()

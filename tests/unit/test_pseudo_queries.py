@@ -72,3 +72,44 @@ def test_adapter_and_fingerprint() -> None:
     assert fp == catalog_fingerprint(list(reversed(VIEWS)))  # order-free
     changed = [ProductView("d1", "Cherry cotton dress by Ostara", {"category": "dress", "color": "pink"}), *VIEWS[1:]]
     assert catalog_fingerprint(changed) != fp and len(fp) == 16
+
+
+def test_photo_plus_another_variants_value_composes() -> None:
+    """A photo of the black cap + "red" -> the red variant of that cap (2), other red caps (1); a
+    photo of a product without variants + another value -> its look-alikes with that value."""
+    views = [
+        ProductView("cap", "Solidus cap", {"category": "cap", "color": "black"}, ("cap-2.jpg", "cap-3.jpg")),
+        ProductView("cap-red", "Solidus cap", {"category": "cap", "color": "red"}, ("red-2.jpg",), family="cap"),
+        ProductView("cap-gray", "Solidus cap", {"category": "cap", "color": "gray"}, (), family="cap"),
+        ProductView("beanie", "Knitted red beanie", {"category": "cap", "color": "red"}),
+        ProductView("tee", "Red tee", {"category": "t-shirt", "color": "red"}, ("tee-2.jpg",)),
+        ProductView("tee-b", "Black tee", {"category": "t-shirt", "color": "black"}),
+    ]
+    qs, _ = pseudo_queries(views, held_out_fraction=0.0)
+    by = {q.query_id: q for q in qs if q.kind == "photo+variant"}
+    red = by["fit:photo+variant:cap:0:cap-red"]
+    assert red.query_type == "image+text" and red.image == "cap-2.jpg" and red.text == "red"
+    assert red.relevance == {"cap-red": 2, "beanie": 1}
+    assert by["fit:photo+variant:cap:1:cap-gray"].relevance == {"cap-gray": 2}
+    assert by["fit:photo+variant:cap-red:0:cap"].relevance == {"cap": 2}  # back to the base colour
+    assert by["fit:photo+variant:cap-red:0:cap-gray"].text == "gray"
+    # no variants: another value with a look-alike that has it (the black tee), or the other category
+    (tee,) = [q for q in by.values() if q.image == "tee-2.jpg"]
+    assert (tee.text, tee.relevance) in [("black", {"tee-b": 2}), ("cap", {"beanie": 2, "cap-red": 2})]
+
+
+def test_variants_share_a_part() -> None:
+    views = [ProductView(f"p{i}", f"Cap {i}", {"color": str(i % 5)}, (), family=f"p{i - i % 3}" if i % 3 else None)
+             for i in range(90)]
+    parts = split_parts(views, 0.3, 0)
+    for v in views:
+        assert parts[v.product_id] == parts[v.family_id]
+    assert 10 <= sum(p == HELD_OUT for p in parts.values()) <= 50
+
+
+def test_adapter_follows_variant_of_to_the_family_root() -> None:
+    rows = [CatalogRow(product_id=pid, title="Cap", image=f"{pid}.png", color=c, variant_of=parent)
+            for pid, c, parent in (("a", "black", None), ("b", "red", "a"), ("c", "gray", "b"), ("d", "blue", None))]
+    views = views_from_rows([SourceRow(position=i, line=i + 2, row=r) for i, r in enumerate(rows)])
+    assert [v.family for v in views] == [None, "a", "a", None]
+    assert [v.family_id for v in views] == ["a", "a", "a", "d"]

@@ -9,6 +9,11 @@ from lenscope.client.ranking.calibration import CalibrationSet, fit_pair
 from lenscope.client.ranking.fusion import SIGNALS, fuse
 from lenscope.client.ranking.policy import (
     FUSED,
+    RULE_DEFAULT,
+    RULE_FUSED,
+    RULE_NO_FIT,
+    RULE_RAW_LOST,
+    RULE_RAW_POOLED,
     FitBinding,
     RankingPolicy,
     Score,
@@ -73,7 +78,25 @@ def test_decide_publishes_fused_only_when_it_beats_the_best_raw_signal() -> None
     nofit = decide("image+text", {"visual": _s(0.2, 0.3), "text_image": _s(0.4, 0.5)}, 30)
     assert nofit.ranked_by == "text_image"
     empty = decide("image+text", {}, 0)
-    assert empty.ranked_by == "visual" and "no held-out evidence" in empty.reason
+    assert empty.ranked_by == "visual" and "no pseudo-query evidence" in empty.reason
+    assert empty.rule == RULE_DEFAULT and nofit.rule == RULE_NO_FIT and win.rule == RULE_FUSED
+
+
+def test_raw_signal_is_chosen_on_all_pseudo_queries_fused_only_on_held_out_ones() -> None:
+    held = {FUSED: _s(0.9, 1.0), "visual": _s(0.8, 1.0), "text_image": _s(0.5, 0.5)}
+    pooled = {"visual": _s(0.5, 0.6), "text_image": _s(0.55, 0.8), "image_title": _s(0.1, 0.2)}
+    # too few held-out queries to publish fused: the raw signal all 40 pseudo-queries favour ranks
+    few = decide("image+text", held, 2, pooled=pooled, n_pooled=40)
+    assert few.ranked_by == "text_image" and few.rule == RULE_RAW_POOLED
+    assert "only 2 held-out" in few.reason and "all 40 pseudo-queries" in few.reason
+    assert few.pooled == pooled and few.n_pooled == 40
+    # enough held-out queries: fused is compared with the strongest raw signal held out (visual)
+    assert decide("image+text", held, 30, pooled=pooled, n_pooled=40).ranked_by == FUSED
+    close = {**held, FUSED: _s(0.8, 1.0)}
+    lost = decide("image+text", close, 30, pooled=pooled, n_pooled=40)
+    assert lost.ranked_by == "text_image" and lost.rule == RULE_RAW_LOST and "visual" in lost.reason
+    # the pooled numbers only hold raw signals: a "fused" entry there is ignored
+    assert FUSED not in decide("image", {}, 0, pooled={**pooled, FUSED: _s(1, 1)}, n_pooled=5).pooled
 
 
 def test_policy_weights_per_query_type() -> None:
@@ -129,3 +152,10 @@ def test_round_robin_keeps_the_top_of_every_list() -> None:
     assert round_robin([a, b], 4).tolist() == [1, 9, 2, 3]
     assert round_robin([b, a], 100).tolist() == [9, 1, 2, 8, 3, 7, 4, 5]
     assert round_robin([], 3).size == 0
+
+
+def test_a_fit_without_held_out_queries_of_a_type_is_not_called_no_fit() -> None:
+    pooled = {"visual": _s(0.6, 0.9), "image_title": _s(0.3, 0.8)}
+    d = decide("image", {}, 0, pooled=pooled, n_pooled=8, fitted=True)
+    assert d.ranked_by == "visual" and d.rule == RULE_RAW_POOLED and "only 0 held-out" in d.reason
+    assert decide("image", {}, 0, pooled=pooled, n_pooled=8, fitted=False).rule == RULE_NO_FIT

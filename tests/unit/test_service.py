@@ -114,7 +114,8 @@ def canned_result() -> SearchResult:
         query_attributes={"color": {"red": 0.8, "pink": 0.15}},
         ranking=RankingInfo(query_type="image+text", ranked_by="visual", calibrated_signals=["visual"],
                             raw_signals=["text_image"], source="self-check", reason="fused did not beat visual",
-                            held_out={"fused": {"ndcg10": 0.5, "r10": 0.9}, "visual": {"ndcg10": 0.6, "r10": 0.9}}),
+                            held_out={"fused": {"ndcg10": 0.5, "r10": 0.9}, "visual": {"ndcg10": 0.6, "r10": 0.9}},
+                            rule="raw-fused-lost-held-out", pooled={"visual": {"ndcg10": 0.55, "r10": 0.8}}),
     )
 
 
@@ -201,8 +202,9 @@ def test_request_and_response_round_trip(svc: Harness) -> None:
     assert query.filters == {"category": ("dress",), "color": ("burgundy", "red")}
     assert query.facets == ("color",)
     assert query.top_k == 5 and query.explain
-    # The engine gets a share (0.8) of the caller's 2 s, never the whole of it.
-    assert 1.2 < query.deadline_s <= 1.6
+    # The engine gets the caller's remaining 2 s (it hands Triton the one deadline fraction itself,
+    # so the share is never applied twice), never more.
+    assert 1.6 < query.deadline_s <= 2.0
 
     hit = response.hits[0]
     assert (hit.product_id, hit.title, hit.image) == ("p-17", "Red floral wrap dress", "images/p-17.jpg")
@@ -218,6 +220,7 @@ def test_request_and_response_round_trip(svc: Harness) -> None:
     assert (r.query_type, r.ranked_by, list(r.calibrated_signals), list(r.raw_signals)) == (
         "image+text", "visual", ["visual"], ["text_image"])
     assert r.source == "self-check" and r.held_out["visual"].ndcg10 == pytest.approx(0.6)
+    assert r.rule == "raw-fused-lost-held-out" and r.pooled["visual"].r10 == pytest.approx(0.8)
     # Facet values keep the engine's order (count desc), zero-count selected values included.
     assert [(f.facet, [(v.value, v.count) for v in f.values]) for f in response.facets] == [
         ("color", [("red", 12), ("burgundy", 3), ("blue", 0)]),
@@ -240,7 +243,7 @@ def test_defaults_top_k_and_deadline_when_the_caller_sends_none(start: Callable[
     response = h.search(timeout=None, text="dress")
     (query,) = h.engine.queries
     assert query.top_k == 10 and query.image is None and query.filters == {} and query.facets == ()
-    assert 0.3 < query.deadline_s <= 0.4  # 0.8 x the 0.5 s default
+    assert 0.4 < query.deadline_s <= 0.5  # the 0.5 s default (Triton's share is taken by the engine)
     assert len(response.request_id) == 16  # generated when the caller sends none
 
 
@@ -311,7 +314,7 @@ def test_caller_deadline_shorter_than_the_engine_is_deadline_exceeded_quickly(sv
     err = svc.error(timeout=0.3, text="dress")
     assert err.code() == Code.DEADLINE_EXCEEDED
     assert time.monotonic() - t0 < 1.0
-    assert svc.engine.queries[0].deadline_s <= 0.3 * 0.8
+    assert svc.engine.queries[0].deadline_s <= 0.3
 
 
 def test_server_enforces_the_default_deadline_even_if_the_engine_ignores_it(start: Callable[..., Harness]) -> None:
@@ -363,6 +366,65 @@ def test_abandoned_work_keeps_its_slot_until_the_engine_finishes(start: Callable
     h.engine.release.set()
     wait_until(lambda: h.engine.running == 0)
     assert h.search(text="dress").hits
+
+
+def test_a_shed_call_is_answered_before_its_bytes_are_decoded(start: Callable[..., Harness]) -> None:
+    # Shed before work: with the only slot taken, even bytes that are not a SearchRequest get
+    # RESOURCE_EXHAUSTED (admission runs first); once the slot is free they get INVALID_ARGUMENT.
+    h = start(max_inflight=1)
+    h.engine.delay_s = 10.0
+    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
+    wait_until(lambda: h.engine.running == 1)
+    raw = h.channel.unary_unary(f"/{SERVICE_NAME}/Search")  # identity serializers: send raw bytes
+    garbage = b"\x12\x03\xff\xfe\xfd"  # field 2 (text, a string) holding invalid UTF-8
+    with pytest.raises(grpc.RpcError) as shed:
+        raw(garbage, timeout=5)
+    assert shed.value.code() == Code.RESOURCE_EXHAUSTED
+    assert "1 searches in flight" in shed.value.details()
+    h.engine.release.set()
+    assert pending.result().hits
+    wait_until(lambda: h.engine.running == 0)
+    with pytest.raises(grpc.RpcError) as invalid:
+        raw(garbage, timeout=5)
+    assert invalid.value.code() == Code.INVALID_ARGUMENT
+    assert len(h.engine.queries) == 1
+    lines = h.log_lines()
+    assert [line["code"] for line in lines if line.get("event") == "search"].count("RESOURCE_EXHAUSTED") == 1
+
+
+def test_grpc_itself_rejects_rpcs_beyond_the_handler_threads(start: Callable[..., Harness]) -> None:
+    # max_inflight 1 + spare 1 handler threads, no queue: a third concurrent call is refused by
+    # gRPC on its polling thread (never reaching a handler), still as RESOURCE_EXHAUSTED.
+    h = start(max_inflight=1, spare_threads=1, max_queued_rpcs=0)
+    h.engine.delay_s = 10.0
+    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
+    wait_until(lambda: h.engine.running == 1)
+    # Hold the spare handler thread with a reflection stream whose requests never come.
+    requests_done = threading.Event()
+
+    def no_requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        requests_done.wait(30)
+        return
+        yield  # pragma: no cover
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(h.channel).ServerReflectionInfo(no_requests(), timeout=30)
+    seen: list[tuple[grpc.StatusCode, str]] = []
+
+    def refused_by_grpc() -> bool:  # polled until the stream holds its thread
+        try:
+            h.search(text="dress", timeout=5)
+            seen.append((Code.OK, ""))
+        except grpc.RpcError as err:
+            seen.append((err.code(), err.details()))
+        return "Concurrent RPC limit exceeded" in seen[-1][1]
+
+    wait_until(refused_by_grpc)
+    assert {code for code, _ in seen} == {Code.RESOURCE_EXHAUSTED}, seen
+    assert len(h.engine.queries) == 1  # only the first, slow search reached the engine
+    requests_done.set()
+    reflection.cancel()
+    h.engine.release.set()
+    assert pending.result().hits
 
 
 def test_cancelled_call_frees_its_handler_at_once(svc: Harness) -> None:

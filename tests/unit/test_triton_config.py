@@ -61,7 +61,7 @@ def test_cpu_configs_round_trip(name: str) -> None:
     else:
         assert d["backend"] == "python"
         db = d["dynamic_batching"]
-        assert db["max_queue_delay_microseconds"] == "500"
+        assert parse(render(cfg)).dynamic_batching.max_queue_delay_microseconds == 0  # shipped: no waiting
         pol = db["default_queue_policy"]
         assert pol["max_queue_size"] == 128
         # REJECT is the enum's zero value, so check the parsed message rather than the dict.
@@ -145,3 +145,25 @@ def test_unknown_data_type_is_rejected_by_the_triton_schema() -> None:
 def test_no_dynamic_batching_when_disabled() -> None:
     configs = build_configs(fake_manifest(), RepositorySettings(dynamic_batching=False))
     assert "dynamic_batching" not in as_dict(render(configs[contract.IMAGE_ENCODER]))
+
+
+def test_batching_per_composing_model() -> None:
+    settings = RepositorySettings(max_queue_delay_microseconds=100, unbatched_models={contract.IMAGE_PREPROCESS},
+                                  model_queue_delay_us={contract.IMAGE_ENCODER: 0})
+    configs = build_configs(fake_manifest(), settings)
+    assert "dynamic_batching" not in as_dict(render(configs[contract.IMAGE_PREPROCESS]))
+    encoder = parse(render(configs[contract.IMAGE_ENCODER])).dynamic_batching
+    assert encoder.max_queue_delay_microseconds == 0
+    assert encoder.default_queue_policy.max_queue_size == 128  # still sheds with a bounded queue
+    text = parse(render(configs[contract.TEXT_ENCODER])).dynamic_batching
+    assert text.max_queue_delay_microseconds == 100
+    with pytest.raises(ValidationError, match="unknown model.*embed_image"):
+        RepositorySettings(unbatched_models={contract.EMBED_IMAGE})  # an ensemble has no batcher of its own
+    with pytest.raises(ValidationError, match="must be 0..100000"):
+        RepositorySettings(model_queue_delay_us={contract.TEXT_ENCODER: -1})
+
+
+def test_queue_delay_defaults_per_profile() -> None:
+    assert RepositorySettings().max_queue_delay_microseconds == 0  # measured on CPU (perf_analyzer.md)
+    assert RepositorySettings(profile="gpu").max_queue_delay_microseconds == 500  # GPU: not measured, unchanged
+    assert RepositorySettings(profile="gpu", max_queue_delay_microseconds=50).max_queue_delay_microseconds == 50
