@@ -149,3 +149,34 @@ def test_default_fine_tune_on_the_real_catalog_beats_its_start(tmp_path: Path) -
     assert res.exit_code == 0, res.output
     report = torch.load(out, map_location="cpu", weights_only=True)["meta"]["held_out"]
     assert report["fine_tuned"]["score"] > report["start"]["score"], report
+
+
+@pytest.mark.slow  # ~28 s: a fresh interpreter imports torch for the subprocess
+def test_ctrl_c_keeps_the_best_checkpoint_so_far_and_says_where(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    catalog = _slice(tmp_path / "cat")
+    out = tmp_path / "int.pt"
+    cmd = [sys.executable, "-m", "lenscope.client.cli", "model", "train", "--catalog", str(catalog),
+           "--init-checkpoint", str(SHIPPED), "--out", str(out), "--heads", "none", "--holdout", "0.3",
+           "--force", "--steps", "1000", "--eval-every", "1", "--patience", "0", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "160"})
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "step 1: held-out" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=600)
+    output = "".join(lines) + rest
+    print(output)
+    assert proc.returncode == 0, output
+    assert "interrupted (Ctrl-C) at step" in output and "keeping the best held-out evaluation" in output
+    assert f"wrote {out}" in output.replace("\n", "") or str(out) in output
+    report = torch.load(out, map_location="cpu", weights_only=True)["meta"]["held_out"]
+    assert report["stopped"].startswith("interrupted") and report["steps_run"] < 1000
