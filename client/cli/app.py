@@ -23,6 +23,7 @@ from lenscope.client.cli.index import (
     index_build_command,
     index_inspect_command,
     index_prune_command,
+    index_remove_command,
 )
 from lenscope.client.cli.model import is_lenscope_checkpoint, model_train_command  # noqa: F401 (tests import it here)
 
@@ -43,6 +44,7 @@ app.add_typer(rerank_app, name="rerank")
 index_app = typer.Typer(help="Build and inspect search indexes.", **PLAIN)
 index_app.command("build", short_help="Embed a catalog through Triton, publish an index bundle.")(index_build_command)
 index_app.command("inspect", short_help="Show a bundle: rows, facets, model, fit decision.")(index_inspect_command)
+index_app.command("remove", short_help="Publish the index without some products (no Triton).")(index_remove_command)
 index_app.command("prune", short_help="Drop the Milvus collections of old index versions.")(index_prune_command)
 app.add_typer(index_app, name="index")
 catalog_app = typer.Typer(help="Catalogs: generate the bundled procedural one.", **PLAIN)

@@ -94,8 +94,16 @@ def index_build_command(
     allow_outside_images: bool = typer.Option(
         False, "--allow-outside-images", help="Also read image paths that are absolute or lead outside the "
         "catalog's folder (refused by default: a catalog must not make the indexer read /etc/shadow)."),
+    full: bool = typer.Option(
+        False, "--full", help="Embed every row. Default: reuse the served version's vectors of rows whose image, "
+        "photo, title and attributes did not change (same model), embed only new and changed rows."),
+    refit_fraction: float = typer.Option(
+        0.05, min=0.0, max=1.0, help="Incremental builds refit the ranking only when more than this share of rows "
+        "was embedded anew or removed; below it the previous fit is kept."),
 ) -> None:
-    """Embed a catalog through Triton and publish a versioned index bundle (resumable: rerun after a crash)."""
+    """Embed a catalog through Triton and publish a versioned index bundle (resumable: rerun after a crash).
+
+    Into a root that already serves a version of the same model, only new and changed rows are embedded."""
     from pydantic import ValidationError
 
     from lenscope.client.ranking.calibration import CalibrationError
@@ -125,6 +133,7 @@ def index_build_command(
         calibration=calibration, use_shipped_fit=shipped_fit,
         calibration_method=calibration_method, splits=tuple(split) if split else None,  # type: ignore[arg-type]
         seed=seed, progress=progress, keep_work=keep_work, allow_outside_images=allow_outside_images,
+        full=full, refit_fraction=refit_fraction,
         vector_backend=backend, milvus_uri=milvus_uri, milvus_alias=milvus_alias,  # type: ignore[arg-type]
     )
     embedder = _make_embedder(triton, timeout, concurrency, batch_size)
@@ -144,6 +153,14 @@ def _print_report(report) -> None:  # noqa: ANN001
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("model", report.model_hash)
+    build = report.info.get("build") or {}
+    if build.get("mode") == "incremental":
+        table.add_row("build", f"incremental from {build['previous']}")
+        table.add_row("reused / embedded / removed",
+                      f"{build['reused']} / {build['embedded']} / {build['removed']}")
+        table.add_row("ranking", literal(build["ranking"]))
+    else:
+        table.add_row("build", literal(f"full ({build.get('reason', '')})"))
     table.add_row("rows read", str(report.rows_read))
     table.add_row("indexed", str(report.indexed))
     table.add_row("rejected", str(report.rejected))
@@ -156,8 +173,9 @@ def _print_report(report) -> None:  # noqa: ANN001
         table.add_row("other splits (not indexed)", str(report.skipped_other_splits))
     table.add_row("chunks resumed / embedded", f"{report.chunks_resumed} / {report.chunks_embedded}")
     table.add_row("rows/s (embedding)", f"{report.rows_per_s:.1f}")
-    table.add_row("seconds (read/embed/write/total)",
-                  " / ".join(f"{report.seconds.get(k, 0):.1f}" for k in ("read", "embed", "write", "total")))
+    table.add_row("seconds (read/keys/embed/fit/write/total)",
+                  " / ".join(f"{report.seconds.get(k, 0):.1f}"
+                             for k in ("read", "row_keys", "embed", "ranking_fit", "write", "total")))
     table.add_row("rejects file", literal(report.rejects_path))
     Console().print(table)
 
@@ -256,6 +274,25 @@ def _print_inspect(s: dict) -> None:
         for kind, scores in by_kind.items():
             kinds.add_row(kind, "; ".join(f"{k} {v['ndcg10']:.3f} / {v['r10']:.3f}" for k, v in scores.items()))
         out.print(kinds)
+
+
+def index_remove_command(
+    index_root: Path = typer.Option(..., exists=True, file_okay=False, help="Bundle root given to `index build`."),
+    ids: Path = typer.Option(..., "--ids", callback=text_file,
+                             help="Product ids to withdraw, one per line ('#' starts a comment)."),
+) -> None:
+    """Publish the served index without some products, in seconds, with no model server (a running
+    `serve search` switches to it by itself)."""
+    from lenscope.client.index.bundle import BundleError
+    from lenscope.client.index.removal import RemovalError, remove_products
+
+    check_current_link(index_root)
+    try:
+        report = remove_products(index_root, ids)
+    except (RemovalError, BundleError) as err:
+        _fail(str(err))
+    log_to(Console())(f"published {report.bundle_id}: removed {report.removed} product(s) from {report.previous}, "
+                      f"{report.remaining} remain ({report.seconds['total']:.2f}s)")
 
 
 def index_prune_command(

@@ -241,15 +241,19 @@ def search_service(
     rerank_depth: Optional[int] = typer.Option(None, help="Filtered candidates re-ranked per query (LENSCOPE_RERANK_DEPTH, 100)."),
     max_candidates: Optional[int] = typer.Option(None, help="Over-fetch bound of the ANN search (LENSCOPE_MAX_CANDIDATES, 2000)."),
     deadline_fraction: Optional[float] = typer.Option(None, help="Share of the caller's deadline Triton may use (LENSCOPE_TRITON_DEADLINE_FRACTION, 0.8)."),
+    index_poll_s: Optional[float] = typer.Option(None, help="How often to look for a newly published index version and switch to it live; 0: only on SIGHUP (LENSCOPE_INDEX_POLL_S, 2)."),
 ) -> None:
     """Run the gRPC search service (health, reflection, metrics) until SIGTERM / SIGINT.
+
+    It follows --index-root: a version published there (`index build`, `index remove`) is checked
+    and served within about --index-poll-s seconds, without a restart; SIGHUP looks at once.
 
     Every setting is a flag or a LENSCOPE_* variable (docs/search-settings.md lists them); an unknown
     LENSCOPE_* variable is refused.
     """
     from pydantic import ValidationError
 
-    from lenscope.client.search.engine import open_engine
+    from lenscope.client.search.live import open_live_engine
     from lenscope.client.service.server import serve
     from lenscope.client.service.settings import ENV_PREFIX, ServiceSettings
     from lenscope.client.triton.client import ClientConfig
@@ -257,7 +261,8 @@ def search_service(
     flags = {"grpc_port": grpc_port, "metrics_port": metrics_port, "host": host, "triton_url": triton,
              "triton_ca": triton_ca, "triton_cert": triton_cert, "triton_key": triton_key,
              "vector_backend": vector_backend, "milvus_uri": milvus_uri, "rerank_depth": rerank_depth,
-             "max_candidates": max_candidates, "triton_deadline_fraction": deadline_fraction}
+             "max_candidates": max_candidates, "triton_deadline_fraction": deadline_fraction,
+             "index_poll_s": index_poll_s}
     try:  # LENSCOPE_* values are validated here, before any work; unknown LENSCOPE_* names are refused
         settings = ServiceSettings.from_environment(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as err:
@@ -275,9 +280,9 @@ def search_service(
     client_config = ClientConfig(url=settings.triton_url, timeout_s=settings.triton_timeout_s,
                                  max_concurrency=settings.max_inflight, keepalive_s=settings.triton_keepalive_s,
                                  max_connection_age_s=settings.triton_max_connection_age_s, **tls)
-    engine = open_engine(settings.triton_url, str(index_root), settings.search_settings(),
-                         client_config=client_config, vector_backend=settings.vector_backend,
-                         index_options=settings.index_options())
+    engine = open_live_engine(settings.triton_url, str(index_root), settings.search_settings(),
+                              poll_s=settings.index_poll_s, client_config=client_config,
+                              vector_backend=settings.vector_backend, index_options=settings.index_options())
     try:
         running = serve(engine, settings)
     except BaseException:
@@ -289,6 +294,7 @@ def search_service(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: engine.reload_now())  # look for a new index version now
     stop.wait()
     running.stop()
     engine.close()

@@ -196,6 +196,14 @@ def open_bundle(path: Path | str, *, expected_model_hash: str | None, verify_che
             f"{path}: index holds {index.ntotal} x {index.dim}, manifest says "
             f"{manifest.counts.vectors} x {manifest.embedding_dim}"
         )
+    try:  # a FAISS file damaged in a way its checksum cannot show (rewritten manifest, bad disk + cache) fails
+        if manifest.index_backend == "faiss":  # here, as a BundleError naming it, not as a RuntimeError mid-query
+            probe_search(index)
+    except BundleError as err:
+        raise BundleCorrupt(f"{path / INDEX_DIR}: {err}") from err
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise BundleCorrupt(f"{path / INDEX_DIR}: the vector index fails a probe search ({err}); "
+                            "rebuild or restore this version") from err
     try:
         metadata = MetadataStore.open(path / METADATA_FILE)
         products = metadata.count()
@@ -235,3 +243,27 @@ def backend_class(name: str) -> type[VectorIndex]:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def probe_search(index: VectorIndex, probes: int = 8) -> None:
+    """Search for a few stored vectors: each must come back as its own best match (score ~ 1).
+
+    A hit with the same score counts (duplicate vectors); a majority is required so one unlucky ANN
+    miss does not block a publish, while a broken index (wrong id mapping, untrained) always does.
+    """
+    if index.ntotal == 0:
+        return
+    ids = index.stored_ids()
+    pick = ids[np.linspace(0, ids.size - 1, num=min(probes, ids.size)).astype(np.int64)]
+    vectors = index.get_vectors(pick)
+    self_scores = np.einsum("ij,ij->i", vectors, vectors)
+    result = index.search(vectors, min(10, index.ntotal))
+    if not np.isfinite(result.scores[:, 0]).all():
+        raise BundleError("probe search returned no hits")
+    found = (result.ids[:, 0] == pick) | (np.abs(result.scores[:, 0] - self_scores) < 1e-5)
+    if found.mean() < 0.5:
+        raise BundleError(
+            f"probe search found only {int(found.sum())} of {pick.size} stored vectors as their own best match"
+        )
+    if (result.scores[:, 0] > self_scores + 1e-4).any():
+        raise BundleError("probe search scored a hit above the query's own inner product: scores are not exact")

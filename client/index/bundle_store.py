@@ -46,6 +46,7 @@ from lenscope.client.index.bundle import (
     ModelVersionMismatch,
     file_sha256,
     open_bundle,
+    probe_search,
 )
 from lenscope.client.index.metadata import MetadataStore, Product
 from lenscope.client.vectors.contract import VectorIndex
@@ -311,31 +312,8 @@ class BundleWriter:
             missing = np.setdiff1d(index_ids, bundle.metadata.row_ids(), assume_unique=True)
             if missing.size:
                 raise BundleError(f"{missing.size} indexed ids have no metadata row, e.g. {missing[:5].tolist()}")
-            _probe_search(bundle.index)
-
-
-def _probe_search(index: VectorIndex, probes: int = 8) -> None:
-    """Search for a few stored vectors: each must come back as its own best match (score ~ 1).
-
-    A hit with the same score counts (duplicate vectors); a majority is required so one unlucky ANN
-    miss does not block a publish, while a broken index (wrong id mapping, untrained) always does.
-    """
-    if index.ntotal == 0:
-        return
-    ids = index.stored_ids()
-    pick = ids[np.linspace(0, ids.size - 1, num=min(probes, ids.size)).astype(np.int64)]
-    vectors = index.get_vectors(pick)
-    self_scores = np.einsum("ij,ij->i", vectors, vectors)
-    result = index.search(vectors, min(10, index.ntotal))
-    if not np.isfinite(result.scores[:, 0]).all():
-        raise BundleError("probe search returned no hits")
-    found = (result.ids[:, 0] == pick) | (np.abs(result.scores[:, 0] - self_scores) < 1e-5)
-    if found.mean() < 0.5:
-        raise BundleError(
-            f"probe search found only {int(found.sum())} of {pick.size} stored vectors as their own best match"
-        )
-    if (result.scores[:, 0] > self_scores + 1e-4).any():
-        raise BundleError("probe search scored a hit above the query's own inner product: scores are not exact")
+            if bundle.manifest.index_backend != "faiss":  # open_bundle probes FAISS indexes itself
+                probe_search(bundle.index)
 
 
 # -- filesystem plumbing ---------------------------------------------------------------------------

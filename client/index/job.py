@@ -46,7 +46,9 @@ from lenscope.client.index.embedder import (
     ModelInfo,
     RetryPolicy,
 )
-from lenscope.client.index.reader import CatalogScan, Reject, fingerprint, scan_catalog
+from lenscope.client.index.incremental import (DEFAULT_REFIT_FRACTION, load_previous, plan, previous_ranking,
+                                               reused_chunk, row_keys, should_refit)
+from lenscope.client.index.reader import CatalogScan, Reject, SourceRow, fingerprint, scan_catalog
 from lenscope.client.index.ranking_setup import choose_ranking
 from lenscope.client.index.writer import IndexKind, WriterSettings, assemble, rejects_jsonl, write_bundle
 from lenscope.client.ranking.calibration import load_calibration
@@ -86,6 +88,8 @@ class IndexBuildConfig:
     progress: bool = True  # rich progress bar (only drawn on a terminal)
     keep_work: bool = False  # keep the checkpoints after publishing
     allow_outside_images: bool = False  # read image paths that are absolute or lead outside the catalog's folder
+    full: bool = False  # embed every row even when the served version's vectors could be reused
+    refit_fraction: float = DEFAULT_REFIT_FRACTION  # incremental: refit the ranking above this share of moved rows
     vector_backend: Literal["faiss", "milvus"] = "faiss"  # milvus: a new collection per build (writer.py)
     milvus_uri: str | None = None
     milvus_alias: str = "lenscope_serving"
@@ -128,72 +132,135 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
     scan = scan_catalog(config.catalog, splits=config.splits)
     model = _served_model(embedder)
     t_read = time.perf_counter()
-
-    work = WorkDir.open(config.index_root, catalog=scan.path.resolve(), catalog_sha256=scan.sha256,
-                        model_hash=model.model_hash, splits=config.splits, chunk_size=config.batch_size,
-                        n_rows=len(scan.rows))
-    with work:  # holds the work dir's lock until published (remove) or interrupted (close)
+    if config.full:
+        prev, why_full = None, "--full given"
+    elif config.vector_backend != "faiss":
+        prev, why_full = None, f"incremental builds are FAISS-only so far (--backend {config.vector_backend})"
+    else:
+        prev, why_full = load_previous(Path(config.index_root), model)
+    seconds: dict[str, float] = {"read": round(t_read - t0, 3)}
+    if prev is None:
+        log.info("index_build_full", reason=why_full)
+        work = WorkDir.open(config.index_root, catalog=scan.path.resolve(), catalog_sha256=scan.sha256,
+                            model_hash=model.model_hash, splits=config.splits, chunk_size=config.batch_size,
+                            n_rows=len(scan.rows))
+        with work:  # holds the work dir's lock until published (remove) or interrupted (close)
+            t_embed0 = time.perf_counter()
+            chunks, resumed, todo = _embed_all(config, scan, model, work, embedder, retry, sleep, log)
+            seconds["embed"] = round(time.perf_counter() - t_embed0, 3)
+            embedded_now = sum(len(work.chunk_range(k)) for k in todo)
+            t_keys = time.perf_counter()
+            keys = row_keys(scan.root, scan.rows, model, allow_outside=config.allow_outside_images)
+            seconds["row_keys"] = round(time.perf_counter() - t_keys, 3)
+            chunk_info = {"size": work.chunk_size, "total": work.n_chunks, "resumed": resumed, "embedded": len(todo)}
+            build = {"mode": "full", "reason": why_full}
+            bundle_id, info, counts = _publish(config, scan, model, embedder, list(chunks.values()), keys, None, log,
+                                               fusion, calibration, rejects_path, seconds, chunk_info, embedded_now,
+                                               build, t0)
+            if not config.keep_work:
+                work.remove()
+        chunks_total, chunks_resumed, chunks_embedded = work.n_chunks, resumed, len(todo)
+    else:
+        t_keys = time.perf_counter()
+        keys = row_keys(scan.root, scan.rows, model, allow_outside=config.allow_outside_images)
+        p = plan(scan.rows, keys, prev)
+        seconds["row_keys"] = round(time.perf_counter() - t_keys, 3)
+        log.info("index_build_incremental", previous=prev.version, **p.counts)
         t_embed0 = time.perf_counter()
-        chunks, resumed, todo = _embed_all(config, scan, model, work, embedder, retry, sleep, log)
-        t_embed = time.perf_counter()
-
-        served_now = _served_model(embedder).model_hash
-        if served_now != model.model_hash:
-            raise IndexBuildInterrupted(
-                f"the served model changed during the build ({model.model_hash} -> {served_now}); vectors of two "
-                "models cannot share an index", None, 0, work.n_chunks)
-
-        a = assemble(chunks.values(), scan.rows, model)
-        t_fit0 = time.perf_counter()
-        ranking = (choose_ranking(a, model.model_hash, embedder.manifest(), scan.root, embedder, fusion=fusion,
-                                  calibration=calibration, use_shipped_fit=config.use_shipped_fit, seed=config.seed)
-                   if len(a) else None)
-        t_fit = time.perf_counter() - t_fit0
-        if ranking is not None:
-            _log_ranking(log, ranking)
-        all_rejects = sorted([*scan.rejects, *a.rejects], key=lambda r: (r.line, r.kept, r.reason))
-        counts = _counts(scan, len(a), all_rejects)
-        rejects_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(rejects_path, rejects_jsonl(all_rejects))
-
-        embedded_now = sum(len(work.chunk_range(k)) for k in todo)
-        embed_s = t_embed - t_embed0
-        seconds = {"read": round(t_read - t0, 3), "embed": round(embed_s, 3), "ranking_fit": round(t_fit, 3)}
-        info = {
-            "schema_version": 1,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "catalog": {"path": str(scan.path.resolve()), "sha256": scan.sha256,
-                        "splits": list(config.splits) if config.splits else None},
-            "counts": counts,
-            "chunks": {"size": work.chunk_size, "total": work.n_chunks, "resumed": resumed, "embedded": len(todo)},
-            "timings_s": seconds,
-            "rows_per_s": round(embedded_now / embed_s, 2) if embed_s > 0 and embedded_now else None,
-        }
-        t_write0 = time.perf_counter()
-        settings = WriterSettings(index_kind=config.index_kind, ranking=ranking,
-                                  calibration_method=config.calibration_method, seed=config.seed,
-                                  vector_backend=config.vector_backend, milvus_uri=config.milvus_uri,
-                                  milvus_alias=config.milvus_alias)
-        bundle_id, info = write_bundle(Path(config.index_root), a, all_rejects, model, settings, info)
-        seconds["write"] = round(time.perf_counter() - t_write0, 3)
-        seconds["total"] = round(time.perf_counter() - t0, 3)
-        if not config.keep_work:
-            work.remove()
+        embedded = _embed_rows(config, scan, model, p.embed, embedder, retry, sleep)
+        seconds["embed"] = round(time.perf_counter() - t_embed0, 3)
+        chunks = [reused_chunk(p, prev, scan.rows, model.embed_dim), *embedded]
+        refit, why = should_refit(p, config.refit_fraction)
+        kept = None if refit or fusion is not None or calibration is not None else previous_ranking(prev, why)
+        if not refit and kept is None and fusion is None and calibration is None:
+            why = f"{why}, but version {prev.version} stored no fit to keep: ranking refitted"
+        n_chunks = -(-len(p.embed) // config.batch_size)
+        chunk_info = {"size": config.batch_size, "total": n_chunks, "resumed": 0, "embedded": n_chunks}
+        build = {"mode": "incremental", "previous": prev.version, **p.counts, "ranking": why}
+        bundle_id, info, counts = _publish(config, scan, model, embedder, chunks, keys, kept, log, fusion,
+                                           calibration, rejects_path, seconds, chunk_info, len(p.embed), build, t0)
+        chunks_total, chunks_resumed, chunks_embedded = n_chunks, 0, n_chunks
 
     report = BuildReport(
         bundle_id=bundle_id, bundle_path=Path(config.index_root) / "versions" / bundle_id,
         model_hash=model.model_hash, catalog_sha256=scan.sha256, rows_read=counts["rows_read"],
         indexed=counts["indexed"], rejected=counts["rejected"], rejected_by_reason=counts["rejected_by_reason"],
         photos_skipped_by_reason=counts["photos_skipped_by_reason"], skipped_other_splits=scan.skipped,
-        chunks_total=work.n_chunks, chunks_resumed=resumed, chunks_embedded=len(todo), seconds=seconds,
+        chunks_total=chunks_total, chunks_resumed=chunks_resumed, chunks_embedded=chunks_embedded, seconds=seconds,
         rows_per_s=info["rows_per_s"] or 0.0, rejects_path=rejects_path, info=info,
     )
     log.info("index_build_done", bundle=bundle_id, model_hash=model.model_hash, rows_read=report.rows_read,
              indexed=report.indexed, rejected=report.rejected, rejected_by_reason=report.rejected_by_reason,
              photos_skipped=report.photos_skipped_by_reason, skipped_other_splits=scan.skipped,
-             chunks_resumed=resumed, chunks_embedded=len(todo), seconds=seconds, rows_per_s=report.rows_per_s,
-             rejects_file=str(rejects_path))
+             chunks_resumed=chunks_resumed, chunks_embedded=chunks_embedded, seconds=seconds,
+             rows_per_s=report.rows_per_s, rejects_file=str(rejects_path), build=info["build"])
     return report
+
+
+def _publish(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, embedder: Embedder,
+             chunks: list[EmbeddedChunk], keys: list[str], kept_ranking: Any, log: Any, fusion: Any,
+             calibration: Any, rejects_path: Path, seconds: dict[str, float], chunk_info: dict[str, int],
+             embedded_now: int, build: dict[str, Any], t0: float) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Everything after embedding: check the model, assemble, choose the ranking, write the rejects, publish."""
+    served_now = _served_model(embedder).model_hash
+    if served_now != model.model_hash:
+        raise IndexBuildInterrupted(
+            f"the served model changed during the build ({model.model_hash} -> {served_now}); vectors of two "
+            "models cannot share an index", None, 0, chunk_info["total"])
+
+    a = assemble(chunks, scan.rows, model)
+    position_key = {s.position: k for s, k in zip(scan.rows, keys)}
+    a.keys = [position_key[s.position] for s in a.rows]
+    t_fit0 = time.perf_counter()
+    if kept_ranking is not None:
+        ranking = kept_ranking
+    else:
+        ranking = (choose_ranking(a, model.model_hash, embedder.manifest(), scan.root, embedder, fusion=fusion,
+                                  calibration=calibration, use_shipped_fit=config.use_shipped_fit, seed=config.seed)
+                   if len(a) else None)
+    seconds["ranking_fit"] = round(time.perf_counter() - t_fit0, 3)
+    if ranking is not None:
+        _log_ranking(log, ranking)
+    all_rejects = sorted([*scan.rejects, *a.rejects], key=lambda r: (r.line, r.kept, r.reason))
+    counts = _counts(scan, len(a), all_rejects)
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(rejects_path, rejects_jsonl(all_rejects))
+
+    embed_s = seconds["embed"]
+    info = {
+        "schema_version": 1,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "catalog": {"path": str(scan.path.resolve()), "sha256": scan.sha256,
+                    "splits": list(config.splits) if config.splits else None},
+        "counts": counts,
+        "chunks": chunk_info,
+        "build": build,
+        "timings_s": seconds,
+        "rows_per_s": round(embedded_now / embed_s, 2) if embed_s > 0 and embedded_now else None,
+    }
+    t_write0 = time.perf_counter()
+    settings = WriterSettings(index_kind=config.index_kind, ranking=ranking,
+                              calibration_method=config.calibration_method, seed=config.seed,
+                              vector_backend=config.vector_backend, milvus_uri=config.milvus_uri,
+                              milvus_alias=config.milvus_alias)
+    bundle_id, info = write_bundle(Path(config.index_root), a, all_rejects, model, settings, info)
+    seconds["write"] = round(time.perf_counter() - t_write0, 3)
+    seconds["total"] = round(time.perf_counter() - t0, 3)
+    return bundle_id, info, counts
+
+
+def _embed_rows(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, rows: list[SourceRow],
+                embedder: Embedder, retry: RetryPolicy | None, sleep: Callable[[float], None] | None
+                ) -> list[EmbeddedChunk]:
+    """Embed the rows an incremental build could not reuse (no checkpoints: a rerun redoes only these)."""
+    stage = ChunkEmbedder(embedder, model, scan.root, retry=retry, sleep=sleep,
+                          allow_outside_images=config.allow_outside_images)
+    spans = [rows[i:i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
+    try:
+        return list(_run_bounded(lambda k: stage.embed_chunk(k, spans[k]), list(range(len(spans))),
+                                 config.concurrency))
+    except EmbedderUnavailable as err:
+        raise IndexBuildInterrupted(f"model server unavailable: {err}", None, 0, len(spans)) from err
 
 
 def _embed_all(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, work: WorkDir, embedder: Embedder,

@@ -63,6 +63,7 @@ FUSION = "fusion.json"
 RANKING_POLICY = "ranking_policy.json"
 REJECTS = "rejects.jsonl"
 INDEX_INFO = "index_info.json"
+ROW_KEYS = "row_keys.json"  # per row id, the content key of its vectors (index/incremental.py)
 
 
 @dataclass
@@ -75,22 +76,28 @@ class Assembled:
     photo: np.ndarray
     attributes: dict[str, np.ndarray]
     rejects: list[Reject] = field(default_factory=list)
+    keys: list[str] | None = None  # content key per row (stored so the next build can reuse the vectors)
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
 def assemble(chunks: Iterable[EmbeddedChunk], rows: Sequence[SourceRow], model: ModelInfo) -> Assembled:
-    """Concatenate chunks (in chunk order) into row-id order; refuses overlaps or gaps in positions."""
+    """Merge chunks into catalog (position) order; refuses a position given twice.
+
+    Chunks of a full build are consecutive; an incremental build adds one chunk of reused rows whose
+    positions interleave with the embedded ones."""
     parts = sorted(chunks, key=lambda c: c.index)
     positions = np.concatenate([c.positions for c in parts]) if parts else np.empty(0, np.int64)
+    order = np.argsort(positions, kind="stable")
+    positions = positions[order]
     if positions.size and np.any(np.diff(positions) <= 0):
-        raise ValueError("embedded chunks overlap or are out of order")
+        raise ValueError("embedded chunks overlap")
     d = model.embed_dim
 
     def cat(get, width: int) -> np.ndarray:
         arrays = [get(c) for c in parts]
-        return np.concatenate(arrays).astype(np.float32) if arrays else np.empty((0, width), np.float32)
+        return np.concatenate(arrays).astype(np.float32)[order] if arrays else np.empty((0, width), np.float32)
 
     return Assembled(
         rows=[rows[int(p)] for p in positions],
@@ -252,6 +259,8 @@ def _publish(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], mode
         if ranking is not None:
             w.attach(RANKING_POLICY, (ranking.policy.model_dump_json(indent=2) + "\n").encode())
         w.attach(REJECTS, rejects_jsonl(all_rejects))
+        if a.keys is not None:
+            w.attach(ROW_KEYS, (json.dumps(a.keys) + "\n").encode())
         w.attach(INDEX_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     assert w.bundle_id is not None
     if settings.vector_backend == "milvus":  # published: now the alias follows (blue-green)

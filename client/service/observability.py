@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from lenscope.client.service.servicer import SearchBackend
@@ -52,6 +53,7 @@ class ServiceMetrics:
         )
         recall = getattr(backend, "ann_recall", None)
         self.ann_recall.set_function(lambda: _call_recall(recall))
+        self.registry.register(_IndexCollector(backend))
 
     def observe(self, code: grpc.StatusCode, timings_ms: dict[str, float] | None) -> None:
         self.requests.labels(code.name).inc()
@@ -67,6 +69,35 @@ def _call_recall(recall: Callable[[], float | None] | None) -> float:
     except Exception:  # a broken monitor must not break /metrics
         return float("nan")
     return float("nan") if value is None else float(value)
+
+
+class _IndexCollector:
+    """The served index version (read at scrape time, so a live switch shows at once) and, for a
+    backend that follows its index root (``index_status()``, search/live.py), its switch counts."""
+
+    def __init__(self, backend: SearchBackend) -> None:
+        self._backend = backend
+
+    def describe(self) -> list:
+        return []  # unchecked collector: its label values change at run time
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        try:
+            version = str(self._backend.index_version)
+        except Exception:  # a backend that cannot tell must not break /metrics
+            version = ""
+        info = GaugeMetricFamily("lenscope_index_version_info", "The index version answering queries (value 1)",
+                                 labels=["version"])
+        info.add_metric([version], 1.0)
+        yield info
+        status_of = getattr(self._backend, "index_status", None)
+        status = status_of() if callable(status_of) else None  # None: a backend that never switches
+        switches = CounterMetricFamily("lenscope_index_switches", "Live index version changes, by outcome "
+                                       "(rejected: a published version was unusable; the old one kept serving)",
+                                       labels=["outcome"])
+        switches.add_metric(["switched"], status.switched if status else 0)
+        switches.add_metric(["rejected"], status.rejected if status else 0)
+        yield switches
 
 
 class MetricsHTTPServer(ThreadingMixIn, WSGIServer):

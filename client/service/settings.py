@@ -120,6 +120,10 @@ class ServiceSettings(BaseSettings):
 
     rerank_depth: int = Field(100, ge=1, le=10_000, description="filtered candidates re-ranked per query")
     max_candidates: int = Field(2000, ge=10, le=100_000, description="over-fetch bound of the ANN search")
+    index_poll_s: float = Field(
+        2.0, ge=0, description="how often the index root is checked for a newly published version, served live "
+        "(search/live.py); 0 = only on SIGHUP"
+    )
 
     max_request_bytes: int = Field(
         12 * MiB, ge=1024, description="gRPC receive cap: larger messages are refused by the transport"

@@ -170,6 +170,17 @@ def _cases() -> list[CliCase]:
     add(ip, "index-root-is-file", ["--index-root", "notes.txt"], "notes.txt")
     add(ip, "min-age-negative", ["--index-root", "root_ok", "--min-age", "-1"], "--min-age")
 
+    ir = "index remove"
+    add(ir, "index-root-missing", ["--index-root", "nope", "--ids", "notes.txt"], "'nope' does not exist")
+    add(ir, "index-root-empty", ["--index-root", "empty_root", "--ids", "notes.txt"], "nothing published yet")
+    add(ir, "current-is-regular-file", ["--index-root", "root_file_current", "--ids", "notes.txt"],
+        "current is not a symlink")
+    add(ir, "ids-missing", ["--index-root", "root_ok", "--ids", "nope.txt"], "nope.txt does not exist")
+    add(ir, "ids-binary", ["--index-root", "root_ok", "--ids", "binary.bin"], "binary.bin line 2: byte 0x80")
+    add(ir, "ids-empty", ["--index-root", "root_ok", "--ids", "empty.txt"], "no product id in the file")
+    add(ir, "ids-dev-zero", ["--index-root", "root_ok", "--ids", "/dev/zero"], "/dev/zero is a device")
+    add(ir, "version-folder-empty", ["--index-root", "root_ok", "--ids", "notes.txt"], "bundle.json is missing")
+
     ss = "serve search"
     add(ss, "index-root-empty", ["--index-root", "empty_root"], "empty_root holds no published index")
     add(ss, "index-root-missing", ["--index-root", "nope"], "'nope' does not exist")

@@ -63,6 +63,8 @@ TABLE = {
             "lenscope_search_requests_total": "counter",
             "lenscope_search_inflight_requests": "gauge",
             "lenscope_ann_recall_at_k": "gauge",
+            "lenscope_index_version_info": "gauge",
+            "lenscope_index_switches_total": "counter",
         },
         # Settings the deployment sets that ServiceSettings does not define: none any more (the
         # service refuses unknown LENSCOPE_* variables at start-up).

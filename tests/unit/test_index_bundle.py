@@ -296,3 +296,38 @@ def test_attachments_are_published_and_checksummed(tmp_path: Path) -> None:
     path.write_bytes(b'{"x": 2}')
     with pytest.raises(BundleError, match="calibration.json"):
         store.open_current(expected_model_hash="m1", fallback=False)
+
+
+def test_damaged_faiss_file_behind_a_rewritten_manifest_is_a_user_error_naming_it(tmp_path) -> None:
+    """A FAISS file damaged in a way the checksums cannot show (the manifest was rewritten after the
+    damage) fails as a BundleError naming the file, and `index inspect` exits 2 with one line."""
+    import json as _json
+
+    import numpy as _np
+    from typer.testing import CliRunner
+
+    from lenscope.client.cli.app import app
+    from lenscope.client.index.bundle import BundleError, file_sha256, open_bundle
+    from lenscope.client.index.bundle_store import BundleStore
+    from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig
+
+    rng = _np.random.default_rng(0)
+    v = rng.normal(size=(300, 16)).astype(_np.float32)
+    v /= _np.linalg.norm(v, axis=1, keepdims=True)
+    index = FaissIndex(16, FaissIndexConfig(kind="hnsw"))
+    index.add(_np.arange(300), v)
+    root = tmp_path / "root"
+    version = BundleStore(root).publish(model_manifest_hash="m", index=index,
+                                        products=[{"row_id": i, "product_id": f"p{i}"} for i in range(300)])
+    path = root / "versions" / version
+    faiss_file = path / "index" / "index.faiss"
+    data = faiss_file.read_bytes()
+    faiss_file.write_bytes(data[: len(data) // 2])
+    manifest = _json.loads((path / "bundle.json").read_text())
+    manifest["files"]["index/index.faiss"] = {"sha256": file_sha256(faiss_file), "size": faiss_file.stat().st_size}
+    (path / "bundle.json").write_text(_json.dumps(manifest))
+    with pytest.raises(BundleError, match="index.faiss"):
+        open_bundle(path, expected_model_hash="m")
+    result = CliRunner().invoke(app, ["index", "inspect", "--index-root", str(root)])
+    assert result.exit_code == 2, result.output
+    assert "index.faiss" in result.output and "Traceback" not in result.output

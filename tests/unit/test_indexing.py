@@ -585,7 +585,7 @@ def test_cli_build_and_exit_codes(tmp_path: Path, catalog: Path, monkeypatch: py
     assert rules and all(r in res.output for r in rules)  # which rule chose each ranking
     assert "pseudo-queries by kind" in res.output and "photo+phrase" in res.output
     res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path)])
-    assert res.exit_code == 2 and "cannot open the index" in res.output, res.output
+    assert res.exit_code == 2 and "holds no published index" in res.output, res.output
 
     monkeypatch.setattr(index_cli, "_make_embedder", lambda *a: FakeEmbedder(unavailable_after=0))
     res = runner.invoke(app, [*args[:4], str(tmp_path / "idx2"), "--no-progress"])
