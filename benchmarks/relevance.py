@@ -138,7 +138,8 @@ def stage_data(workdir: Path, budget: Budget, catalog: Path | None) -> dict[str,
 
 def _train_config(run: ModelRun, budget: Budget) -> dict[str, Any]:
     return {"epochs": getattr(budget, run.epochs_key), "strategy": run.strategy, "heads": run.heads,
-            "two_view": run.two_view, "seed": budget.seed, "threads": budget.threads, "monitor_every": 1}
+            "two_view": run.two_view, "seed": budget.seed, "threads": budget.threads, "eval_every": 0,
+            "holdout": 0.0}  # fixed budgets, as before: no held-out judging (the harness judges), all of a split-less corpus
 
 
 def stage_train(workdir: Path, budget: Budget, data: dict[str, Path]) -> dict[str, dict[str, Any]]:

@@ -67,6 +67,7 @@ class LoadedModel:
     checkpoint: Path | None
     checkpoint_sha256: str | None
     heads_trained: bool
+    meta: dict | None = None  # a lenscope checkpoint's training metadata (held-out table, label sets)
 
     def towers(self) -> tuple[ImageTower, TextTower, AttributeHeads]:
         return ImageTower(self.clip).eval(), TextTower(self.clip).eval(), self.heads.eval()
@@ -115,16 +116,18 @@ def build_model(spec: ModelSpec, spec_dir: Path | None = None) -> LoadedModel:
     heads = AttributeHeads(spec.embed_dim, attrs, spec.head_hidden_dim)
     heads_trained = False
     sha = None
+    meta: dict = {}
     if ckpt is not None:
         sha = sha256_file(ckpt)
-        heads_trained = _load_weights(clip, heads, ckpt)
+        heads_trained = _load_weights(clip, heads, ckpt, meta)
     clip.eval()
     heads.eval()
-    return LoadedModel(spec, clip, heads, ckpt, sha, heads_trained)
+    return LoadedModel(spec, clip, heads, ckpt, sha, heads_trained, meta or None)
 
 
-def _load_weights(clip: nn.Module, heads: AttributeHeads, path: Path) -> bool:
-    """A lenscope checkpoint ({'clip': ..., 'heads': ...}) or any open_clip checkpoint file."""
+def _load_weights(clip: nn.Module, heads: AttributeHeads, path: Path, meta: dict) -> bool:
+    """A lenscope checkpoint ({'clip': ..., 'heads': ..., 'meta': ...}; its meta copied into ``meta``) or
+    any open_clip checkpoint file."""
     if path.suffix == ".safetensors":
         open_clip.load_checkpoint(clip, str(path))
         return False
@@ -133,6 +136,7 @@ def _load_weights(clip: nn.Module, heads: AttributeHeads, path: Path) -> bool:
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise SpecError(f"checkpoint {path} could not be read as a torch checkpoint: {err}") from None
     if isinstance(obj, dict) and "clip" in obj:
+        meta.update(obj.get("meta") or {})
         _load_state(clip, obj["clip"], path, "clip")
         if "heads" in obj and obj["heads"] is not None:
             _load_state(heads, obj["heads"], path, "heads")
@@ -146,7 +150,34 @@ def _load_state(module: nn.Module, state: dict, path: Path, part: str) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
+        if part == "heads":
+            raise SpecError(f"checkpoint {path}: its heads do not fit the spec's attributes: "
+                            f"{_heads_mismatch(module, state)}; the spec's label sets differ from the ones the "
+                            "checkpoint was trained with (pass --fresh-heads to 'lenscope model train' to start "
+                            "the heads afresh, or use the checkpoint's own spec)") from None
         raise SpecError(f"checkpoint {path}: {part} weights do not match the spec's architecture: {err}") from None
+
+
+def _heads_mismatch(module: nn.Module, state: dict) -> str:
+    """Which head differs and how: 'category: 10 labels in the checkpoint, 11 in the spec', missing/extra heads."""
+    ours = module.state_dict()
+    out = []
+    names = {k.split(".")[1] for k in ours} | {k.split(".")[1] for k in state if k.count(".") >= 2}
+    for name in sorted(names):
+        mine = [k for k in ours if k.split(".")[1] == name]
+        theirs = [k for k in state if k.count(".") >= 2 and k.split(".")[1] == name]
+        if not theirs:
+            out.append(f"attribute {name!r} has no head in the checkpoint")
+        elif not mine:
+            out.append(f"the checkpoint has a head for {name!r}, which the spec does not name")
+        else:
+            last = sorted(mine)[-1]
+            if last in state and state[last].shape != ours[last].shape:
+                out.append(f"attribute {name!r}: {state[last].shape[0]} labels in the checkpoint, "
+                           f"{ours[last].shape[0]} in the spec")
+            elif any(k in state and state[k].shape != ours[k].shape for k in mine) or set(mine) != set(theirs):
+                out.append(f"attribute {name!r}: another head shape (head_hidden_dim)")
+    return "; ".join(out) or "another head layout"
 
 
 def save_checkpoint(model: LoadedModel, path: Path, extra: dict | None = None, half: bool = False) -> None:

@@ -68,6 +68,17 @@ def ranking_fit_beside(checkpoint: Path | None) -> RankingFit | None:
                       catalog_fingerprint=fingerprint, **data)
 
 
+def training_summary(meta: dict) -> dict:
+    """What the manifest carries of a checkpoint's training metadata: how it was judged (the held-out
+    table, without the per-evaluation history), its label sets, and what it started from."""
+    held = meta.get("held_out")
+    return {
+        "trainer": meta.get("trainer"), "catalog_sha256": meta.get("catalog_sha256"),
+        "init_sha256": meta.get("init_sha256"), "steps": meta.get("steps"), "labels": meta.get("labels"),
+        "held_out": None if held is None else {k: v for k, v in held.items() if k != "evaluations"},
+    }
+
+
 def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_repository/cpu"),
                  settings: RepositorySettings = RepositorySettings(), onnx_dir: Path | None = None,
                  log: Callable[[str], None] = print) -> Manifest:
@@ -102,7 +113,8 @@ def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_reposit
             verification=report.model_dump(),
             tool_versions=tool_versions(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            extras={"parameters": n_params, "repository_settings": settings.model_dump()},
+            extras={"parameters": n_params, "repository_settings": settings.model_dump(),
+                    **({"training": training_summary(model.meta)} if model.meta else {})},
             ranking_fit=ranking_fit_beside(model.checkpoint),
         )
         write_repository(Path(out), manifest, paths, default_vocab(), settings)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from lenscope.client.cli.boundary import BoundaryGroup
 from lenscope.client.cli.eval import eval_command, fit_fusion_command
-from lenscope.client.cli.paths import input_file, text_file
+from lenscope.client.cli.paths import text_file
 from lenscope.client.cli.terminal import log_to
 from lenscope.client.cli.search import search_command
 from lenscope.client.cli.serve import serve_app
@@ -25,6 +25,7 @@ from lenscope.client.cli.index import (
     index_prune_command,
     index_remove_command,
 )
+from lenscope.client.cli.model import is_lenscope_checkpoint, model_train_command  # noqa: F401 (tests import it here)
 
 # Plain (click) help: it wraps at any width, where Rich's option panels cut names at 80 columns.
 PLAIN = dict(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -32,6 +33,7 @@ app = typer.Typer(help="Lenscope: visual product search on Triton.", cls=Boundar
                   **PLAIN)
 model_app = typer.Typer(help="Export, verify and build models.", **PLAIN)
 app.add_typer(model_app, name="model")
+model_app.command("train", short_help="Contrastive training / fine-tuning, judged on held-out products.")(model_train_command)
 serve_app.command("web", short_help="Serve the web demo (photo/text search, facets, scores).")(serve_web_command)
 app.add_typer(serve_app, name="serve")
 app.command("search", short_help="Search by photo and/or text; hits with score breakdown.")(search_command)
@@ -51,20 +53,6 @@ app.add_typer(catalog_app, name="catalog")
 
 console = Console(highlight=False)
 log = log_to(console)
-
-
-def is_lenscope_checkpoint(path: Path) -> bool:
-    """A checkpoint `model train` wrote: a torch zip whose pickle holds the clip/heads/meta keys (torch-free)."""
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        pickles = [n for n in z.namelist() if n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            return False
-        head = z.read(pickles[0])  # the pickle only: tensors live in other members
-    return all(key in head for key in (b"clip", b"heads", b"meta"))
 
 
 @model_app.command("export", short_help="Export to ONNX, verify against torch, write a repository.")
@@ -145,45 +133,6 @@ def model_check_plans(
     for name, info in checked.items():
         log(f"  {name}: TensorRT {info.tensorrt_version}, {info.gpu_name} (sm {info.compute_capability}), "
             f"batch {info.min_batch}/{info.opt_batch}/{info.max_batch}: loads here")
-
-
-@model_app.command("train", short_help="Contrastive (CLIP) training; defaults = the shipped model.")
-def model_train(
-    spec: Optional[Path] = typer.Option(None, callback=text_file, help="Model spec. Default: the shipped lenscope-tiny."),
-    catalog: Optional[Path] = typer.Option(None, callback=text_file, help="Catalog (JSONL/CSV). Default: generate the bundled 6,000-product catalog (seed 0)."),
-    out: Path = typer.Option(Path(".lenscope/train/model.pt"), help="Checkpoint to write (export/weights/lenscope-tiny.pt replaces the shipped one)."),
-    init_checkpoint: Optional[Path] = typer.Option(None, callback=input_file, help="Start from this lenscope/open_clip checkpoint (fine-tune). Default: the seeded init."),
-    epochs: int = typer.Option(28, help="Contrastive epochs (28 = the shipped recipe)."),
-    strategy: str = typer.Option("full", help="full | frozen_text | frozen_image | last_n"),
-    last_n_blocks: int = typer.Option(1, help="With strategy last_n: trainable blocks per tower."),
-    heads: str = typer.Option("frozen", help="none | frozen (heads on frozen embeddings) | joint (multi-task)."),
-    batch_size: int = typer.Option(128),
-    seed: int = typer.Option(0),
-) -> None:
-    """Contrastive (CLIP) training, CPU-capable; the defaults reproduce the shipped lenscope-tiny."""
-    from lenscope.client.core.modelspec import load_spec
-    from lenscope.client.core.outputs import check_output_file
-    from lenscope.export.pipeline import DEFAULT_SPEC
-    from lenscope.export.training.config import TrainConfig
-    from lenscope.export.training.loop import train
-
-    spec_path = spec or DEFAULT_SPEC
-    check_output_file(out, "--out", is_lenscope_checkpoint, "a checkpoint",
-                      inputs={"--spec": spec_path, "--catalog": catalog, "--init-checkpoint": init_checkpoint})
-    model_spec = load_spec(spec_path).model_copy(update={"checkpoint": None})  # never resume silently
-    cfg = TrainConfig(epochs=epochs, strategy=strategy, last_n_blocks=last_n_blocks, heads=heads,
-                      batch_size=batch_size, seed=seed)
-    if catalog is None:
-        from lenscope.client.synth.catalog import generate_catalog
-
-        catalog = Path(".lenscope/train-catalog/catalog.jsonl")
-        if not catalog.is_file():
-            log("generating the bundled catalog (6,000 products, seed 0) ...")
-            catalog = generate_catalog(catalog.parent, 6000, seed=0, progress=True).catalog
-    result = train(model_spec, catalog, out, cfg, spec_dir=Path(spec_path).parent, init_checkpoint=init_checkpoint)
-    timing = result.meta.get("timing", {})
-    log(f"wrote {result.checkpoint} ({result.checkpoint.stat().st_size / 1e6:.1f} MB) "
-        f"in {timing.get('total_s', 0):.0f} s; point a spec's checkpoint at it and run 'lenscope model export'")
 
 
 @app.command("demo", short_help="Export, index, serve and query the bundled catalog.")

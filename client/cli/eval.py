@@ -103,6 +103,8 @@ def eval_command(
                                               "or a grade."),
     max_queries: Optional[int] = typer.Option(None, min=1, help="At most this many queries per type (seeded sample)."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
+    allow_outside_images: bool = typer.Option(False, "--allow-outside-images", help="Read catalog images outside "
+                                              "the catalog's folder (absolute paths, '..'), as 'index build' does."),
 ) -> None:
     """Run labelled queries through the live stack (tritonserver + index + re-ranker) and write a report:
     Recall@1/5/10, nDCG@10, MRR per query type and ranking variant, modality gap, heads, export fidelity."""
@@ -132,7 +134,7 @@ def eval_command(
         fusion=fusion, calibration=calibration, use_shipped=shipped, fit_split=None if fit_on == "none" else fit_on,
         min_grade=_threshold(min_grade), max_queries_per_type=max_queries, fidelity=fidelity,  # type: ignore[arg-type]
         fidelity_tolerance_points=tolerance, plots=plots, exporter=_export_model,
-        torch_ranker=_torch_ranker() if fidelity else None,
+        torch_ranker=_torch_ranker() if fidelity else None, allow_outside_images=allow_outside_images,
     )
     try:
         report = evaluate(config, log=log)

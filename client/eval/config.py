@@ -84,5 +84,6 @@ class EvalConfig:
     index_batch_size: int = 32
     index_concurrency: int = 2
     seed: int = 0
+    allow_outside_images: bool = False  # catalog images outside the catalog's folder (as `index build`)
     exporter: Exporter | None = field(default=None, compare=False)  # exports `spec` when no repository is given
     torch_ranker: TorchRanker | None = field(default=None, compare=False)  # torch side of the fidelity check

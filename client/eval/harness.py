@@ -62,6 +62,7 @@ from lenscope.client.eval.fitting import resolve_ranking
 from lenscope.client.eval.queries import collect_pools, load_queries, prefetch, run_variants, split_queries
 from lenscope.client.eval.stack import live_stack
 from lenscope.client.eval.tables import attribute_report, headline, metric_table
+from lenscope.client.eval.thumbnail import VARIANT as THUMBNAIL_VARIANT, thumbnail_rankings
 from lenscope.client.ranking.modality_gap import gap_samples, gap_table
 
 
@@ -96,6 +97,13 @@ def evaluate(config: EvalConfig, log: Log = print) -> dict[str, Any]:
                                 setup.weights_no_heads, log)
         search_s = time.perf_counter() - t1
         n_searches = len(queries) + sum(len(r) for r in rankings.values())
+        # the trivial visual baseline beside the model (not a search: not counted above)
+        products = [p.product_id for p in ix.engine.bundle.metadata.get(ix.engine.bundle.metadata.row_ids()) if p]
+        thumbs, thumb_note = thumbnail_rankings(products, catalog, qset, queries, manifest.spec.limits, TOP_K,
+                                                allow_outside=config.allow_outside_images)
+        if thumbs:
+            rankings[THUMBNAIL_VARIANT] = thumbs
+        log(f"  image      {THUMBNAIL_VARIANT}: {thumb_note}")
         table, curves = metric_table(rankings, queries, config)
         attrs = attribute_report(ix, manifest, qset, queries, catalog)
         fidelity = (fidelity_report(config, manifest, ix, catalog, qset, queries, rankings, log)

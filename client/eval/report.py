@@ -105,6 +105,9 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     if "gap_histograms" in plots:
         out += [f"![modality gap]({plots['gap_histograms']})", ""]
     a = report["attributes"]
+    if a.get("label_notes"):
+        out += ["## Attribute labels", "", "The catalog's labels differ from the model's label sets:", ""]
+        out += [f"- {attr}: {note}" for attr, note in sorted(a["label_notes"].items())] + [""]
     if a.get("catalog_images") or a.get("query_photos"):
         out += ["## Attribute heads", "", f"Heads {'trained' if a['heads_trained'] else 'untrained (seeded init)'}; "
                 "outputs from Triton.", "", "| attribute | catalog images acc | macro-F1 | user photos acc | macro-F1 |",

@@ -130,7 +130,8 @@ class LiveStack:
                                          max_concurrency=min(64, batch * conc))) as emb:
             report = build_index(IndexBuildConfig(
                 catalog=self.catalog, index_root=root, splits=None if split == "all" else (split,),
-                batch_size=batch, concurrency=conc, fusion_weights=fusion_weights, progress=False), emb)
+                batch_size=batch, concurrency=conc, fusion_weights=fusion_weights, progress=False,
+                allow_outside_images=bool(cfg and cfg.allow_outside_images)), emb)
         seconds = time.perf_counter() - t0
         self.log(f"indexed {report.indexed} products of split {split!r} through Triton in {seconds:.1f} s "
                  f"({report.rejected} rejected)")

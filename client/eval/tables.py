@@ -11,6 +11,7 @@ import numpy as np
 from lenscope.client.catalog.rows import Catalog, Query, QuerySet
 from lenscope.client.core import contract
 from lenscope.client.core.manifest import Manifest
+from lenscope.client.eval.labels import label_index, label_key, unmatched
 from lenscope.client.eval.config import COMBINED_VARIANTS, CURVE_KS, CURVE_VARIANTS, QUERY_TYPES, RAW_ANN, EvalConfig
 from lenscope.client.eval.queries import query_image
 from lenscope.client.eval.stack import SplitIndex
@@ -76,18 +77,25 @@ def attribute_report(ix: SplitIndex, manifest: Manifest, qset: QuerySet, queries
     single top-graded product gives the truth)."""
     bundle = ix.engine.bundle
     labels = manifest.labels
-    out: dict[str, Any] = {"heads_trained": manifest.heads_trained, "catalog_images": {}, "query_photos": {}}
+    out: dict[str, Any] = {"heads_trained": manifest.heads_trained, "catalog_images": {}, "query_photos": {},
+                           "label_notes": {}}
     row_ids = np.asarray(bundle.metadata.row_ids(), dtype=np.int64)
     values = bundle.metadata.attribute_values(row_ids.tolist(), list(labels))
     for attr, labs in labels.items():
         probs = bundle.load_array(f"attr_probs_{attr}")
         if probs is None:
             continue
-        index = {lab: i for i, lab in enumerate(labs)}
-        truth = np.array([index.get(v[0], -1) if v else -1 for v in values[attr]], dtype=np.int64)
+        index = label_index(labs)
+        truth = np.array([index.get(label_key(v[0]), -1) if v else -1 for v in values[attr]], dtype=np.int64)
         pred = np.argmax(np.asarray(probs)[row_ids], axis=1)
         known = truth >= 0
-        out["catalog_images"][attr] = classification_scores(truth[known].tolist(), pred[known].tolist())
+        missing = unmatched((v[0] for v in values[attr] if v), labs)
+        if missing:  # the catalog's labels differ from the model's: say so instead of a bare "-"
+            out["label_notes"][attr] = (
+                f"{len(missing)} catalog value(s) match none of the model's {len(labs)} labels (compared ignoring "
+                f"case and spaces), e.g. {missing[:5]}; {int(known.sum())} of {len(truth)} products scored")
+        if known.any():
+            out["catalog_images"][attr] = classification_scores(truth[known].tolist(), pred[known].tolist())
     photo_truth: dict[str, list[int]] = {a: [] for a in labels}
     photo_pred: dict[str, list[int]] = {a: [] for a in labels}
     for q in queries:
@@ -102,8 +110,9 @@ def attribute_report(ix: SplitIndex, manifest: Manifest, qset: QuerySet, queries
         for attr, labs in labels.items():
             value = row.attributes.get(attr)
             out_name = contract.attribute_output(attr)
-            if value in labs and out_name in res.attributes:
-                photo_truth[attr].append(labs.index(value))
+            k = None if value is None else label_index(labs).get(label_key(value))
+            if k is not None and out_name in res.attributes:
+                photo_truth[attr].append(k)
                 photo_pred[attr].append(int(np.argmax(res.attributes[out_name])))
     for attr in labels:
         if photo_truth[attr]:

@@ -137,14 +137,14 @@ def fit_fusion(pools: Sequence[CandidatePool], *, thresholds: Sequence[Threshold
             fit_pools = list(serving_pools(cal)) if serving_pools is not None else list(pools)
             data = RankingData(fit_pools, cal, t)
         except (FitError, ValueError) as err:
-            selection[f"calibration at grade >= {t}"] = {"error": str(err)}  # type: ignore[dict-item]
+            selection[f"calibration at grade >= {t}"] = {"skipped": str(err)}  # type: ignore[dict-item]
             continue
         for objective in objectives:
             key = f"{objective}, relevant grade >= {t}"
             try:
                 fit = learn(objective, data, signals)
             except (FitError, ValueError) as err:
-                selection[key] = {"error": str(err)}  # type: ignore[dict-item]
+                selection[key] = {"skipped": str(err)}  # type: ignore[dict-item]
                 continue
             score = data.ndcg_by_type(fit.weights)
             selection[key] = score

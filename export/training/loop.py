@@ -24,8 +24,16 @@ What it does, and why:
   to the contrastive loss; ``frozen`` trains the heads afterwards on embeddings of the finished
   (frozen) model, so retrieval is unchanged by construction.
 
+- A real catalog: label sets from the catalog when the spec's do not fit (``labels``), a
+  product-level held-out split when it has none (``split``), every image of a product a positive
+  (``data``), a step-based schedule with a floor so a small catalog still gets a real one.
+- Proof before writing (``heldout``): the start model is measured on held-out products before the
+  first step, then every ``eval_every`` steps; the best evaluation's weights are kept (early
+  stopping after ``patience`` evaluations without a gain; Ctrl-C keeps the best so far), and a
+  result below its start is not written unless ``force``.
+
 The result is a lenscope checkpoint (``save_checkpoint``) whose ``meta`` records strategy, config,
-seed, per-step and per-epoch losses, monitor metrics on the val split and timings.
+seed, per-step and per-epoch losses, the held-out table, the label sets and timings.
 
 Reproducibility: the shipped model must come out bit-identical, so the steps consume the global,
 ``gen`` and ``text_rng`` random streams in exactly the order of one straight-line run.
@@ -34,10 +42,8 @@ Reproducibility: the shipped model must come out bit-identical, so the steps con
 from __future__ import annotations
 
 import math
-import platform
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +51,15 @@ from typing import Any
 import torch
 
 from lenscope.client.catalog.rows import Catalog
-from lenscope.client.core.modelspec import ModelSpec, SpecError, resolve_checkpoint
-from lenscope.export.model import LoadedModel, build_model, save_checkpoint, sha256_file
-from lenscope.export.training.config import TRAINER_VERSION, TrainConfig, TrainError, TrainResult
+from lenscope.client.core.modelspec import ModelSpec
+from lenscope.export.model import LoadedModel, save_checkpoint
+from lenscope.export.training.config import TrainConfig, TrainResult
 from lenscope.export.training.data import Augment, TrainData, Views, drop_words, preload_views, read_data
 from lenscope.export.training.heads import attribute_loss, fit_heads
-from lenscope.export.training.monitor import Progress, describe_epoch, embed_images, head_accuracy, monitor_val
+from lenscope.export.training.heldout import decide, evaluate
+from lenscope.export.training.metadata import held_out_report, run_metadata
+from lenscope.export.training.monitor import Progress, describe_epoch, embed_images, head_accuracy
+from lenscope.export.training.start import autocast, init_model, resolve_precision
 from lenscope.export.training.strategies import apply_strategy, param_groups
 
 import open_clip  # noqa: E402  (lenscope.export.model already silenced torchvision's warning)
@@ -77,41 +86,16 @@ class _Loop:
     groups: list[dict]
     augment: Augment | None
     loss_fn: ClipLoss
+    eval_every: int = 0
+    pick_rng: random.Random = field(default_factory=random.Random)
     step: int = 0
     step_losses: list[dict[str, float]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(cfg.device)
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _build(spec: ModelSpec, spec_dir: Path | None, fresh_heads: bool) -> LoadedModel:
-    """build_model; with ``fresh_heads``, a lenscope checkpoint's heads are left out (its CLIP
-    weights load strictly, the heads start from the spec's seeded init)."""
-    path = resolve_checkpoint(spec, spec_dir)
-    if not fresh_heads or path is None:
-        return build_model(spec, spec_dir)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not (isinstance(obj, dict) and "clip" in obj):
-        return build_model(spec, spec_dir)  # an open_clip checkpoint has no heads anyway
-    model = build_model(spec.model_copy(update={"checkpoint": None}), spec_dir)
-    try:
-        model.clip.load_state_dict(obj["clip"], strict=True)
-    except RuntimeError as err:
-        raise SpecError(f"checkpoint {path}: clip weights do not match the spec's architecture: {err}") from None
-    model.checkpoint, model.checkpoint_sha256 = path, sha256_file(path)
-    return model
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", **held-out metrics}
+    best: dict[str, Any] | None = None  # the best evaluation after step 0
+    best_state: dict[str, dict[str, torch.Tensor]] | None = None
+    since_best: int = 0
+    stopped: str | None = None  # why training ended before total_steps
 
 
 def train(
@@ -123,17 +107,26 @@ def train(
     spec_dir: Path | None = None,
     init_checkpoint: str | Path | None = None,
     progress: bool = True,
+    log: Any = None,
 ) -> TrainResult:
-    """Train ``spec``'s model on the catalog's train split and write a lenscope checkpoint to ``out``.
+    """Train ``spec``'s model on the catalog's train split and write a lenscope checkpoint to ``out``
+    (unless it is worse than its start on held-out products and ``cfg.force`` is off: then
+    ``TrainResult.written`` is False and nothing is written).
 
     ``init_checkpoint`` (a lenscope or open_clip checkpoint) overrides the spec's own checkpoint;
-    with neither, training starts from the spec's seeded random init.
+    with neither, training starts from the spec's seeded random init. ``log`` hears the notes
+    (label sets, split, early stop, interruption) as they happen.
     """
     t_start = time.perf_counter()
     cfg = cfg or TrainConfig()
     out = Path(out)
+    say = log or (lambda message: None)
     data = read_data(spec, catalog, cfg)
-    spec, model, device = _init_model(spec, cfg, spec_dir, init_checkpoint)
+    for note in data.notes:
+        say(note)
+    spec = data.labels.spec_for(spec)
+    spec, model, device = init_model(spec, cfg, spec_dir, init_checkpoint,
+                                      fresh_heads=cfg.fresh_heads or data.labels.source != "spec")
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -144,10 +137,18 @@ def train(
     with Progress(progress) as bar:
         views = preload_views(data, spec, cfg, tokenizer, bar)
         clip, heads = model.clip.to(device), model.heads.to(device)
+        start = _start_report(model, clip, data, views, device)
         loop = _setup_loop(clip, heads, cfg, device, spec, data, tokenizer, text_rng, gen, bar)
         t_train = time.perf_counter()
         if loop.total_steps > 0:
-            _run_epochs(loop, views, data)
+            try:
+                _run_epochs(loop, views, data, start)
+            except KeyboardInterrupt:
+                loop.stopped = f"interrupted (Ctrl-C) at step {loop.step} of {loop.total_steps}"
+            _finish(loop, views, start)
+            if loop.stopped:
+                say(loop.stopped + (f"; keeping the best held-out evaluation (step {loop.best['step']})"
+                                    if loop.best else ""))
         train_s = time.perf_counter() - t_train
         clip.eval()
         heads.eval()
@@ -158,28 +159,30 @@ def train(
 
     model.clip, model.heads = clip.cpu(), heads.cpu()
     model.heads_trained = model.heads_trained or cfg.heads != "none"
+    held_out = held_out_report(data, views, loop, start, heads_info)
+    write, why = (True, "no held-out products: nothing could be compared") if held_out is None else \
+        decide(held_out["start"], held_out["fine_tuned"], cfg.force)
+    if held_out is not None:
+        held_out["decision"] = {"written": write, "why": why}
     timing = {"preload_s": views.preload_s, "train_s": train_s, "heads_s": heads_s}
-    meta = _metadata(spec, cfg, model, data, views, loop, heads_info, device, timing, t_start)
-    save_checkpoint(model, out, extra=meta, half=cfg.save_fp16)
-    return TrainResult(out, meta, model)
+    meta = run_metadata(spec, cfg, model, data, views, loop, heads_info, device, timing, t_start)
+    meta["environment"]["precision"] = resolve_precision(cfg, device)
+    meta["held_out"] = held_out
+    if write:
+        save_checkpoint(model, out, extra=meta, half=cfg.save_fp16)
+    return TrainResult(out, meta, model, written=write, why=why, spec=spec)
 
 
-def _init_model(spec: ModelSpec, cfg: TrainConfig, spec_dir: Path | None,
-                init_checkpoint: str | Path | None) -> tuple[ModelSpec, LoadedModel, torch.device]:
-    """The spec (pointed at ``init_checkpoint`` if given), the model built from it, and the device."""
-    if init_checkpoint is not None:
-        init_path = Path(init_checkpoint).expanduser().resolve()
-        if not init_path.is_file():
-            raise TrainError(f"init checkpoint {init_path} does not exist (nothing is downloaded)")
-        spec = spec.model_copy(update={"checkpoint": str(init_path)})
-    device = _device(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        model = _build(spec, spec_dir, cfg.fresh_heads)
-    except SpecError as err:
-        raise TrainError(str(err)) from None
-    return spec, model, device
+def _start_report(model: LoadedModel, clip: torch.nn.Module, data: TrainData, views: Views,
+                  device: torch.device) -> dict[str, Any] | None:
+    """The start model on held-out products, before any step (its heads too, when they load)."""
+    if not views.monitor:
+        return None
+    report: dict[str, Any] = {"retrieval": evaluate(clip, views.val, device)}
+    if model.heads_trained and data.val_targets is not None:
+        emb = embed_images(clip, views.val["image"], device).to(device)
+        report["heads"] = head_accuracy(model, emb, data.val_targets.to(device))
+    return report
 
 
 def _setup_loop(clip: torch.nn.Module, heads: torch.nn.Module, cfg: TrainConfig, device: torch.device,
@@ -193,26 +196,30 @@ def _setup_loop(clip: torch.nn.Module, heads: torch.nn.Module, cfg: TrainConfig,
     titles = [r.title for r in train_rows]
     batch = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = cfg.steps if cfg.steps is not None else max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     named = list(clip.named_parameters()) + [(f"heads.{n}", p) for n, p in heads.named_parameters()]
     groups = [g for g in param_groups(named, cfg.weight_decay) if g["params"]]
-    augment = Augment(spec, gen) if cfg.augment else None
+    augment = Augment(spec, gen, cfg.augment_style) if cfg.augment else None
     loss_fn = ClipLoss()
+    eval_every = 0 if cfg.eval_every == 0 or not data.val_rows else (cfg.eval_every or max(1, total_steps // 20))
     return _Loop(cfg, device, clip, heads, tokenizer, text_rng, gen, bar, titles, batch, steps_per_epoch,
-                 total_steps, groups, augment, loss_fn)
+                 total_steps, groups, augment, loss_fn, eval_every, random.Random(cfg.seed + 1))
 
 
-def _run_epochs(loop: _Loop, views: Views, data: TrainData) -> None:
-    """The contrastive epochs: AdamW with open_clip_train's cosine schedule, a summary per epoch."""
+def _run_epochs(loop: _Loop, views: Views, data: TrainData, start: dict[str, Any] | None) -> None:
+    """Passes over the train split until the step budget is spent (or early stopping): AdamW with
+    open_clip_train's cosine schedule, a summary per pass, held-out evaluations on the way."""
     cfg = loop.cfg
     opt = torch.optim.AdamW(loop.groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = cosine_lr(opt, cfg.lr, min(cfg.warmup_steps, loop.total_steps // 2), loop.total_steps)
     tick = loop.bar.task(f"training ({cfg.strategy})", loop.total_steps)
-    for epoch in range(cfg.epochs):
-        if loop.step >= loop.total_steps:
-            break
+    if start is not None:
+        loop.evals.append({"step": 0, **start["retrieval"]})
+        loop.bar.log(f"start model on {len(data.val_rows)} held-out products: {_metrics(start['retrieval'])}")
+    epoch = 0
+    while loop.step < loop.total_steps and loop.stopped is None:
         t_epoch = time.perf_counter()
         loop.clip.train()
         loop.heads.train(cfg.heads == "joint")
@@ -223,24 +230,57 @@ def _run_epochs(loop: _Loop, views: Views, data: TrainData) -> None:
                                    "lr_end": loop.step_losses[-1]["lr"] if loop.step_losses else None,
                                    "logit_scale": round(float(loop.clip.logit_scale.detach().exp()), 3),
                                    "seconds": round(time.perf_counter() - t_epoch, 2)}
-        if views.monitor and ((epoch + 1) % cfg.monitor_every == 0 or loop.step >= loop.total_steps):
-            summary["val"] = monitor_val(loop.clip, views.val, loop.device)
         loop.epochs.append(summary)
-        loop.bar.log(describe_epoch(summary))
+        if loop.total_steps // max(loop.steps_per_epoch, 1) <= 60:  # a pass per line, unless passes are tiny
+            loop.bar.log(describe_epoch(summary))
+        epoch += 1
+
+
+def _metrics(m: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.3f}" for k, v in m.items())
+
+
+def _evaluate(loop: _Loop, views: Views) -> None:
+    """One held-out evaluation: keep the weights if it is the best after step 0, count patience."""
+    m = evaluate(loop.clip, views.val, loop.device)
+    loop.evals.append({"step": loop.step, **m})
+    if loop.best is None or m["score"] > loop.best["score"]:
+        loop.best = {"step": loop.step, **m}
+        loop.best_state = {"clip": {k: v.detach().clone() for k, v in loop.clip.state_dict().items()},
+                           "heads": {k: v.detach().clone() for k, v in loop.heads.state_dict().items()}}
+        loop.since_best = 0
+    else:
+        loop.since_best += 1
+        if loop.cfg.patience and loop.since_best >= loop.cfg.patience:
+            loop.stopped = (f"early stop at step {loop.step} of {loop.total_steps}: {loop.since_best} held-out "
+                            f"evaluations without a gain on step {loop.best['step']}'s score {loop.best['score']:.3f}")
+
+
+def _finish(loop: _Loop, views: Views, start: dict[str, Any] | None) -> None:
+    """Evaluate the last step if it was not, then put the best evaluation's weights back."""
+    if start is None or loop.eval_every == 0:
+        return
+    if loop.step > 0 and loop.evals[-1]["step"] != loop.step:
+        _evaluate(loop, views)
+    if loop.best_state is not None and loop.best is not None and loop.best["step"] != loop.step:
+        loop.clip.load_state_dict(loop.best_state["clip"])
+        loop.heads.load_state_dict(loop.best_state["heads"])
+    loop.best_state = None
 
 
 def _run_steps(loop: _Loop, views: Views, targets: torch.Tensor | None, order: torch.Tensor,
                opt: torch.optim.Optimizer, sched: Any, tick: Any, epoch: int) -> tuple[dict[str, float], int]:
-    """One epoch's optimizer steps over ``order``; returns the summed records and the step count."""
+    """One pass's optimizer steps over ``order``; returns the summed records and the step count."""
     cfg = loop.cfg
     sums: dict[str, float] = {}
     n_steps = 0
     for b in range(loop.steps_per_epoch):
-        if loop.step >= loop.total_steps:
+        if loop.step >= loop.total_steps or loop.stopped is not None:
             break
         idx = order[b * loop.batch:(b + 1) * loop.batch]
         lr = sched(loop.step)
-        parts = _train_step(loop.clip, loop.heads, loop.loss_fn, cfg, loop.device, views.images, views.photos, idx,
+        x2 = _second_view(loop, views, idx)
+        parts = _train_step(loop.clip, loop.heads, loop.loss_fn, cfg, loop.device, views.images, x2, idx,
                             loop.titles, loop.tokenizer, loop.text_rng, loop.augment, targets)
         loss = parts.pop("_total")
         opt.zero_grad(set_to_none=True)
@@ -257,23 +297,48 @@ def _run_steps(loop: _Loop, views: Views, targets: torch.Tensor | None, order: t
             sums[k] = sums.get(k, 0.0) + v
         n_steps += 1
         loop.step += 1
-        tick(status=f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.3f}")
+        if loop.eval_every and loop.step % loop.eval_every == 0:
+            _evaluate(loop, views)
+            loop.bar.log(f"step {loop.step}: held-out {_metrics({k: v for k, v in loop.evals[-1].items() if k != 'step'})}")
+        best = f"  held-out {loop.evals[-1]['score']:.3f} (best {loop.best['score']:.3f} @ {loop.best['step']})" \
+            if loop.best else ""
+        tick(status=f"pass {epoch + 1} loss {record['loss']:.3f}{best}")
     return sums, n_steps
 
 
-def _train_step(clip, heads, loss_fn, cfg: TrainConfig, device, images, photos, idx, titles, tokenizer,
+def _second_view(loop: _Loop, views: Views, idx: torch.Tensor) -> torch.Tensor | None:
+    """Each product's second image: one of its other images (drawn when it has several), else its main one."""
+    if not loop.cfg.two_view:
+        return None
+    x2 = views.images[idx]
+    if views.others is None:
+        return x2
+    pick = []
+    for p in idx.tolist():
+        opts = views.other_index[p]
+        pick.append(opts[0] if len(opts) == 1 else opts[loop.pick_rng.randrange(len(opts))] if opts else -1)
+    sel = torch.tensor(pick, dtype=torch.long)
+    has = sel >= 0
+    if bool(has.all()):
+        return views.others[sel]
+    x2 = x2.clone()
+    x2[has] = views.others[sel[has]]
+    return x2
+
+
+def _train_step(clip, heads, loss_fn, cfg: TrainConfig, device, images, second, idx, titles, tokenizer,
                 text_rng: random.Random, augment, targets) -> dict[str, torch.Tensor]:
     x1 = images[idx].to(device)
     views = [augment(x1) if augment else x1]
     if cfg.two_view:
-        x2 = photos[idx].to(device) if photos is not None else x1
+        x2 = second.to(device)
         views.append(augment(x2) if augment else x2)
     caps = [titles[i] for i in idx.tolist()]
     if cfg.caption_word_dropout > 0:
         caps = [drop_words(c, cfg.caption_word_dropout, text_rng) for c in caps]
     tokens = tokenizer(caps).to(device)
     n = len(idx)
-    with _autocast(cfg, device):
+    with autocast(cfg, device):
         img_all = clip.encode_image(torch.cat(views), normalize=True)
         txt = clip.encode_text(tokens, normalize=True)
         scale = clip.logit_scale.exp()
@@ -303,9 +368,10 @@ def _train_heads(model: LoadedModel, clip: torch.nn.Module, cfg: TrainConfig, de
             p.requires_grad = False
         feats = [embed_images(clip, views.images, device)]
         tgts = [targets]
-        if views.photos is not None:
-            feats.append(embed_images(clip, views.photos, device))
-            tgts.append(targets)
+        if views.others is not None:
+            owner = torch.tensor([p for p, rows in enumerate(views.other_index) for _ in rows], dtype=torch.long)
+            feats.append(embed_images(clip, views.others, device))
+            tgts.append(targets[owner])
         val_pair = None
         if val_targets is not None and "image" in val:
             val_pair = (embed_images(clip, val["image"], device).to(device), val_targets.to(device))
@@ -316,39 +382,3 @@ def _train_heads(model: LoadedModel, clip: torch.nn.Module, cfg: TrainConfig, de
         heads_info["val_accuracy"] = head_accuracy(
             model, embed_images(clip, val["image"], device).to(device), val_targets.to(device))
     return heads_info
-
-
-def _metadata(spec: ModelSpec, cfg: TrainConfig, model: LoadedModel, data: TrainData, views: Views, loop: _Loop,
-              heads_info: dict[str, Any], device: torch.device, timing: dict[str, float],
-              t_start: float) -> dict[str, Any]:
-    """The checkpoint's ``meta``: what was trained on what, how, the losses and the timings."""
-    train_rows, n_photos, train_s = data.train_rows, views.n_photos, timing["train_s"]
-    return {
-        "trainer": TRAINER_VERSION,
-        "spec": spec.name,
-        "catalog": str(data.cat.path),
-        "catalog_sha256": sha256_file(data.cat.path),
-        "init_checkpoint": None if model.checkpoint is None else str(model.checkpoint),
-        "init_sha256": model.checkpoint_sha256,
-        "config": cfg.model_dump(mode="json"),
-        "strategy": cfg.strategy,
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
-        "n_train": len(train_rows),
-        "n_val": len(data.val_rows),
-        "second_view": {"photos": n_photos, "augmented_copies": len(train_rows) - n_photos} if cfg.two_view else None,
-        "steps": len(loop.step_losses),
-        "batch_size": loop.batch,
-        "losses": {"epoch": loop.epochs, "step": loop.step_losses},
-        "heads": heads_info,
-        "timing": {
-            "preload_s": round(timing["preload_s"], 2),
-            "train_s": round(train_s, 2),
-            "s_per_epoch": round(train_s / max(len(loop.epochs), 1), 2),
-            "heads_s": round(timing["heads_s"], 2),
-            "total_s": round(time.perf_counter() - t_start, 2),
-        },
-        "environment": {"device": str(device), "threads": torch.get_num_threads(), "precision": cfg.precision,
-                        "torch": str(torch.__version__), "open_clip": str(open_clip.__version__),
-                        "python": platform.python_version(), "machine": platform.machine()},
-    }

@@ -1,4 +1,4 @@
-"""Watching a run: the progress bar, embeddings of the val split with exact-product recall, head
+"""Watching a run: the progress bar, embeddings (for the held-out evaluation in ``heldout``), head
 accuracy and the one-line epoch summary.
 
 Separate from the loop: none of this changes the weights; it only measures and reports them.
@@ -58,28 +58,10 @@ def embed_images(clip: torch.nn.Module, x: torch.Tensor, device: torch.device, b
 
 
 @torch.no_grad()
-def _embed_texts(clip: torch.nn.Module, tokens: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
+def embed_texts(clip: torch.nn.Module, tokens: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
     clip.eval()
     return torch.cat([clip.encode_text(tokens[i:i + batch].to(device), normalize=True).float().cpu()
                       for i in range(0, len(tokens), batch)])
-
-
-def _recall(queries: torch.Tensor, keys: torch.Tensor, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
-    """Query i's only relevant key is key i (exact product)."""
-    sims = queries @ keys.T
-    target = sims.diagonal().unsqueeze(1)
-    rank = (sims > target).sum(dim=1)  # 0 = first
-    return {f"R@{k}": round(float((rank < k).float().mean()), 4) for k in ks}
-
-
-def monitor_val(clip, val: dict[str, torch.Tensor], device) -> dict[str, float]:
-    img = embed_images(clip, val["image"], device)
-    txt = _embed_texts(clip, val["tokens"], device)
-    out = {f"text->image {k}": v for k, v in _recall(txt, img).items()}
-    if "photo" in val:
-        out.update({f"photo->image {k}": v for k, v in _recall(embed_images(clip, val["photo"], device), img).items()})
-    out["matched cosine"] = round(float((img * txt).sum(1).mean()), 4)
-    return out
 
 
 @torch.no_grad()
@@ -94,7 +76,7 @@ def head_accuracy(model: LoadedModel, emb: torch.Tensor, targets: torch.Tensor) 
 
 
 def describe_epoch(s: dict[str, Any]) -> str:
-    val = s.get("val", {})
-    extra = "  ".join(f"{k} {v:.3f}" for k, v in val.items())
+    val = s.get("held_out", {})
+    extra = ("held-out " + "  ".join(f"{k} {v:.3f}" for k, v in val.items())) if val else ""
     losses = " ".join(f"{k} {s[k]:.3f}" for k in ("loss", "clip", "image_image", "attributes") if k in s)
     return f"epoch {s['epoch']}: {losses}  scale {s['logit_scale']:.1f}  {s['seconds']:.1f}s  {extra}"
