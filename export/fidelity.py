@@ -48,7 +48,7 @@ def torch_rankings(spec_path: Path, product_ids: Sequence[str], catalog: Catalog
         return torch.cat(out) if out else torch.zeros((0, spec.embed_dim))
 
     keys = images([read_catalog_image(catalog.root, catalog.get(pid).image, max_bytes=spec.limits.max_image_bytes,
-                                      allow_outside=True) for pid in product_ids])
+                                      allow_outside=qset.allow_outside_images) for pid in product_ids])
     img_q = [q for q in queries if q.type in ("image", "image+text")]
     txt_q = [q for q in queries if q.type == "text"]
     ranked: dict[str, list[str]] = {}

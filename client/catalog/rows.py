@@ -327,6 +327,9 @@ class Catalog:
 class QuerySet:
     path: Path
     queries: tuple[Query, ...]
+    # Query photos outside the queries file's folder are read only when the user allowed it
+    # (`--allow-outside-images`), as catalog images are.
+    allow_outside_images: bool = False
 
     @property
     def root(self) -> Path:

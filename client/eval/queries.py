@@ -4,6 +4,7 @@ on), and run every ranking variant by swapping the engine's weights and calibrat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +19,7 @@ from lenscope.client.catalog.rows import Catalog, Query, QuerySet
 from lenscope.client.core.modelspec import InputLimits
 from lenscope.client.eval.config import QUERY_TYPES, TOP_K, TYPE_SIGNALS, EvalConfig, EvaluationError, Log
 from lenscope.client.eval.stack import SplitIndex
-from lenscope.client.inputs.image_files import read_catalog_image
+from lenscope.client.inputs.image_files import OUTSIDE_CATALOG, ImageFileError, read_catalog_image
 from lenscope.client.ranking.calibration import CalibrationSet
 from lenscope.client.ranking.fusion import SIGNALS, FusionWeights
 from lenscope.client.ranking.pools import SIMILARITY_SIGNALS, CandidatePool
@@ -28,7 +29,8 @@ def load_queries(config: EvalConfig, catalog: Catalog) -> QuerySet:
     path = config.queries or catalog.root / "queries.jsonl"
     if not Path(path).is_file():
         raise EvaluationError(f"no queries file {path}; pass one in the documented format (catalog.py)")
-    return read_queries(path, catalog)
+    qset = read_queries(path, catalog)
+    return dataclasses.replace(qset, allow_outside_images=config.allow_outside_images)
 
 
 def split_queries(qset: QuerySet, split: str, max_per_type: int | None, seed: int) -> list[Query]:
@@ -47,11 +49,16 @@ def split_queries(qset: QuerySet, split: str, max_per_type: int | None, seed: in
 
 
 def query_image(qset: QuerySet, q: Query) -> bytes | None:
-    """A query's photo through the shared bounded reader (regular files only; paths outside the
-    queries' folder are allowed: eval has no opt-in flag, and its query files are ours or the user's own)."""
+    """A query's photo through the shared bounded reader: regular files only, confined to the queries
+    file's folder unless the user allowed outside paths (`lenscope eval --allow-outside-images`)."""
     if q.image is None:
         return None
-    return read_catalog_image(qset.root, q.image, max_bytes=InputLimits().max_image_bytes, allow_outside=True)
+    try:
+        return read_catalog_image(qset.root, q.image, max_bytes=InputLimits().max_image_bytes,
+                                  allow_outside=qset.allow_outside_images)
+    except ImageFileError as err:
+        hint = " (lenscope eval --allow-outside-images)" if err.reason == OUTSIDE_CATALOG else ""
+        raise EvaluationError(f"{qset.path}: query {q.query_id!r}: image={q.image!r}: {err}{hint}") from None
 
 
 def prefetch(ix: SplitIndex, qset: QuerySet, queries: Sequence[Query]) -> None:
