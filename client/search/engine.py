@@ -408,6 +408,17 @@ def _load_model(bundle: IndexBundle, name: str, cls):
 __all__ = ["SearchEngine", "SearchSettings", "FacetError"]
 
 
+def require_backend(bundle: IndexBundle, vector_backend: str, index_root: str) -> None:
+    """Refuse a bundle built with another vector backend than the service is set to (auto: any)."""
+    from lenscope.client.index.bundle import BundleError
+
+    built_with = bundle.manifest.index_backend
+    if vector_backend not in ("auto", built_with):
+        raise BundleError(f"the index published under {index_root} ({bundle.version}) was built with the "
+                          f"{built_with} backend, but the service is set to vector_backend={vector_backend}: "
+                          f"rebuild with --backend {vector_backend} or set LENSCOPE_VECTOR_BACKEND=auto")
+
+
 def open_engine(triton_url: str, index_root: str, settings: SearchSettings = SearchSettings(),
                 triton_timeout_s: float = 2.0, faiss_threads: int = 1,
                 client_config: "ClientConfig | None" = None, *, vector_backend: str = "auto",
@@ -441,11 +452,7 @@ def open_engine(triton_url: str, index_root: str, settings: SearchSettings = Sea
         embedder.close()
         raise
     try:
-        built_with = bundle.manifest.index_backend
-        if vector_backend not in ("auto", built_with):
-            raise BundleError(f"the index published under {index_root} ({bundle.version}) was built with the "
-                              f"{built_with} backend, but the service is set to vector_backend={vector_backend}: "
-                              f"rebuild with --backend {vector_backend} or set LENSCOPE_VECTOR_BACKEND=auto")
+        require_backend(bundle, vector_backend, index_root)
         return SearchEngine(embedder, bundle, settings)
     except BaseException:
         bundle.close()

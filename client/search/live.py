@@ -31,7 +31,8 @@ import structlog
 
 from lenscope.client.index.bundle import BundleError, ModelVersionMismatch, open_bundle
 from lenscope.client.index.bundle_store import BundleStore
-from lenscope.client.search.engine import SearchEngine, SearchSettings
+from lenscope.client.core.manifest import index_model_hash
+from lenscope.client.search.engine import SearchEngine, SearchSettings, require_backend
 from lenscope.client.search.models import SearchQuery, SearchResult
 
 _log = structlog.get_logger("lenscope.search.live")
@@ -64,7 +65,8 @@ class LiveEngine:
 
     def __init__(self, engine: SearchEngine, index_root: str, *, poll_s: float = DEFAULT_POLL_S,
                  settings: SearchSettings | None = None,
-                 index_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 index_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 vector_backend: str = "auto") -> None:
         if poll_s < 0:
             raise ValueError(f"poll_s must be >= 0 (0 = only on reload_now); got {poll_s}")
         self.store = BundleStore(index_root)
@@ -72,6 +74,7 @@ class LiveEngine:
         self.settings = settings or engine.settings
         self.poll_s = poll_s
         self.index_options = index_options  # per-backend options for opening a version (e.g. Milvus address)
+        self.vector_backend = vector_backend  # a version built with another backend is refused, as at start
         self._lock = threading.Lock()
         self._served = _Served(engine)
         self._status = LiveStatus(version=engine.index_version)
@@ -166,10 +169,13 @@ class LiveEngine:
             return target
 
     def _open(self, version: str) -> SearchEngine:
-        served_hash = self.embedder.manifest()["model_hash"]
+        # The hash an index must carry, as at start-up: an fp16/TensorRT variant serves its fp32
+        # model's index only with a passed fidelity record (core/manifest.index_model_hash).
+        served_hash, _ = index_model_hash(self.embedder.manifest())
         bundle = open_bundle(self.store.versions_dir / version, expected_model_hash=served_hash,
                              index_options=self.index_options)
         try:
+            require_backend(bundle, self.vector_backend, str(self.store.root))
             return SearchEngine(self.embedder, bundle, self.settings)
         except BaseException:
             bundle.close()
@@ -229,4 +235,5 @@ def open_live_engine(triton_url: str, index_root: str, settings: SearchSettings 
 
     engine = open_engine(triton_url, index_root, settings, **kwargs)
     return LiveEngine(engine, index_root, poll_s=poll_s, settings=settings,
-                      index_options=kwargs.get("index_options")).start()
+                      index_options=kwargs.get("index_options"),
+                      vector_backend=kwargs.get("vector_backend", "auto")).start()

@@ -58,3 +58,40 @@ def test_idle_old_version_is_released_at_once(tmp_path) -> None:
 def test_nothing_published_is_no_switch(tmp_path) -> None:
     live = LiveEngine(FakeEngine("v1"), str(tmp_path), poll_s=0)
     assert live.check_for_update() is None and live.index_version == "v1"
+
+
+def _published(tmp_path, version: str) -> None:
+    (tmp_path / "versions" / version).mkdir(parents=True)
+    link = tmp_path / "current"
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(f"versions/{version}")
+
+
+def test_a_version_is_opened_with_the_hash_serving_allows_and_the_backend_it_is_set_to(tmp_path, monkeypatch) -> None:
+    """As at start-up: an fp16 variant with a passed fidelity record serves its fp32 model's index, and
+    a version built with another vector backend than the service is set to is rejected (old kept)."""
+    from lenscope.client.search import live as live_module
+
+    opened: list[str] = []
+    built_with = {"v2": "milvus", "v3": "faiss"}
+
+    def fake_open_bundle(path, *, expected_model_hash, index_options=None):
+        opened.append(expected_model_hash)
+        return SimpleNamespace(close=lambda: None, version=path.name,
+                               manifest=SimpleNamespace(index_backend=built_with[path.name]))
+
+    monkeypatch.setattr(live_module, "open_bundle", fake_open_bundle)
+    monkeypatch.setattr(live_module, "SearchEngine", lambda embedder, bundle, settings: FakeEngine(bundle.version))
+    old = FakeEngine("v1")
+    old.embedder = SimpleNamespace(close=lambda: None, manifest=lambda: {
+        "model_hash": "fp16hash", "variant": "fp16", "base_model_hash": "fp32hash",
+        "fidelity": {"fp16": {"base_model_hash": "fp32hash", "passed": True}}})
+    live = LiveEngine(old, str(tmp_path), poll_s=0, vector_backend="faiss")
+    _published(tmp_path, "v2")
+    assert live.check_for_update() is None and live.index_version == "v1"
+    status = live.index_status()
+    assert status.rejected == 1 and "built with the milvus backend" in status.last_rejected["v2"]
+    _published(tmp_path, "v3")
+    assert live.check_for_update() == "v3" and live.index_version == "v3"
+    assert opened == ["fp32hash", "fp32hash"]
