@@ -30,9 +30,13 @@ ALLOWLIST: dict[tuple[str, str, str], str] = {
     ("export/model.py", "*", "torch.load"): (
         "loads a model checkpoint named in the operator's model spec, with weights_only=True (no pickled code "
         "objects), at export time only"),
-    ("export/training/loop.py", "*", "torch.load"): (
+    ("export/training/start.py", "_build", "torch.load"): (
         "reads the model spec's checkpoint to fine-tune from it with fresh heads, with weights_only=True (no "
         "pickled code objects), at training time only"),
+    ("export/plan_check.py", "gpu_from_nvidia_smi", "subprocess.run"): (
+        "runs the nvidia-smi binary found by shutil.which with a fixed argv LIST (no shell, no user data: "
+        "--query-gpu=name,compute_cap) and a 20 s timeout, to record which GPU a TensorRT plan was built for; "
+        "operator-run `lenscope model build-trt` / `model check-plans` only, never a search request"),
 }
 
 
