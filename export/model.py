@@ -6,7 +6,6 @@ towers wrapped here are exactly what is exported, so ONNX parity is checked on t
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenscope.client.core.durable_files import file_sha256 as sha256_file  # noqa: F401 - export modules name it so
 from lenscope.client.core.modelspec import ModelSpec, SpecError, resolve_checkpoint
 
 warnings.filterwarnings("ignore", message="Failed to load image Python extension")
@@ -71,14 +71,6 @@ class LoadedModel:
 
     def towers(self) -> tuple[ImageTower, TextTower, AttributeHeads]:
         return ImageTower(self.clip).eval(), TextTower(self.clip).eval(), self.heads.eval()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def clip_config(spec: ModelSpec) -> dict:

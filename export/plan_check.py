@@ -11,7 +11,6 @@ present, else the `TRT_VERSION` variable NGC images set, and the GPU from `nvidi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lenscope.client.core import contract
+from lenscope.client.core.durable_files import file_sha256 as sha256_file
 
 SIDECAR_SUFFIX = ".json"  # model.plan -> model.plan.json
 
@@ -54,14 +54,6 @@ class Runtime(BaseModel):
 
 def sidecar_path(plan: Path) -> Path:
     return plan.with_name(plan.name + SIDECAR_SUFFIX)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_sidecar(plan: Path, info: PlanInfo) -> Path:

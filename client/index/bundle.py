@@ -17,7 +17,6 @@ bundles into a versioned root lives in `bundle_store`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import Any, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lenscope.client.core.durable_files import file_sha256  # noqa: F401 - bundle_store and tests import it from here
 from lenscope.client.index.metadata import MetadataStore, MetadataStoreError
 from lenscope.client.vectors.contract import IndexFormatError, VectorIndex
 
@@ -238,11 +238,6 @@ def backend_class(name: str) -> type[VectorIndex]:
     except KeyError as err:
         raise BundleError(f"unknown index backend {name!r}; known: {sorted(INDEX_BACKENDS)}") from err
     return getattr(importlib.import_module(module), cls)
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def probe_search(index: VectorIndex, probes: int = 8) -> None:

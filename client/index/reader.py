@@ -35,6 +35,7 @@ from lenscope.client.catalog.products import (
     build_products,
 )
 from lenscope.client.catalog.records import catalog_records
+from lenscope.client.core.durable_files import file_sha256
 from lenscope.client.inputs.image_files import (  # noqa: F401 - re-exported reject reasons
     IMAGE_TOO_LARGE,
     MISSING_IMAGE,
@@ -102,11 +103,6 @@ class CatalogScan:
         """Products and unusable rows found in the file: indexed candidates + rejected (not kept) +
         deliberately skipped. A product's extra rows count with their product."""
         return len(self.rows) + sum(not r.kept for r in self.rejects) + self.skipped
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _one_reject_per_line(issues: list[Issue]) -> list[Reject]:
