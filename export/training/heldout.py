@@ -65,13 +65,28 @@ def majority_accuracy(train_targets: torch.Tensor, val_targets: torch.Tensor, na
     return out
 
 
-def decide(start: dict[str, float], best: dict[str, float], force: bool) -> tuple[bool, str]:
-    """(write?, why): a fine-tune that scores below its start on held-out products is kept only with force."""
-    if best["score"] >= start["score"]:
+def worse_heads(heads: dict[str, dict[str, Any]] | None) -> list[str]:
+    """Heads kept on the start's label set whose held-out accuracy fell by more than one held-out
+    product's worth (1/n: smaller moves are within what a handful of products can show)."""
+    worse = []
+    for name, h in (heads or {}).items():
+        if "start" in h and "fine_tuned" in h and h["fine_tuned"] < h["start"] - 1.0 / max(int(h["n"]), 1) - 1e-9:
+            worse.append(f"head {name} accuracy {h['fine_tuned']:.3f} is below its start's {h['start']:.3f} "
+                         f"({h['n']} held-out products)")
+    return worse
+
+
+def decide(start: dict[str, float], best: dict[str, float], force: bool,
+           heads: dict[str, dict[str, Any]] | None = None) -> tuple[bool, str]:
+    """(write?, why): a fine-tune that scores below its start on held-out products, or whose attribute
+    head (same label set as the start's) lost accuracy there, is kept only with force."""
+    worse = worse_heads(heads)
+    if best["score"] >= start["score"] and not worse:
         gain = "no gain" if best["score"] == start["score"] else f"+{best['score'] - start['score']:.4f}"
         return True, f"held-out score {best['score']:.4f} vs start {start['score']:.4f} ({gain})"
-    why = f"held-out score {best['score']:.4f} is below its start's {start['score']:.4f}"
-    return force, why + ("; written anyway (--force)" if force else "")
+    if best["score"] < start["score"]:
+        worse.insert(0, f"held-out score {best['score']:.4f} is below its start's {start['score']:.4f}")
+    return force, "; ".join(worse) + ("; written anyway (--force)" if force else "")
 
 
 def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:

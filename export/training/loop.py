@@ -161,7 +161,7 @@ def train(
     model.heads_trained = model.heads_trained or cfg.heads != "none"
     held_out = held_out_report(data, views, loop, start, heads_info)
     write, why = (True, "no held-out products: nothing could be compared") if held_out is None else \
-        decide(held_out["start"], held_out["fine_tuned"], cfg.force)
+        decide(held_out["start"], held_out["fine_tuned"], cfg.force, held_out.get("heads"))
     if held_out is not None:
         held_out["decision"] = {"written": write, "why": why}
     timing = {"preload_s": views.preload_s, "train_s": train_s, "heads_s": heads_s}

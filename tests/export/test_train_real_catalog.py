@@ -108,6 +108,18 @@ def test_decision_refuses_a_worse_fine_tune_unless_forced() -> None:
     assert decide({"score": 0.5}, {"score": 0.4}, force=True)[0]
 
 
+def test_decision_refuses_a_head_that_lost_accuracy_on_its_own_labels() -> None:
+    """Retrieval gained, but the category head (start's label set) fell by more than one product's
+    worth: refused unless forced; a head on new labels (no start number) or a small move is not judged."""
+    lost = {"category": {"n": 10, "start": 0.9, "fine_tuned": 0.6, "majority": 0.3}}
+    write, why = decide({"score": 0.5}, {"score": 0.6}, False, lost)
+    assert not write and "head category accuracy 0.600 is below its start's 0.900" in why
+    assert decide({"score": 0.5}, {"score": 0.6}, True, lost)[0]
+    within = {"category": {"n": 10, "start": 0.9, "fine_tuned": 0.8}}
+    fresh = {"color": {"n": 10, "fine_tuned": 0.2, "majority": 0.4}}
+    assert decide({"score": 0.5}, {"score": 0.6}, False, {**within, **fresh})[0]
+
+
 # ---------------------------------------------------------------------------------------- end to end
 
 
