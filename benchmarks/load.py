@@ -288,9 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "service_exit_code": service_code},
         **results,
     })
-    markdown(report, report.data)
-    paths = report.write(plot(report.data))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    report.publish(markdown, plot)
     return report.data
 
 

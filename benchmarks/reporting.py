@@ -233,6 +233,14 @@ class Report:
         return paths
 
 
+    def publish(self, markdown: Any, plot: Any) -> dict[str, Path]:
+        """Render the Markdown body and the plot from ``data``, write the report, say where."""
+        markdown(self, self.data)
+        paths = self.write(plot(self.data))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return paths
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)

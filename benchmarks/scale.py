@@ -312,9 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = run(args, report)
     report.data.update({"settings": _settings(args), **results})
     report.markdown = []
-    markdown(report, report.data)
-    paths = report.write(plot(report.data))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    report.publish(markdown, plot)
     return report.data
 
 
