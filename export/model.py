@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenscope.client.core.durable_files import file_sha256 as sha256_file  # noqa: F401 - export modules name it so
+from lenscope.client.core.durable_files import file_sha256 as sha256_file
 from lenscope.client.core.modelspec import ModelSpec, SpecError, resolve_checkpoint
 
 warnings.filterwarnings("ignore", message="Failed to load image Python extension")
