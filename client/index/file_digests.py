@@ -29,7 +29,7 @@ import stat
 import time
 from pathlib import Path
 
-from lenscope.client.inputs.image_files import ImageFileError, catalog_image, read_image_file
+from lenscope.client.inputs.image_files import UNREADABLE_IMAGE, ImageFileError, catalog_image, read_image_file
 
 FILE_DIGESTS = "file_digests.json"
 RACY_S = 2.0
@@ -43,6 +43,7 @@ class FileDigests:
         self.seen: dict[str, list] = {}  # what this build hashed or reused: stored with the new version
         self.reused = 0
         self.read = 0
+        self._real_roots: dict[Path, Path] = {}  # catalog folder -> resolved once per build
 
     @classmethod
     def load(cls, data: bytes | None) -> "FileDigests":
@@ -61,9 +62,11 @@ class FileDigests:
     def digest(self, root: Path, rel: str, *, max_bytes: int, allow_outside: bool = False) -> tuple[bytes | None, str]:
         """(SHA-256 digest, "") or (None, the reject reason the bounded reader gives the file)."""
         try:
-            path = catalog_image(root, rel, allow_outside=allow_outside)
-        except ImageFileError as err:
-            return None, err.reason
+            if root not in self._real_roots:
+                self._real_roots[root] = Path(root).resolve()
+            path = catalog_image(root, rel, allow_outside=allow_outside, real_root=self._real_roots[root])
+        except (ImageFileError, OSError, RuntimeError) as err:
+            return None, getattr(err, "reason", UNREADABLE_IMAGE)
         key = str(path)
         try:
             st = os.stat(path)
