@@ -155,9 +155,9 @@ class Driver:
             try:
                 code = await self._call(stub, request)
             except asyncio.CancelledError:
-                emit(Outcome(due - t0, (sent - due) * 1000.0, (loop.time() - due) * 1000.0, CLIENT_CANCELLED, kind))
+                emit(Outcome(due - t0, max(sent - due, 0.0) * 1000.0, (loop.time() - due) * 1000.0, CLIENT_CANCELLED, kind))
                 raise
-            emit(Outcome(due - t0, (sent - due) * 1000.0, (loop.time() - due) * 1000.0, code, kind))
+            emit(Outcome(due - t0, max(sent - due, 0.0) * 1000.0, (loop.time() - due) * 1000.0, code, kind))
 
         for n in range(total):
             if stop is not None and stop.is_set():
