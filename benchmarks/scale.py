@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     report = reporting.Report("scale", args.out, argv)
     results = run(args, report)
+    if args.build_only:  # nothing measured: no report (it would replace a measured one with empty rows)
+        print("--build-only: bundles built and kept; run again with --reuse to measure them")
+        return results
     report.data.update({"settings": _settings(args), **results})
     report.markdown = []
     report.publish(markdown, plot)
