@@ -184,24 +184,26 @@ def main(argv: list[str] | None = None) -> None:
             triton.stop()
 
     report.data["results"] = results
-    rows = [["full", args.products, "-", "-", "-", full["wall_s"], full["seconds"].get("row_keys"),
+    rows = [["full", args.products, "-", "-", "-", full["wall_s"], "-", full["seconds"].get("row_keys"),
              full["seconds"].get("embed"), full["seconds"].get("ranking_fit"), full["seconds"].get("write"), 1.0,
              "fitted" if weights is None else "default weights supplied"]]
     for c in results["changes"]:
         b, s = c["incremental"]["build"], c["incremental"]["seconds"]
         rows.append([f"incremental, {c['fraction']:.0%} changed", c["catalog"]["rows"], b["reused"], b["embedded"],
-                     b["removed"], c["incremental"]["wall_s"], s.get("row_keys"), s.get("embed"), s.get("ranking_fit"),
+                     b["removed"], c["incremental"]["wall_s"], s.get("previous"), s.get("row_keys"), s.get("embed"),
+                     s.get("ranking_fit"),
                      s.get("write"), reporting.ratio(c["incremental"]["wall_s"], full["wall_s"]), b["ranking"]])
     for c in results["changes"]:
         rows.append([f"index remove after the {c['fraction']:.0%} build ({c['remove']['removed']} products)", "-", "-",
-                     0, c["remove"]["removed"], c["remove"]["wall_s"], 0, 0, 0, "-",
+                     0, c["remove"]["removed"], c["remove"]["wall_s"], "-", 0, 0, 0, "-",
                      reporting.ratio(c["remove"]["wall_s"], full["wall_s"]), "kept"])
     mode = (f"synthetic embeddings (dim {args.dim}, no Triton)" if args.synthetic
             else f"real tritonserver, rows expanded from a {args.pool}-product generated pool")
     fit = ("self-checked ranking fit in every build that fits" if weights is None else
            "no ranking fit (default fusion weights supplied to every build: the fit is not part of these numbers)")
     report.add(f"{args.products:,} products, {mode}, vector backend {args.backend}, {fit}.")
-    report.add(reporting.table(["build", "rows", "reused", "embedded", "removed", "wall s", "row keys s", "embed s",
+    report.add(reporting.table(["build", "rows", "reused", "embedded", "removed", "wall s", "previous s", "row keys s",
+                                "embed s",
                                 "fit s", "write s", "x full", "ranking fit"], rows))
     if args.synthetic:  # what the model would add: an estimate, labelled as one
         est = args.products / REAL_ROWS_PER_S

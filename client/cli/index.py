@@ -175,9 +175,9 @@ def _print_report(report) -> None:  # noqa: ANN001
         table.add_row("other splits (not indexed)", str(report.skipped_other_splits))
     table.add_row("chunks resumed / embedded", f"{report.chunks_resumed} / {report.chunks_embedded}")
     table.add_row("rows/s (embedding)", f"{report.rows_per_s:.1f}")
-    table.add_row("seconds (read/keys/embed/fit/write/total)",
+    table.add_row("seconds (read/previous/keys/embed/fit/write/total)",
                   " / ".join(f"{report.seconds.get(k, 0):.1f}"
-                             for k in ("read", "row_keys", "embed", "ranking_fit", "write", "total")))
+                             for k in ("read", "previous", "row_keys", "embed", "ranking_fit", "write", "total")))
     table.add_row("rejects file", literal(report.rejects_path))
     Console().print(table)
 

@@ -139,6 +139,8 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
         options = {"milvus": {"uri": config.milvus_uri}} if config.milvus_uri else None
         prev, why_full = load_previous(Path(config.index_root), model, index_options=options)
     seconds: dict[str, float] = {"read": round(t_read - t0, 3)}
+    if prev is not None:  # opening the served version and reading its vectors back (FAISS file or Milvus)
+        seconds["previous"] = round(time.perf_counter() - t_read, 3)
     if prev is None:
         log.info("index_build_full", reason=why_full)
         work = WorkDir.open(config.index_root, catalog=scan.path.resolve(), catalog_sha256=scan.sha256,
