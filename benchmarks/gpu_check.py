@@ -92,11 +92,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _device(requested: str) -> str:
+    """auto: cuda when torch sees a GPU, or nvidia-smi lists one (a CPU torch inside the Triton image
+    still serves on the GPU through Triton; only the in-process baseline then runs on the CPU)."""
     if requested != "auto":
         return requested
+    import shutil
+    import subprocess
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    smi = shutil.which("nvidia-smi")
+    listed = smi and subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout.strip()
+    return "cuda" if listed else "cpu"
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -200,7 +209,8 @@ def inprocess_baseline(traced: Path, device: str, batches: list[int], size: int,
             t0 = time.perf_counter()
             runner.run(x)
             lat.append((time.perf_counter() - t0) * 1000.0)
-        rows.append({"batch": b, "runs": len(lat), "images_per_s": round(len(lat) * b / seconds, 1),
+        rows.append({"batch": b, "device": str(runner.device), "precision": "fp16" if runner.fp16 else "fp32",
+                     "cuda_graphs": bool(runner.graphs), "runs": len(lat), "images_per_s": round(len(lat) * b / seconds, 1),
                      **{f"{k}_ms": v for k, v in reporting.percentiles(lat).items()}})
     return rows
 
@@ -276,8 +286,9 @@ def markdown(report: reporting.Report, d: dict[str, Any]) -> None:
         [(p["model"], p["batch"], p["concurrency"], p.get("tool"), p.get("throughput"), p.get("p50_ms"), p.get("p99_ms"),
           p.get("error") or p.get("first_error") or "") for p in d["points"]]))
     report.add("## In-process baseline (image tower, same runner, no server)\n\n" + reporting.table(
-        ["batch", "images/s", "p50 ms", "p99 ms"],
-        [(b["batch"], b["images_per_s"], b["p50_ms"], b["p99_ms"]) for b in d["inprocess"]]))
+        ["batch", "device", "precision", "CUDA graphs", "images/s", "p50 ms", "p99 ms"],
+        [(b["batch"], b["device"], b["precision"], b["cuda_graphs"], b["images_per_s"], b["p50_ms"], b["p99_ms"])
+         for b in d["inprocess"]]))
     f = d["fidelity"]
     report.add("## Fidelity gate (served vs fp32 ONNX on CPU)\n\n" + (reporting.table(
         ["variant", "products", "queries", "min cos", "mean cos", "R@10 fp32", "R@10 served", "delta pt", "passed"],
