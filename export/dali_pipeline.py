@@ -19,17 +19,25 @@ What it reproduces of ``lenscope.client.inputs.preprocess.preprocess`` (open_cli
 ``resize_mode="longest"`` (pad to a square) is not expressed here: ``unsupported_reason`` says so and
 the exporter keeps the python preprocessing for such a model (and says so).
 
-Imports nvidia.dali lazily: it is an optional extra (``pip install -e .[dali]``).
+``resolve_preprocess`` decides per export: DALI, or the python model with the reason logged and
+recorded. Imports nvidia.dali lazily: it is an optional extra (``pip install -e .[dali]``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from importlib import metadata
 from typing import Any, Literal
 
 import numpy as np
 
 from lenscope.client.core import contract
+from lenscope.client.core.manifest import Manifest
 from lenscope.client.core.modelspec import PreprocessConfig
+from lenscope.export.repository import RepositorySettings, uses_dali
+
+_log = logging.getLogger(__name__)
 
 DALI_EXTRA = "pip install -e '.[dali]' (nvidia-dali-cuda120, ~420 MB)"
 
@@ -129,3 +137,29 @@ def run_cpu(cfg: PreprocessConfig, encoded: list[bytes], batch_size: int = 16) -
         (batch,) = pipe.run()
         out.extend(np.asarray(batch[j]) for j in range(len(chunk)))
     return np.stack(out).astype(np.float32)
+
+
+def resolve_preprocess(manifest: Manifest, s: RepositorySettings, dali_model: bytes | None = None,
+                       log: Callable[[str], None] = _log.warning) -> tuple[Manifest, RepositorySettings, bytes | None]:
+    """Decide the gpu image preprocessing once: DALI when asked for and buildable here, otherwise the
+    python model, with the reason logged and recorded in the manifest (``extras["image_preprocess"]``)."""
+    if s.profile != "gpu":
+        return manifest, s, None
+    note: dict[str, str] = {"requested": s.gpu_preprocess, "backend": s.gpu_preprocess}
+    if uses_dali(s) and dali_model is None:
+        try:
+            dali_model = serialize(manifest.spec.preprocess, s.max_batch_size)
+        except DaliUnavailable as err:
+            log(f"gpu profile: image preprocessing stays in the python model (Pillow, on the CPU): {err}")
+            s = s.model_copy(update={"gpu_preprocess": "python"})
+            note |= {"backend": "python", "reason": str(err)}
+    if uses_dali(s):
+        try:
+            note["dali_version"] = metadata.version("nvidia-dali-cuda120")
+        except metadata.PackageNotFoundError:
+            note["dali_version"] = "unknown"
+    extras = dict(manifest.extras)
+    if isinstance(extras.get("repository_settings"), dict):
+        extras["repository_settings"] = {**extras["repository_settings"], "gpu_preprocess": s.gpu_preprocess}
+    extras["image_preprocess"] = note
+    return manifest.model_copy(update={"extras": extras}), s, dali_model if uses_dali(s) else None

@@ -19,7 +19,7 @@ from lenscope.client.ranking.calibration import parse_calibration
 from lenscope.client.ranking.fusion import parse_weights
 from lenscope.export.model import build_model, sha256_file
 from lenscope.export.onnx_export import export_onnx
-from lenscope.export.repository import RepositorySettings, check_repository_out, resolve_preprocess, write_repository
+from lenscope.export.repository import RepositorySettings, check_repository_out, write_repository
 from lenscope.export.verify import verify
 
 DEFAULT_SPEC = Path(__file__).parent / "specs" / "lenscope-tiny.json"
@@ -117,6 +117,8 @@ def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_reposit
                     **({"training": training_summary(model.meta)} if model.meta else {})},
             ranking_fit=ranking_fit_beside(model.checkpoint),
         )
+        from lenscope.export.dali_pipeline import resolve_preprocess  # nvidia-dali itself only if installed
+
         manifest, settings, dali_model = resolve_preprocess(manifest, settings, log=log)
         write_repository(Path(out), manifest, paths, default_vocab(), settings, dali_model=dali_model, log=log)
         if onnx_dir:  # everything `lenscope model build-trt` needs, next to the graphs

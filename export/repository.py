@@ -290,36 +290,6 @@ def _dali_model(d: contract.Dimensions, s: RepositorySettings) -> ModelConfig:
     )
 
 
-def resolve_preprocess(manifest: Manifest, s: RepositorySettings, dali_model: bytes | None = None,
-                       log: Callable[[str], None] = _log.warning) -> tuple[Manifest, RepositorySettings, bytes | None]:
-    """Decide the gpu image preprocessing once: DALI when asked for and buildable here, otherwise the
-    python model, with the reason logged and recorded in the manifest (``extras["image_preprocess"]``)."""
-    if s.profile != "gpu":
-        return manifest, s, None
-    note: dict[str, str] = {"requested": s.gpu_preprocess, "backend": s.gpu_preprocess}
-    if uses_dali(s) and dali_model is None:
-        from lenscope.export.dali_pipeline import DaliUnavailable, serialize
-
-        try:
-            dali_model = serialize(manifest.spec.preprocess, s.max_batch_size)
-        except DaliUnavailable as err:
-            log(f"gpu profile: image preprocessing stays in the python model (Pillow, on the CPU): {err}")
-            s = s.model_copy(update={"gpu_preprocess": "python"})
-            note |= {"backend": "python", "reason": str(err)}
-    if uses_dali(s):
-        from importlib import metadata
-
-        try:
-            note["dali_version"] = metadata.version("nvidia-dali-cuda120")
-        except metadata.PackageNotFoundError:
-            note["dali_version"] = "unknown"
-    extras = dict(manifest.extras)
-    if isinstance(extras.get("repository_settings"), dict):
-        extras["repository_settings"] = {**extras["repository_settings"], "gpu_preprocess": s.gpu_preprocess}
-    extras["image_preprocess"] = note
-    return manifest.model_copy(update={"extras": extras}), s, dali_model if uses_dali(s) else None
-
-
 def _length_prefixed(data: bytes) -> bytes:
     """Triton's raw encoding of one TYPE_STRING element: uint32 little-endian length + bytes."""
     return struct.pack("<I", len(data)) + data
@@ -386,10 +356,13 @@ def write_repository(out: Path, manifest: Manifest, onnx_paths: dict[str, Path],
 
     `out` is replaced only when it is new, empty or a repository written here (it holds the export
     manifest); the sibling names are fresh, so no neighbouring folder is ever touched. A gpu profile
-    asking for DALI without ``dali_model`` serialises it here (or falls back to python, saying so)."""
+    asking for DALI without ``dali_model`` serialises it here (or falls back to python, saying so:
+    ``dali_pipeline.resolve_preprocess``)."""
     out = Path(out)
     check_repository_out(out)
     if "image_preprocess" not in manifest.extras or (uses_dali(settings) and dali_model is None):
+        from lenscope.export.dali_pipeline import resolve_preprocess
+
         manifest, settings, dali_model = resolve_preprocess(manifest, settings, dali_model, log)
     configs = build_configs(manifest, settings)
     rendered = {name: render(cfg) for name, cfg in configs.items()}
