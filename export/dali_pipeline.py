@@ -100,14 +100,15 @@ def _graph(cfg: PreprocessConfig, device: Literal["gpu", "cpu"]) -> Any:
                                     mean=[255.0 * m for m in cfg.mean], std=[255.0 * v for v in cfg.std])
 
 
-def pipeline(cfg: PreprocessConfig, device: Literal["gpu", "cpu"], batch_size: int, num_threads: int = 2) -> Any:
-    """A DALI Pipeline (not built) for ``cfg`` on ``device``."""
+def pipeline(cfg: PreprocessConfig, device: Literal["gpu", "cpu"], batch_size: int, num_threads: int = 2,
+             device_id: int | None = 0) -> Any:
+    """A DALI Pipeline (not built) for ``cfg`` on ``device`` (``device_id`` only matters for "gpu")."""
     why = dali_missing() or unsupported_reason(cfg)
     if why:
         raise DaliUnavailable(why)
     from nvidia.dali import pipeline_def
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None,
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
                   prefetch_queue_depth=1)
     def _pipe():
         return _graph(cfg, device)
@@ -116,8 +117,14 @@ def pipeline(cfg: PreprocessConfig, device: Literal["gpu", "cpu"], batch_size: i
 
 
 def serialize(cfg: PreprocessConfig, max_batch_size: int) -> bytes:
-    """The GPU pipeline as the DALI backend's ``model.dali`` bytes (serialising needs no GPU)."""
-    pipe = pipeline(cfg, "gpu", max_batch_size)
+    """The GPU pipeline as the DALI backend's ``model.dali`` bytes, serialised without a GPU.
+
+    A pipeline given a ``device_id`` asserts CUDA at construction, so the graph (its ``mixed``/``gpu``
+    operators included) is serialised with ``device_id=None``: Triton's DALI backend creates the
+    pipeline from these bytes with the model instance's own GPU, batch size and thread count
+    (``daliCreatePipeline(..., max_batch_size, num_threads, device_id, ...)`` in dali_backend's
+    src/dali_executor/dali_pipeline.h), not the serialised ones."""
+    pipe = pipeline(cfg, "gpu", max_batch_size, device_id=None)
     try:
         return pipe.serialize()
     except Exception as err:  # noqa: BLE001 - any failure here means: keep the python preprocessing

@@ -29,12 +29,13 @@ from lenscope.export.dali_pipeline import run_cpu  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.export]
 
 LIMITS = InputLimits()
-# Lossless inputs (PNG): the decoders agree exactly, only resampling can differ.
-PNG_MAX_ABS = 3.0  # levels of 255, any pixel
-PNG_MEAN_ABS = 0.5
-# JPEG: two libjpeg-turbo builds may still differ in IDCT / chroma upsampling by a level or two.
-JPEG_MAX_ABS = 6.0
-JPEG_MEAN_ABS = 1.0
+# Levels of 255. Both sides use the same kernels (cubic a=-0.5 / triangle, widened by the downscale
+# factor: checked on an impulse), so almost every pixel is within rounding; but Pillow rounds and
+# clamps the first (horizontal) pass to uint8 before the second, DALI keeps it in float, so where a
+# cubic overshoot saturates (high-contrast edges near 0 or 255) single pixels differ by more.
+MEAN_ABS = 0.5  # mean over all pixels
+P99_ABS = 2.0  # 99% of pixels within 2 levels
+MAX_ABS = 24.0  # any pixel (measured up to 18 on saturated noisy edges; see the note in the module)
 # Retrieval on the catalog (both query and catalog images through each path).
 MAX_RECALL_DELTA_PT = 0.5
 MIN_COSINE = 0.999
@@ -73,6 +74,12 @@ def _report(diff: np.ndarray) -> dict[str, float]:
     return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "p99_abs": float(np.percentile(diff, 99))}
 
 
+def _within_bounds(stats: dict[str, float]) -> None:
+    assert stats["mean_abs"] <= MEAN_ABS, stats
+    assert stats["p99_abs"] <= P99_ABS, stats
+    assert stats["max_abs"] <= MAX_ABS, stats
+
+
 CONFIGS = [
     PreprocessConfig(image_size=224),  # open_clip's default: shortest side, bicubic
     PreprocessConfig(image_size=224, interpolation="bilinear"),
@@ -89,13 +96,11 @@ def test_dali_cpu_pixels_match_pillow(cfg: PreprocessConfig, fmt: str) -> None:
     diff = np.abs(pillow - dali)
     stats = _report(diff)
     print(f"{fmt} {cfg.resize_mode}/{cfg.interpolation}/{cfg.image_size}: {stats}")
-    max_abs, mean_abs = (PNG_MAX_ABS, PNG_MEAN_ABS) if fmt == "PNG" else (JPEG_MAX_ABS, JPEG_MEAN_ABS)
-    assert stats["mean_abs"] <= mean_abs, stats
-    assert stats["max_abs"] <= max_abs, stats
+    _within_bounds(stats)
 
 
 def test_transcoded_images_match_too() -> None:
-    """Alpha, EXIF rotation and GIF go through the gate's Pillow decode: same bounds as PNG."""
+    """Alpha, EXIF rotation and GIF go through the gate's Pillow decode: the same bounds."""
     cfg = PreprocessConfig(image_size=224)
     base = _images()[:3]
     rgba = base[0].convert("RGBA")
@@ -108,11 +113,11 @@ def test_transcoded_images_match_too() -> None:
     pillow, dali = _pixels_255(cfg, encoded)
     stats = _report(np.abs(pillow - dali))
     print(f"transcoded: {stats}")
-    assert stats["mean_abs"] <= PNG_MEAN_ABS and stats["max_abs"] <= PNG_MAX_ABS, stats
+    _within_bounds(stats)
 
 
 def test_recall_at_10_on_a_catalog(tmp_path: Path) -> None:
-    """The shipped model on a 150-product JPEG catalog at 160 px (resized to its 64 px input): catalog
+    """The shipped model on a 600-product JPEG catalog at 160 px (resized to its 64 px input): catalog
     and photo queries embedded through each path; Recall@10 over the held-out image queries."""
     pytest.importorskip("torch")
     from lenscope.client.catalog.reader import read_catalog, read_queries
@@ -127,7 +132,7 @@ def test_recall_at_10_on_a_catalog(tmp_path: Path) -> None:
     export_model(out=tmp_path / "repo", onnx_dir=onnx_dir, log=lambda _m: None)
     spec = load_manifest(onnx_dir).spec
     cfg = spec.preprocess
-    cat = generate_catalog(tmp_path / "cat", n_products=150, seed=3, image_size=160, image_format="jpeg")
+    cat = generate_catalog(tmp_path / "cat", n_products=600, seed=3, image_size=160, image_format="jpeg")
     catalog = read_catalog(cat.catalog)
     rows = list(catalog)
     qset = read_queries(cat.catalog.with_name("queries.jsonl"), catalog)
@@ -149,6 +154,6 @@ def test_recall_at_10_on_a_catalog(tmp_path: Path) -> None:
     delta_pt = 100.0 * (r_pillow - r_dali)
     print(f"catalog: {len(rows)} products, {len(queries)} image queries; Recall@10 Pillow {r_pillow:.4f} "
           f"DALI-CPU {r_dali:.4f} (delta {delta_pt:+.2f} pt); cosine min {cos.min():.6f} mean {cos.mean():.6f}")
-    assert r_pillow > 0.2  # the model retrieves something: a delta of two zeros would prove nothing
+    assert 0.2 < r_pillow < 1.0  # neither floor nor ceiling: a delta between two zeros (or ones) proves nothing
     assert abs(delta_pt) <= MAX_RECALL_DELTA_PT
     assert cos.min() >= MIN_COSINE
