@@ -32,6 +32,8 @@ class GraphRunner:
         module = torch.jit.load(path, map_location=self.device).eval()
         self.module = module.half() if self.fp16 else module
         self.float_input = example_dtype.startswith("float")
+        if not self.cuda:  # one thread per instance, as the onnxruntime runner: Triton runs the instances side by side
+            torch.set_num_threads(1)
         self.batches = tuple(sorted(set(graph_batches))) if self.cuda else ()
         self.graphs: dict[int, tuple] = {}
         if self.batches:
@@ -63,7 +65,10 @@ class GraphRunner:
         torch = self.torch
         with torch.inference_mode():
             if not self.graphs:
-                return self.module(self._input(x)).float().cpu().numpy()
+                # No TorchScript profiling/fusion passes on the CPU: they re-specialise per batch shape
+                # (seconds each on a small box) for no gain on an eager smoke path.
+                with torch.jit.optimized_execution(False):
+                    return self.module(self._input(x)).float().cpu().numpy()
             parts, top = [], self.batches[-1]
             for start in range(0, len(x), top):
                 chunk = x[start:start + top]
