@@ -13,6 +13,9 @@ images where that path does extra work. So each request first passes this gate, 
   TIFF / MPO, animations, or bytes that look truncated) is decoded here by the Pillow path and handed
   on as a lossless 8-bit RGB PNG, so its pixels are exactly Pillow's (and a corrupt one is refused
   here, alone, instead of failing a DALI batch).
+
+Not caught without decoding: a complete-looking JPEG/PNG whose compressed data is corrupt still reaches
+DALI and fails the batch it is in (its neighbours get the error too); the cpu profile has no such case.
 """
 
 from __future__ import annotations
