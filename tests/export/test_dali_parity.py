@@ -157,3 +157,12 @@ def test_recall_at_10_on_a_catalog(tmp_path: Path) -> None:
     assert 0.2 < r_pillow < 1.0  # neither floor nor ceiling: a delta between two zeros (or ones) proves nothing
     assert abs(delta_pt) <= MAX_RECALL_DELTA_PT
     assert cos.min() >= MIN_COSINE
+
+
+def test_serialised_gpu_pipeline_names_the_triton_input_and_decodes_on_the_gpu() -> None:
+    """What goes into the repository: the GPU graph (mixed decoder), fed by the ENCODED_IMAGE input."""
+    from lenscope.export.dali_pipeline import serialize
+
+    blob = serialize(PreprocessConfig(image_size=224), max_batch_size=32)
+    assert b"ENCODED_IMAGE" in blob and b"mixed" in blob
+    assert b"Resize" in blob and b"CropMirrorNormalize" in blob
