@@ -36,6 +36,7 @@ from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.embedder import EmbeddedChunk, ModelInfo
 from lenscope.client.index.file_digests import FILE_DIGESTS, FileDigests
 from lenscope.client.index.reader import Reject, SourceRow
+from lenscope.client.vectors.cell_index import ASSIGNMENT_ATTACHMENT, CENTROIDS_ATTACHMENT
 from lenscope.client.index.writer import (ATTR_PROBS_PREFIX, CALIBRATION, FUSION, INDEX_INFO, PHOTO_VECTORS,
                                           RANKING_POLICY, REJECTS, ROW_KEYS, TITLE_VECTORS)
 
@@ -89,6 +90,14 @@ class Previous:
     ranking_files: dict[str, bytes]  # calibration.json / fusion.json / ranking_policy.json as stored
     ranking_info: dict[str, Any] | None
     digests: FileDigests = field(default_factory=FileDigests)  # image files hashed by that build
+    title_cells: tuple[np.ndarray, np.ndarray] | None = None  # stored title cell layout (centroids, cell per row)
+
+    def title_cells_by_key(self) -> tuple[np.ndarray, dict[str, int]] | None:
+        """The stored layout as (centroids, content key -> cell), for the new version's reused rows."""
+        if self.title_cells is None:
+            return None
+        centroids, cells = self.title_cells
+        return centroids, {k: int(c) for k, c in zip(self.keys, cells.tolist())}
 
 
 def load_previous(index_root: Path, model: ModelInfo, *,
@@ -148,7 +157,15 @@ def _read(bundle: IndexBundle, model: ModelInfo) -> tuple[Previous | None, str]:
         attributes=attributes, product_ids=[p.product_id if p else "" for p in products],
         kept_rejects=kept, ranking_files=files, ranking_info=info.get("ranking"),
         digests=FileDigests.load(bundle.read_attachment(FILE_DIGESTS)),
+        title_cells=_stored_title_cells(bundle, n),
     ), ""
+
+
+def _stored_title_cells(bundle: IndexBundle, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    centroids, cells = (bundle.load_array(name) for name in (CENTROIDS_ATTACHMENT, ASSIGNMENT_ATTACHMENT))
+    if centroids is None or cells is None or np.shape(cells) != (n,):
+        return None
+    return np.asarray(centroids, dtype=np.float32), np.asarray(cells, dtype=np.int32)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import structlog
 
 from lenscope.client.core.outputs import check_output_file
@@ -186,7 +187,7 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
         build = {"mode": "incremental", "previous": prev.version, **p.counts, "ranking": why}
         bundle_id, info, counts = _publish(config, scan, model, embedder, chunks, keys, kept, log, fusion,
                                            calibration, rejects_path, seconds, chunk_info, len(p.embed), build, t0,
-                                           digests)
+                                           digests, prev.title_cells_by_key())
         chunks_total, chunks_resumed, chunks_embedded = n_chunks, 0, n_chunks
 
     report = BuildReport(
@@ -209,7 +210,8 @@ def _publish(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, embe
              chunks: list[EmbeddedChunk], keys: list[str], kept_ranking: Any, log: Any, fusion: Any,
              calibration: Any, rejects_path: Path, seconds: dict[str, float], chunk_info: dict[str, int],
              embedded_now: int, build: dict[str, Any], t0: float,
-             digests: FileDigests | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+             digests: FileDigests | None = None,
+             title_cells: tuple[Any, dict[str, int]] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Everything after embedding: check the model, assemble, choose the ranking, write the rejects, publish."""
     served_now = _served_model(embedder).model_hash
     if served_now != model.model_hash:
@@ -221,6 +223,9 @@ def _publish(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, embe
     position_key = {s.position: k for s, k in zip(scan.rows, keys)}
     a.keys = [position_key[s.position] for s in a.rows]
     a.file_digests = digests.dump() if digests is not None else None
+    if title_cells is not None:  # reused rows keep their title cell; rows embedded anew get -1 (assigned at write)
+        centroids, cell_of_key = title_cells
+        a.title_cells_hint = (centroids, np.asarray([cell_of_key.get(k, -1) for k in a.keys], dtype=np.int64))
     t_fit0 = time.perf_counter()
     if kept_ranking is not None:
         ranking = kept_ranking
