@@ -117,7 +117,10 @@ def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_reposit
                     **({"training": training_summary(model.meta)} if model.meta else {})},
             ranking_fit=ranking_fit_beside(model.checkpoint),
         )
-        write_repository(Path(out), manifest, paths, default_vocab(), settings)
+        from lenscope.export.dali_pipeline import resolve_preprocess  # nvidia-dali itself only if installed
+
+        manifest, settings, dali_model = resolve_preprocess(manifest, settings, log=log)
+        write_repository(Path(out), manifest, paths, default_vocab(), settings, dali_model=dali_model, log=log)
         if onnx_dir:  # everything `lenscope model build-trt` needs, next to the graphs
             shutil.copyfile(default_vocab(), work / contract.BPE_VOCAB_FILE)
             (work / contract.MANIFEST_FILE).write_text(manifest.to_json() + "\n")

@@ -61,6 +61,7 @@ def model_export(
     out: Path = typer.Option(Path("model_repository/cpu"), help="Where to write the Triton model repository."),
     profile: str = typer.Option("cpu", help="cpu (python backend + onnxruntime) | gpu (onnxruntime/TensorRT backends)."),
     gpu_backend: str = typer.Option("onnxruntime-trt", help="gpu profile: onnxruntime-trt | onnxruntime | tensorrt_plan."),
+    gpu_preprocess: str = typer.Option("dali", help="gpu profile: dali (GPU decode/resize/normalise; needs the [dali] extra, else python is kept and the export says so) | python."),
     max_batch_size: int = typer.Option(32, help="max_batch_size of every model."),
     queue_delay_us: Optional[int] = typer.Option(None, min=0, max=100_000, help="Dynamic batching max_queue_delay_microseconds (default: 0 on cpu, measured in benchmarks/reports/perf_analyzer.md; 500 on gpu)."),
     encoder_instances: int = typer.Option(1, help="Instances of each encoder model."),
@@ -72,7 +73,7 @@ def model_export(
     from lenscope.export.repository import RepositorySettings
 
     settings = RepositorySettings(
-        profile=profile, gpu_backend=gpu_backend, max_batch_size=max_batch_size,
+        profile=profile, gpu_backend=gpu_backend, gpu_preprocess=gpu_preprocess, max_batch_size=max_batch_size,
         encoder_instances=encoder_instances, intra_op_threads=intra_op_threads,
         **({} if queue_delay_us is None else {"max_queue_delay_microseconds": queue_delay_us}),
     )

@@ -19,6 +19,9 @@ uninterrupted one. The bundle (see index/bundle_store.py) holds:
     ``ranking_policy.json``        RankingPolicy: per query type fused or one raw signal, with the
                                    held-out numbers it was decided on (ranking/policy.py)
     ``rejects.jsonl``              every rejected row / skipped photo (line, product_id, reason, message, kept)
+    ``row_keys.json``              per row, the content key of its vectors (index/incremental.py)
+    ``file_digests.json``          image files' stat + SHA-256, so the next build's keys skip unchanged
+                                   files (index/file_digests.py)
     ``index_info.json``            catalog path + sha256, counts, rejects by reason, model, timings,
                                    calibration notes and gap report, head agreement with catalog labels,
                                    ``ranking``: the fit's source, binding, self-check summary, decisions
@@ -45,6 +48,7 @@ from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig, IV
 from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.calibration import gap_summary
 from lenscope.client.index.embedder import EmbeddedChunk, ModelInfo
+from lenscope.client.index.file_digests import FILE_DIGESTS
 from lenscope.client.index.reader import Reject, SourceRow
 from lenscope.client.index.metadata import Product
 from lenscope.client.ranking.fusion import FusionWeights
@@ -79,6 +83,7 @@ class Assembled:
     attributes: dict[str, np.ndarray]
     rejects: list[Reject] = field(default_factory=list)
     keys: list[str] | None = None  # content key per row (stored so the next build can reuse the vectors)
+    file_digests: bytes | None = None  # index/file_digests.py: image files hashed, for the next build's keys
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -269,14 +274,14 @@ def _publish(index_root: Path, a: Assembled, all_rejects: Sequence[Reject], mode
         w.attach(REJECTS, rejects_jsonl(all_rejects))
         if a.keys is not None:
             w.attach(ROW_KEYS, (json.dumps(a.keys) + "\n").encode())
+        if a.file_digests is not None:
+            w.attach(FILE_DIGESTS, a.file_digests)
         w.attach(INDEX_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     assert w.bundle_id is not None
     if settings.vector_backend == "milvus":  # published: now the alias follows (blue-green)
-        from lenscope.client.index.milvus_versions import switch_alias  # noqa: PLC0415
+        from lenscope.client.index.milvus_versions import publish_alias  # noqa: PLC0415
 
-        previous = switch_alias(index.client, settings.milvus_alias, index.collection, index.config.timeout_s)
-        _log.info("milvus_alias_switched", alias=settings.milvus_alias, collection=index.collection,
-                  previous=previous, note="the previous collection is kept until `lenscope index prune`")
+        publish_alias(index, settings.milvus_alias)
     return w.bundle_id, info
 
 

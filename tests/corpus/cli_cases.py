@@ -189,6 +189,10 @@ def _cases() -> list[CliCase]:
     add(ir, "ids-empty", ["--index-root", "root_ok", "--ids", "empty.txt"], "no product id in the file")
     add(ir, "ids-dev-zero", ["--index-root", "root_ok", "--ids", "/dev/zero"], "/dev/zero is a device")
     add(ir, "version-folder-empty", ["--index-root", "root_ok", "--ids", "notes.txt"], "bundle.json is missing")
+    add(ir, "milvus-uri-bogus", ["--index-root", "root_ok", "--ids", "notes.txt", "--milvus-uri", "ftp://x"],
+        "--milvus-uri 'ftp://x'")
+    add(ir, "milvus-alias-bogus", ["--index-root", "root_ok", "--ids", "notes.txt", "--milvus-alias", "no good"],
+        "--milvus-alias 'no good'")
 
     ss = "serve search"
     add(ss, "index-root-empty", ["--index-root", "empty_root"], "empty_root holds no published index")
