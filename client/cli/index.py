@@ -268,6 +268,10 @@ def _print_inspect(s: dict) -> None:
     out.print(table)
     for qtype, d in policy["decisions"].items():  # one line each, so a rule name is never wrapped
         out.print(f"{qtype}: ranked by {d['ranked_by']}, rule {d.get('rule') or '- (policy written before rules)'}")
+        if d.get("weights"):  # the type's own fused weights: which signals it leans on
+            w = d["weights"]
+            out.print(f"  {qtype} weights: " + ", ".join(f"{k} {v:.3g}" for k, v in w.items()
+                                                       if k not in ("schema_version", "bias") and v > 0))
     by_kind = (ranking.get("self_check") or {}).get("raw_by_kind")
     if by_kind:  # what the decision was made on: each pseudo-query kind's raw-signal scores
         kinds = Table(title="pseudo-queries by kind (fit + held-out part): raw nDCG@10 / R@10")
