@@ -326,8 +326,18 @@ def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: 
         if s.profile == "cpu":
             files["1/model.py"] = BACKENDS_DIR / "onnx_runner.py"
             files[f"1/{onnx_paths[name].name}"] = onnx_paths[name]
+        elif s.gpu_backend == "tensorrt_plan" and not plans:
+            # no prebuilt engines: the graph and its recipe; the pod builds the plan where it runs
+            # (`lenscope model build-plans`, export/plan_build.py) before tritonserver starts
+            from lenscope.export.plan_build import RECIPE_FILE, recipe_for, recipe_json
+
+            batches = gpu_batches(s)
+            files["1/model.onnx"] = onnx_paths[name]
+            files[f"1/{RECIPE_FILE}"] = recipe_json(recipe_for(
+                contract.signatures(manifest.dimensions())[name], batches[0], min(s.opt_batch_size, s.max_batch_size),
+                s.max_batch_size, True, manifest.base_model_hash or manifest.model_hash))
         elif s.gpu_backend == "tensorrt_plan":
-            if not plans or name not in plans:
+            if name not in plans:
                 raise FileNotFoundError(f"{name}: no TensorRT engine; run 'lenscope model build-trt' first")
             files[f"1/{contract.TRT_PLAN}"] = plans[name]
             sidecar = plans[name].with_name(plans[name].name + ".json")  # plan_check.sidecar_path

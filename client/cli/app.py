@@ -136,6 +136,25 @@ def model_check_plans(
             f"batch {info.min_batch}/{info.opt_batch}/{info.max_batch}: loads here")
 
 
+@model_app.command("build-plans", short_help="Build a repository's TensorRT plans here, with trtexec (serving image).")
+def model_build_plans(
+    repository: Path = typer.Argument(..., exists=True, file_okay=False,
+                                      help="A gpu repository exported with --gpu-backend tensorrt_plan (ONNX + plan recipes)."),
+    cache: Path = typer.Option(Path("/trt-cache/plans"), file_okay=False,
+                               help="Plans and timing caches, keyed by model hash, TensorRT, GPU and batch profile."),
+    trtexec: str = typer.Option("/usr/src/tensorrt/bin/trtexec", help="trtexec of the serving image."),
+) -> None:
+    """Turn each encoder's ONNX graph into model.plan with its recipe's shape profile (fp16), on this GPU and
+    TensorRT, reusing a checked plan from the cache when one fits; run it before tritonserver starts."""
+    from lenscope.export.plan_build import build_repository_plans
+    from lenscope.export.plan_check import current_runtime
+
+    runtime = current_runtime()
+    done = build_repository_plans(repository, runtime, cache, trtexec, log=log)
+    if not done:
+        log(f"{repository}: no plan recipes (export with --profile gpu --gpu-backend tensorrt_plan); nothing built")
+
+
 @app.command("demo", short_help="Export, index, serve and query the bundled catalog.")
 def demo(
     repository: Path = typer.Option(Path("model_repository/cpu"), help="Model repository (exported if missing)."),

@@ -116,6 +116,11 @@ def _cases() -> list[CliCase]:
     add(cp, "repo-missing", ["nope"], "'nope' does not exist")
     add(cp, "no-manifest", ["userdata"], "no export_manifest.json")
 
+    bp = "model build-plans"
+    add(bp, "repo-missing", ["nope"], "'nope' does not exist")
+    add(bp, "no-manifest", ["userdata"], "no export_manifest.json")
+    add(bp, "cache-is-file", ["userdata", "--cache", "notes.txt"], "notes.txt")
+
     mf = "model fidelity"
     add(mf, "onnx-dir-missing", ["--onnx-dir", "nope", "--catalog", "catalog.jsonl"], "'nope' does not exist")
     add(mf, "catalog-fifo", ["--onnx-dir", "onnxdir", "--catalog", "fifo"], "fifo is a fifo")
