@@ -107,6 +107,20 @@ def version_from_banner(output: str) -> str | None:
     return f"{major}.{rest // 100}.{rest % 100}"
 
 
+def with_trtexec_version(runtime: Runtime, trtexec: str,
+                         run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Runtime:
+    """The runtime, with the TensorRT version read from trtexec's banner when neither the tensorrt package
+    nor TRT_VERSION named one (the plans are built and served by this image's TensorRT)."""
+    if runtime.tensorrt_version is not None:
+        return runtime
+    try:
+        done = run([trtexec], capture_output=True, text=True, timeout=60, check=False)  # prints banner + usage
+    except (OSError, subprocess.SubprocessError):
+        return runtime
+    version = version_from_banner((done.stdout or "") + (done.stderr or ""))
+    return runtime if version is None else runtime.model_copy(update={"tensorrt_version": version})
+
+
 def cache_dir_for(cache: Path, recipe: PlanRecipe, runtime: Runtime, model: str) -> Path:
     return (cache / recipe.model_hash / f"trt-{runtime.tensorrt_version}" / f"sm{runtime.compute_capability}"
             / model / f"b{recipe.min_batch}-{recipe.opt_batch}-{recipe.max_batch}{'-fp16' if recipe.fp16 else ''}")

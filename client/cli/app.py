@@ -146,10 +146,10 @@ def model_build_plans(
 ) -> None:
     """Turn each encoder's ONNX graph into model.plan with its recipe's shape profile (fp16), on this GPU and
     TensorRT, reusing a checked plan from the cache when one fits; run it before tritonserver starts."""
-    from lenscope.export.plan_build import build_repository_plans
+    from lenscope.export.plan_build import build_repository_plans, with_trtexec_version
     from lenscope.export.plan_check import current_runtime
 
-    runtime = current_runtime()
+    runtime = with_trtexec_version(current_runtime(), trtexec)
     done = build_repository_plans(repository, runtime, cache, trtexec, log=log)
     if not done:
         log(f"{repository}: no plan recipes (export with --profile gpu --gpu-backend tensorrt_plan); nothing built")

@@ -21,7 +21,7 @@ from functools import lru_cache
 KUBERNETES_VERSION = "1.31.0"
 
 # Kustomizations `kubectl kustomize` must render (paths relative to k8s/).
-OVERLAYS = ("overlays/cpu-demo", "overlays/gpu")
+OVERLAYS = ("overlays/cpu-demo", "overlays/gpu", "overlays/gpu-trt-plans")
 KUSTOMIZATIONS = ("base", *OVERLAYS)
 
 TABLE = {

@@ -209,6 +209,33 @@ def test_gpu_triton_has_a_writable_trt_cache_where_the_configs_point(overlays):
     assert "emptyDir" in volume or "persistentVolumeClaim" in volume
 
 
+def test_trt_plans_are_built_in_the_pod_after_the_fetch_by_the_serving_image(overlays):
+    """gpu-trt-plans: after the repository is fetched, `lenscope model build-plans` runs in the Triton
+    image (its trtexec and TensorRT are the ones that will load the plans) on the pod's GPU, writes the
+    plans into /models and keeps them under the trt-cache volume, with a command the CLI really has."""
+    from typer.main import get_command
+
+    from lenscope.client.cli.app import app
+
+    objects = overlays["overlays/gpu-trt-plans"]
+    spec = pod_spec(objects, "triton")
+    triton = container(objects, "triton", "triton")
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-model-repository", "build-trt-plans"]
+    build = spec["initContainers"][1]
+    assert build["image"] == triton["image"]
+    assert build["resources"]["limits"]["nvidia.com/gpu"] == triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert build["command"][0].endswith("/lenscope") and build["args"][:3] == ["model", "build-plans", "/models"]
+    model_cmd = get_command(app).commands["model"]
+    assert "build-plans" in model_cmd.commands
+    options = {o for p in model_cmd.commands["build-plans"].params for o in p.opts}
+    assert {a.split("=")[0] for a in build["args"][3:]} <= options
+    mounts = {m["mountPath"]: m for m in build["volumeMounts"]}
+    assert not mounts["/models"].get("readOnly")
+    cache = flag_value(build["args"], "--cache")
+    assert any(cache.startswith(path + "/") for path in mounts if path != "/models"), cache
+    assert mounts["/models"]["name"] == next(m["name"] for m in triton["volumeMounts"] if m["mountPath"] == "/models")
+
+
 def test_cpu_demo_asks_for_no_gpu(overlays):
     c = container(overlays["overlays/cpu-demo"], "triton", "triton")
     assert not any("nvidia.com/gpu" in str(k) for k in c["resources"].get("limits", {}))

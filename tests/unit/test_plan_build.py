@@ -35,6 +35,9 @@ if os.environ.get("FAKE_TRTEXEC_FAIL"):
     print("[E] [TRT] ModelImporter.cpp:949: ERROR: unsupported operator")
     sys.exit(1)
 opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+if not opts:
+    print("=== Model Options ===")
+    sys.exit(0)
 pathlib.Path(opts["saveEngine"]).write_bytes(b"ftrt engine for " + opts["onnx"].encode())
 print("&&&& PASSED TensorRT.trtexec")
 """
@@ -149,6 +152,16 @@ def test_refusals_name_what_is_wrong(tmp_path: Path, trtexec) -> None:
     with pytest.raises(PlanBuildError, match=f"{RECIPE_FILE}: field inputs"):
         build_repository_plans(repo, H100, tmp_path / "cache", exe, log=lambda m: None)
     shutil.rmtree(repo)
+
+
+def test_the_tensorrt_version_comes_from_trtexec_when_the_image_names_none(trtexec) -> None:
+    from lenscope.export.plan_build import with_trtexec_version
+
+    exe, _ = trtexec
+    unknown = H100.model_copy(update={"tensorrt_version": None})
+    assert with_trtexec_version(unknown, exe).tensorrt_version == "10.5.0"
+    assert with_trtexec_version(H100, exe) == H100  # a known version is kept
+    assert with_trtexec_version(unknown, "/nope/trtexec") == unknown
 
 
 @pytest.mark.parametrize("banner, version", [("[TensorRT v100500] # trtexec", "10.5.0"),
