@@ -11,6 +11,7 @@ fine-tune that beats its start on the held-out products (the table is printed wi
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,37 @@ def test_labels_match_ignoring_case_and_spaces_and_come_from_the_catalog_when_th
     assert choose_labels(fitting, cat, list(cat.rows), TrainConfig()).source == "spec"  # CAP fits cap
 
 
+def test_an_images_own_labels_are_learnt_for_that_image_and_join_the_label_sets(tmp_path: Path) -> None:
+    """The red shot of a black cap is labelled red (its own label, docs/catalog.md), for the heads on
+    frozen embeddings and for the joint loss's second view; a spec that lacks "red" names that image."""
+    from types import SimpleNamespace
+
+    from lenscope.export.training.labels import attribute_targets, catalog_labels, image_targets
+    from lenscope.export.training.loop import _view_targets
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"product_id": "cap", "title": "Cap", "color": "black", "images": [
+        {"path": "black.png", "role": "main"}, {"path": "red.png", "attributes": {"color": "Red"}},
+        {"path": "back.png", "role": "back"}]}) + "\n" + json.dumps(
+        {"product_id": "tee", "title": "Tee", "color": "white", "image": "tee.png"}) + "\n", encoding="utf-8")
+    cat = read_catalog(path)
+    cap = cat.get("cap")
+    assert catalog_labels(cat, list(cat.rows), "color") == ("Red", "black", "white")
+    color = SPEC.model_copy(update={"attributes": (SPEC.attribute("color").model_copy(
+        update={"labels": ("black", "red", "white")}),)})
+    [attr] = color.attributes
+    assert image_targets(color.attributes, [(cap, 0), (cap, 1), (cap, 2)]).tolist() == [[0], [1], [0]]
+    assert attribute_targets(color.attributes, list(cat.rows)).tolist() == [[0], [2]]
+    no_red = color.model_copy(update={"attributes": (attr.model_copy(update={"labels": ("black", "white")}),)})
+    with pytest.raises(TrainError, match=r"c\.jsonl:1: product 'cap': image 'red\.png': color='Red'"):
+        choose_labels(no_red, cat, list(cat.rows), TrainConfig(labels="spec"))
+    # joint heads: product 0's second view is its red shot (row 0 of the other images), product 1 has none
+    views = SimpleNamespace(other_targets=image_targets(color.attributes, [(cap, 1), (cap, 2)]))
+    y = _view_targets(TrainConfig(heads="joint"), views, attribute_targets(color.attributes, list(cat.rows)),
+                      torch.tensor([0, 1]), torch.tensor([0, -1]))
+    assert y.tolist() == [[0], [2], [1], [2]]
+
+
 def test_held_out_split_keeps_variant_families_whole_and_is_seeded() -> None:
     cat = read_catalog(REAL / "products.csv")
     a, b = make_split(cat, TrainConfig(holdout=0.3)), make_split(cat, TrainConfig(holdout=0.3))
@@ -140,6 +172,7 @@ def test_fine_tune_on_a_real_catalog_slice_prints_the_held_out_table(tmp_path: P
     assert meta["labels"]["source"] == "catalog" and "cap" in meta["labels"]["attributes"]["category"]
     spec = load_spec(tmp_path / "ft.spec.json")
     assert spec.checkpoint == "ft.pt" and "cap" in spec.attribute("category").labels
+    assert "white" in spec.attribute("color").labels  # only the bottle's alt shot is white: its own label
 
 
 def test_a_fine_tune_made_worse_is_refused_without_force(tmp_path: Path) -> None:
