@@ -321,3 +321,12 @@ def test_learn_lambda_and_refine_improve_ndcg() -> None:
     # the Platt step makes sigmoid(score) a probability: mean predicted ~ base rate
     z = impute_like_fuse(data.x, refined) @ refined.vector() + refined.bias
     assert float(np.mean(1 / (1 + np.exp(-z)))) == pytest.approx(float(data.labels.mean()), abs=0.02)
+
+
+def test_a_skipped_optional_candidate_says_skipped_not_error() -> None:
+    """Issue 15: `rerank fit` printed `"error": "no modality pair could be calibrated"` for a threshold
+    that had nothing to calibrate while the fit itself succeeded."""
+    fitted = fit_fusion(synthetic_pools(n_queries=40), thresholds=("max", 99), objectives=("pointwise",), refine=False)
+    skipped = fitted.selection["calibration at grade >= 99"]
+    assert set(skipped) == {"skipped"} and skipped["skipped"]
+    assert "error" not in json.dumps(fitted.summary()["selection_ndcg10"])
