@@ -146,6 +146,8 @@ class ImageRef(StrictRow):
     @field_validator("attributes", mode="before")
     @classmethod
     def _own_attributes(cls, v: Any) -> Any:
+        if v is None:
+            return {}  # absent, as a product's null attribute is
         if not isinstance(v, Mapping):
             raise ValueError(f"must be an object of name -> value; got {type(v).__name__} {v!r}")
         return clean_attributes(v)
