@@ -19,7 +19,8 @@ open-loop (see open_loop.py): request i is due at i / rate and its latency count
    Triton and index, right after: ``--compare-inflight N`` (another admission limit) and
    ``--compare-queued M`` (``LENSCOPE_MAX_QUEUED_RPCS``: the gRPC queue in front of admission that
    the service shipped with before; 0 now). Ratios between these rows survive the box's noise better
-   than the absolute figures.
+   than the absolute figures. ``--compare-switch-ms X``: Python's thread switch interval of the service
+   process (``LENSCOPE_GIL_SWITCH_INTERVAL_MS``; a shed call waits for the GIL twice).
 
 Everything shares 2 cores here (Triton's python stubs, the service, this generator): the saturation rate
 is this box's, not a pod's. Every step is bounded in count and time; each request has a deadline.
@@ -110,6 +111,9 @@ async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: repor
         if args.compare_queued is not None:
             variants.append((f"max_queued_rpcs {args.compare_queued}", args.max_inflight,
                              {"LENSCOPE_MAX_QUEUED_RPCS": str(args.compare_queued)}))
+        if args.compare_switch_ms:
+            variants.append((f"gil_switch_interval_ms {args.compare_switch_ms:g}", args.max_inflight,
+                             {"LENSCOPE_GIL_SWITCH_INTERVAL_MS": f"{args.compare_switch_ms:g}"}))
         if heavy_rate and len(variants) > 1:
             for name, inflight, env in variants:
                 log_path = Path(args.workdir) / f"search-service-{name.replace(' ', '-')}.log"
@@ -145,6 +149,7 @@ async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: repor
              "ok_rps": s["ok_rps"], "goodput_ratio": reporting.ratio(s["ok_rps"], sat_ok, 3),
              "shed_rate": s["shed_rate"], "shed_p50_ms": s["shed_latency_ms"]["p50"],
              "shed_p99_ms": s["shed_latency_ms"]["p99"], "ok_p99_ms": s["ok_latency_ms"]["p99"],
+             "shed_p99_after_send_ms": s.get("shed_after_send_ms", {}).get("p99"),
              "other_errors": {c: n for c, n in s["codes"].items() if c not in ("OK", "RESOURCE_EXHAUSTED")}}
             for s in [*beyond, *overload]
         ],
@@ -211,9 +216,9 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                    "The last rows are the overload steps at fixed multiples of saturation.\n")
         report.add(reporting.table(
             ["offered rps", "x saturation", "OK rps (goodput)", "goodput / saturation", "shed share", "shed p50 ms",
-             "shed p99 ms", "OK p99 ms", "other errors"],
+             "shed p99 ms", "shed p99 ms after send", "OK p99 ms", "other errors"],
             [(b["offered_rps"], b["x_saturation"], b["ok_rps"], b["goodput_ratio"], b["shed_rate"], b["shed_p50_ms"],
-              b["shed_p99_ms"], b["ok_p99_ms"], ", ".join(f"{c} {n}" for c, n in b["other_errors"].items()) or "none")
+              b["shed_p99_ms"], b.get("shed_p99_after_send_ms", "—"), b["ok_p99_ms"], ", ".join(f"{c} {n}" for c, n in b["other_errors"].items()) or "none")
              for b in data["beyond_saturation"]]))
     compare = data.get("compare") or []
     if compare:
@@ -221,9 +226,10 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                    "service process on the same Triton and index, one after the other)\n")
         report.add(reporting.table(
             ["service", "OK rps", "goodput / saturation", "OK p50 ms", "OK p99 ms", "shed share", "shed p50 ms",
-             "shed p99 ms", "codes"],
+             "shed p99 ms", "shed p99 ms after send", "codes"],
             [(c["variant"], c["ok_rps"], c["goodput_ratio"], c["ok_latency_ms"]["p50"], c["ok_latency_ms"]["p99"],
               c["shed_rate"], c["shed_latency_ms"]["p50"], c["shed_latency_ms"]["p99"],
+              c.get("shed_after_send_ms", {}).get("p99", "—"),
               ", ".join(f"{k} {n}" for k, n in c["codes"].items()))
              for c in compare]))
         report.add("\nAdmission happens before any work for the call: gRPC itself refuses RPCs beyond "
@@ -232,7 +238,8 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                    "line. `max_queued_rpcs` > 0 puts a queue in front of admission (the old default 64): shed "
                    "and served calls then wait in it for a handler thread.\n")
     report.add("\nGenerator lag is how late this process sent requests (it shares the 2 cores); latency "
-               "includes it.\n")
+               "includes it. \"after send\" leaves the lag out: the time from the moment the call left this "
+               "process to its answer.\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -254,6 +261,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare-inflight", type=int, default=32, help="another admission limit, side by side (32: the old default); 0 = none")
     p.add_argument("--compare-queued", type=int, default=64,
                    help="also run the heaviest step with LENSCOPE_MAX_QUEUED_RPCS=N (64 = the old default)")
+    p.add_argument("--compare-switch-ms", type=float, default=1.0,
+                   help="also run the heaviest step with LENSCOPE_GIL_SWITCH_INTERVAL_MS=X (the shipped value is "
+                        "Python's 5.0); 0 = not")
     p.add_argument("--no-compare", action="store_true", help="no side-by-side runs")
     p.add_argument("--spec", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "load")
@@ -261,7 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--from-json", type=Path, default=None, help="re-render an earlier run's JSON (no measuring)")
     args = p.parse_args(argv)
     if args.no_compare:
-        args.compare_inflight, args.compare_queued = 0, None
+        args.compare_inflight, args.compare_queued, args.compare_switch_ms = 0, None, 0.0
     args.out = reporting.output_dir(args.out, args.publish)
     return args
 

@@ -155,9 +155,9 @@ class Driver:
             try:
                 code = await self._call(stub, request)
             except asyncio.CancelledError:
-                emit(Outcome(due - t0, (sent - due) * 1000.0, (loop.time() - due) * 1000.0, CLIENT_CANCELLED, kind))
+                emit(Outcome(due - t0, max(sent - due, 0.0) * 1000.0, (loop.time() - due) * 1000.0, CLIENT_CANCELLED, kind))
                 raise
-            emit(Outcome(due - t0, (sent - due) * 1000.0, (loop.time() - due) * 1000.0, code, kind))
+            emit(Outcome(due - t0, max(sent - due, 0.0) * 1000.0, (loop.time() - due) * 1000.0, code, kind))
 
         for n in range(total):
             if stop is not None and stop.is_set():
@@ -196,6 +196,8 @@ def summarise(outcomes: Sequence[Outcome], rate: float, seconds: float) -> dict[
     codes = Counter(o.code for o in outcomes)
     ok = [o.latency_ms for o in outcomes if o.code == "OK"]
     shed = [o.latency_ms for o in outcomes if o.code == "RESOURCE_EXHAUSTED"]
+    # the same calls from the moment they were sent: without this generator's own lag (it shares the cores)
+    shed_sent = [o.latency_ms - o.lag_ms for o in outcomes if o.code == "RESOURCE_EXHAUSTED"]
     errors = sum(n for c, n in codes.items() if c != "OK")
     lags = [o.lag_ms for o in outcomes if o.code != CLIENT_DROPPED]
     by_kind = {}
@@ -212,6 +214,7 @@ def summarise(outcomes: Sequence[Outcome], rate: float, seconds: float) -> dict[
         "shed_rate": round(len(shed) / n, 4) if n else None,
         "ok_latency_ms": {"p50": _pct(ok, 50), "p95": _pct(ok, 95), "p99": _pct(ok, 99), "max": _pct(ok, 100)},
         "shed_latency_ms": {"p50": _pct(shed, 50), "p95": _pct(shed, 95), "p99": _pct(shed, 99)},
+        "shed_after_send_ms": {"p50": _pct(shed_sent, 50), "p99": _pct(shed_sent, 99)},
         "generator_lag_ms": {"p50": _pct(lags, 50), "p99": _pct(lags, 99)},
         "by_kind": by_kind,
     }

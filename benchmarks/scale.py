@@ -3,6 +3,8 @@
     python benchmarks/scale.py                                   # 100k: flat, HNSW, IVF-PQ (~10 min, 2 cores)
     python benchmarks/scale.py --sizes 1000000 --kinds hnsw,ivfpq  # 1M (~30-40 min build + run, ~6 GiB RAM)
     python benchmarks/scale.py --sizes 20000 --queries 20 --recall-queries 50   # smoke size
+    python benchmarks/scale.py --sizes 1000000 --kinds hnsw,ivfpq --build-only --keep   # build now (busy box)...
+    python benchmarks/scale.py --sizes 1000000 --kinds hnsw,ivfpq --reuse --keep --profile  # ...measure when quiet
 
 Bundles are synthetic (``scale_bundle.py``: clustered embeddings + metadata, no images) but written by
 the project's own bundle writer under the exported default model's hash, so the service opens them
@@ -28,6 +30,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
+import os
 import pstats
 import sys
 import time
@@ -171,18 +175,30 @@ def run(args: argparse.Namespace, report: reporting.Report) -> dict[str, Any]:
                     continue
                 index_root = work / f"index-{n}-{kind}"
                 gen = scale_bundle.Synthetic(n, manifest.embed_dim, labels, seed=args.seed)
-                print(f"{n:,} {kind}: building the bundle")
-                if index_root.exists():
-                    import shutil
+                record = index_root / BUILD_RECORD
+                kept = _kept_build(record, n, kind, args.seed, manifest.model_hash) if args.reuse else None
+                if kept is not None:
+                    row["build"] = {**kept, "reused": True}
+                    print(f"{n:,} {kind}: reusing the kept bundle (its build time measured when it was built)")
+                else:
+                    print(f"{n:,} {kind}: building the bundle")
+                    if index_root.exists():
+                        import shutil
 
-                    shutil.rmtree(index_root)  # ours (a scratch dir under WORK): rebuilt so build time is measured
-                row["build"] = scale_bundle.build(index_root, n, kind, model_hash=manifest.model_hash,
-                                                  dim=manifest.embed_dim, labels=labels, seed=args.seed,
-                                                  log=lambda m: None)
+                        shutil.rmtree(index_root)  # ours (a scratch dir under WORK): rebuilt so build time is measured
+                    row["build"] = scale_bundle.build(index_root, n, kind, model_hash=manifest.model_hash,
+                                                      dim=manifest.embed_dim, labels=labels, seed=args.seed,
+                                                      log=lambda m: None)
+                    record.write_text(json.dumps({"products": n, "kind": kind, "seed": args.seed,
+                                                  "model_hash": manifest.model_hash, "build": row["build"],
+                                                  "load_average": list(os.getloadavg())}))
                 parts = scale_bundle.bundle_bytes(index_root)
                 row["disk_bytes_per_product"] = {k: round(v / n, 1) for k, v in parts.items()}
                 row["disk_bytes_per_product"]["total"] = round(sum(parts.values()) / n, 1)
                 print(f"  built in {row['build']['timings_s']['total_s']} s; {row['disk_bytes_per_product']['total']} B/product")
+                if args.build_only:
+                    print(f"  kept in {index_root} (--build-only): measure it with --reuse")
+                    continue
                 row["ann"] = measure_recall(index_root, gen, args.recall_queries)
                 print(f"  recall@10 {row['ann']['recall_at_10']} at {row['ann']['qps_batch1']} QPS (batch 1, in-process)")
                 t0 = time.perf_counter()
@@ -209,6 +225,22 @@ def run(args: argparse.Namespace, report: reporting.Report) -> dict[str, Any]:
     finally:
         triton.stop()
     return {"model_hash": manifest.model_hash, "embed_dim": manifest.embed_dim, "rows": rows, "profile": profile}
+
+
+BUILD_RECORD = "scale_build.json"
+
+
+def _kept_build(record: Path, n: int, kind: str, seed: int, model_hash: str) -> dict[str, Any] | None:
+    """The build record of a bundle kept by an earlier ``--keep`` run of the same size, kind, seed and
+    model, or None (then it is rebuilt). Lets the slow 1M builds run on a busy box and the queries later
+    on a quiet one."""
+    try:
+        kept = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if (kept.get("products"), kept.get("kind"), kept.get("seed"), kept.get("model_hash")) != (n, kind, seed, model_hash):
+        return None
+    return {**kept["build"], "load_average_at_build": kept.get("load_average")}
 
 
 def plot(data: dict[str, Any]):
@@ -241,6 +273,14 @@ def _write_partial(report: reporting.Report, args: argparse.Namespace, results: 
     report.write(plot(report.data))
 
 
+def _build_cell(build: dict[str, Any]) -> str:
+    total = build.get("timings_s", {}).get("total_s", "—")
+    if not build.get("reused"):
+        return str(total)
+    load = build.get("load_average_at_build") or []
+    return f"{total} (kept from an earlier run; load average then {load[0]:.1f})" if load else f"{total} (kept)"
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
@@ -255,7 +295,7 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
     report.add(reporting.table(
         ["products", "index", "build s", "disk B/product", "service RSS B/product", "recall@10", "ANN QPS (batch 1)",
          "service start s"],
-        [(r["products"], r["kind"], r.get("build", {}).get("timings_s", {}).get("total_s", "—"),
+        [(r["products"], r["kind"], _build_cell(r.get("build", {})),
           r.get("disk_bytes_per_product", {}).get("total", "—"), r.get("service_rss_bytes_per_product", "—"),
           r.get("ann", {}).get("recall_at_10", r.get("skipped", "—")), r.get("ann", {}).get("qps_batch1", "—"),
           r.get("service_start_s", "—"))
@@ -293,6 +333,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="cProfile the engine in-process on one bundle")
     p.add_argument("--profile-kind", default=None, help="which index kind to profile (default: ivfpq if measured)")
     p.add_argument("--keep", action="store_true", help="keep the bundles (several GiB at 1M)")
+    p.add_argument("--reuse", action="store_true",
+                   help="serve bundles kept by an earlier --keep run of the same size/kind/seed/model instead of "
+                        "rebuilding them (the report shows the build time measured then)")
+    p.add_argument("--build-only", action="store_true",
+                   help="build (and keep) the bundles, measure nothing else: pair with a later --reuse run")
     p.add_argument("--spec", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "scale")
     reporting.add_output_options(p)
@@ -310,6 +355,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     report = reporting.Report("scale", args.out, argv)
     results = run(args, report)
+    if args.build_only:  # nothing measured: no report (it would replace a measured one with empty rows)
+        print("--build-only: bundles built and kept; run again with --reuse to measure them")
+        return results
     report.data.update({"settings": _settings(args), **results})
     report.markdown = []
     report.publish(markdown, plot)

@@ -269,6 +269,7 @@ def search_service(
         fail(settings_message(err, ENV_PREFIX, ServiceSettings.model_fields),
              hint="fix the environment variable (or pass the option); docs/search-settings.md lists them")
     published_index(index_root)
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)  # this process only (see the setting)
     check_port_free(settings.host, settings.grpc_port, "--grpc-port")
     check_port_free(settings.host, settings.metrics_port, "--metrics-port")
     tls = {}

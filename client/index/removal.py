@@ -27,6 +27,7 @@ from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.reader import Reject
 from lenscope.client.index.writer import (ATTR_PROBS_PREFIX, CALIBRATION, FUSION, INDEX_INFO, PHOTO_VECTORS,
                                           RANKING_POLICY, REJECTS, ROW_KEYS, TITLE_VECTORS, rejects_jsonl)
+from lenscope.client.vectors.cell_index import ASSIGNMENT_ATTACHMENT, CENTROIDS_ATTACHMENT
 from lenscope.client.vectors.faiss_index import FaissIndex, FaissIndexConfig
 
 MAX_SHOWN = 5
@@ -124,10 +125,15 @@ def _publish_subset(store: BundleStore, bundle: IndexBundle, keep: np.ndarray, p
                      "ranking": "kept from the previous version (rows removed only)"}
     with store.writer(model_manifest_hash=bundle.model_manifest_hash, index=index) as w:
         w.metadata.insert_many(by_row[int(r)].model_copy(update={"row_id": position[int(r)]}) for r in keep.tolist())
-        for name in (TITLE_VECTORS, PHOTO_VECTORS, *_attr_arrays(bundle)):
+        # per-row arrays, renumbered like the rows; the title cells keep their centroids (a removal moves no row
+        # to another cell), so a pod that loads this version still skips the title k-means
+        for name in (TITLE_VECTORS, PHOTO_VECTORS, ASSIGNMENT_ATTACHMENT, *_attr_arrays(bundle)):
             array = bundle.load_array(name)
             if array is not None:
                 w.attach_array(name, np.asarray(array)[keep])
+        centroids = bundle.load_array(CENTROIDS_ATTACHMENT)
+        if centroids is not None:
+            w.attach_array(CENTROIDS_ATTACHMENT, np.asarray(centroids))
         for name in (CALIBRATION, FUSION, RANKING_POLICY):
             data = bundle.read_attachment(name)
             if data is not None:

@@ -2,7 +2,7 @@
 -> facets, under the caller's deadline.
 
 Everything heavy is loaded once at start-up (index, title vectors and, above ``title_scan_max``
-rows, their in-memory IVF, facet columns, popularity, calibration, fusion weights); a search touches
+rows, their in-memory IVF from the layout the build stored), facet columns, popularity, calibration, fusion weights); a search touches
 SQLite only for the final hits' titles. Longer than the ~400-line guide because the facade is one
 pipeline whose stages share the per-query state; the pure pieces already live elsewhere (ranking/,
 vectors/); the candidate merge (``round_robin``) and the online recall sampler are the next to move
@@ -41,7 +41,8 @@ from lenscope.client.search.models import (
     SearchResult,
 )
 from lenscope.client.triton.client import EmbedResult, TritonEmbedder, TritonError
-from lenscope.client.vectors.cell_index import CellIndex
+from lenscope.client.vectors.cell_index import (ASSIGNMENT_ATTACHMENT, CENTROIDS_ATTACHMENT, SCAN_MAX_ROWS, CellIndex,
+                                                LayoutMismatch)
 from lenscope.client.vectors.contract import RecallMonitor
 
 _log = structlog.get_logger("lenscope.search")
@@ -65,7 +66,7 @@ class SearchSettings(BaseModel):
     recall_sample_rate: float = Field(0.02, ge=0, le=1)
     model_check_interval_s: float = Field(5.0, gt=0)
     # above this many title vectors, title retrieval uses an in-memory IVF-flat instead of a scan
-    title_scan_max: int = Field(50_000, ge=0)
+    title_scan_max: int = Field(SCAN_MAX_ROWS, ge=0)
 
 
 @dataclass
@@ -100,10 +101,7 @@ class SearchEngine:
         # 1M x D matrix per query costs more than the whole search (benchmarks/reports/scale.md).
         self._title_cells: CellIndex | None = None
         if self.title_vectors is not None and self.title_vectors.shape[0] > settings.title_scan_max:
-            t = time.perf_counter()
-            self._title_cells = CellIndex(self.title_vectors)
-            _log.info("title_cell_index_built", rows=self.title_vectors.shape[0], nlist=self._title_cells.nlist,
-                      nprobe=self._title_cells.nprobe, seconds=round(time.perf_counter() - t, 1))
+            self._title_cells = _title_cells(bundle, self.title_vectors)
 
         row_ids = np.asarray(bundle.metadata.row_ids(), dtype=np.int64)
         self._n = int(row_ids.max()) + 1 if row_ids.size else 0
@@ -417,6 +415,26 @@ def require_backend(bundle: IndexBundle, vector_backend: str, index_root: str) -
         raise BundleError(f"the index published under {index_root} ({bundle.version}) was built with the "
                           f"{built_with} backend, but the service is set to vector_backend={vector_backend}: "
                           f"rebuild with --backend {vector_backend} or set LENSCOPE_VECTOR_BACKEND=auto")
+
+
+def _title_cells(bundle: IndexBundle, titles: np.ndarray) -> CellIndex:
+    """The title CellIndex from the layout the index build stored (no k-means), else built now, saying why."""
+    t = time.perf_counter()
+    centroids, cells = (bundle.load_array(name) for name in (CENTROIDS_ATTACHMENT, ASSIGNMENT_ATTACHMENT))
+    reason = "this bundle stores no title cell layout (built below the layout threshold or by an older version)"
+    if centroids is not None and cells is not None:
+        try:
+            index = CellIndex.from_layout(titles, centroids, cells)
+        except LayoutMismatch as err:
+            reason = f"the stored title cell layout does not fit the title vectors ({err})"
+        else:
+            _log.info("title_cell_index_loaded", rows=titles.shape[0], nlist=index.nlist, nprobe=index.nprobe,
+                      seconds=round(time.perf_counter() - t, 1))
+            return index
+    index = CellIndex(titles)
+    _log.info("title_cell_index_built", rows=titles.shape[0], nlist=index.nlist, nprobe=index.nprobe,
+              seconds=round(time.perf_counter() - t, 1), why=reason)
+    return index
 
 
 def open_engine(triton_url: str, index_root: str, settings: SearchSettings = SearchSettings(),

@@ -83,6 +83,13 @@ class ServiceSettings(BaseSettings):
         "(side by side with 64 in benchmarks/reports/load.md: within the shared box's noise)"
     )
 
+    gil_switch_interval_ms: float = Field(
+        5.0, gt=0, le=100, description="Python's thread switch interval in the `serve search` process "
+        "(sys.setswitchinterval). A shed call needs the GIL twice (gRPC polling thread, handler thread) while "
+        "max_inflight engine threads hold it in turns; a shorter interval answers it sooner at some cost in "
+        "throughput. 5.0 is Python's own default; benchmarks/load.py measures another value side by side"
+    )
+
     default_deadline_s: float = Field(1.0, gt=0, description="deadline for callers that send none")
     triton_deadline_fraction: float = Field(
         0.8, gt=0, lt=1, description="share of the caller's remaining time Triton may use (applied once); "

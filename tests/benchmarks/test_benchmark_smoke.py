@@ -111,7 +111,11 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
     if data["saturation"]["offered_rps"]:  # overload steps and the side-by-side runs need a saturation point
         assert [o["x_saturation"] for o in data["overload"]] == [2.0]
         assert {"goodput_ratio", "shed_latency_ms", "ok_rps"} <= set(data["overload"][0])
-        assert [c["variant"] for c in data["compare"]] == ["shipped", "max_inflight 16", "max_queued_rpcs 64"]
+        assert [c["variant"] for c in data["compare"]] == ["shipped", "max_inflight 16", "max_queued_rpcs 64",
+                                                           "gil_switch_interval_ms 1"]
+        for row in [*data["overload"], *data["compare"]]:
+            shed = row["shed_latency_ms"]["p99"]  # from the due time; after send leaves the generator's lag out
+            assert shed is None or row["shed_after_send_ms"]["p99"] <= shed
     assert data["setup"]["service_exit_code"] == 0
 
 
@@ -152,3 +156,25 @@ def test_gpu_reference_spec_is_valid() -> None:
 
     spec = load_spec(BENCHMARKS / "specs" / "vit-b-16.json")
     assert (spec.architecture, spec.embed_dim, spec.preprocess.image_size, spec.context_length) == ("ViT-B-16", 512, 224, 77)
+
+
+def test_scale_reuses_only_a_bundle_of_the_same_size_kind_seed_and_model(tmp_path: Path) -> None:
+    """``--reuse`` (build under load, measure on a quiet box later) never serves a bundle other than the
+    one asked for: any differing key means a rebuild (fast)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    record = tmp_path / scale.BUILD_RECORD
+    assert scale._kept_build(record, 1000, "hnsw", 0, "abc") is None  # nothing kept
+    record.write_text("{not json")
+    assert scale._kept_build(record, 1000, "hnsw", 0, "abc") is None
+    build = {"timings_s": {"total_s": 12.5}}
+    record.write_text(json.dumps({"products": 1000, "kind": "hnsw", "seed": 0, "model_hash": "abc", "build": build,
+                                  "load_average": [3.5, 2.0, 1.0]}))
+    kept = scale._kept_build(record, 1000, "hnsw", 0, "abc")
+    assert kept["timings_s"] == build["timings_s"] and kept["load_average_at_build"] == [3.5, 2.0, 1.0]
+    for other in ((2000, "hnsw", 0, "abc"), (1000, "ivfpq", 0, "abc"), (1000, "hnsw", 1, "abc"), (1000, "hnsw", 0, "def")):
+        assert scale._kept_build(record, *other) is None, other
+    assert "kept from an earlier run; load average then 3.5" in scale._build_cell({**kept, "reused": True})
