@@ -55,7 +55,7 @@ from lenscope.client.core.modelspec import ModelSpec
 from lenscope.export.model import LoadedModel, save_checkpoint
 from lenscope.export.training.config import TrainConfig, TrainResult
 from lenscope.export.training.data import Augment, TrainData, Views, drop_words, preload_views, read_data
-from lenscope.export.training.heads import attribute_loss, fit_heads
+from lenscope.export.training.heads import attribute_loss, fit_heads, keep_better_start_heads
 from lenscope.export.training.heldout import decide, evaluate
 from lenscope.export.training.metadata import held_out_report, run_metadata
 from lenscope.export.training.monitor import Progress, describe_epoch, embed_images, head_accuracy
@@ -393,8 +393,17 @@ def _train_heads(model: LoadedModel, clip: torch.nn.Module, cfg: TrainConfig, de
         if val_targets is not None and "image" in val:
             val_pair = (embed_images(clip, val["image"], device).to(device), val_targets.to(device))
         tick = bar.task("heads on frozen embeddings", cfg.heads_epochs)
+        start_state = {k: v.detach().clone() for k, v in model.heads.state_dict().items()} \
+            if model.heads_trained and val_pair is not None else None  # the start's own heads, same label sets
         heads_info.update(fit_heads(model, torch.cat(feats).to(device), torch.cat(tgts).to(device), cfg,
                                     val_pair, tick))
+        if start_state is not None and val_pair is not None:
+            kept = keep_better_start_heads(model, start_state, val_pair, heads_info["val_accuracy"])
+            if kept:
+                heads_info["kept_start_heads"] = kept
+                heads_info["val_accuracy"].update({n: k["start_head"] for n, k in kept.items()})
+                bar.log("start's head kept (at least as accurate on held-out products as the refitted one): " +
+                        ", ".join(f"{n} {k['start_head']:.3f} vs refitted {k['refit']:.3f}" for n, k in kept.items()))
     elif cfg.heads == "joint" and val_targets is not None and "image" in val:
         heads_info["val_accuracy"] = head_accuracy(
             model, embed_images(clip, val["image"], device).to(device), val_targets.to(device))
