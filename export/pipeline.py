@@ -117,9 +117,20 @@ def export_model(spec_path: Path = DEFAULT_SPEC, out: Path = Path("model_reposit
                     **({"training": training_summary(model.meta)} if model.meta else {})},
             ranking_fit=ranking_fit_beside(model.checkpoint),
         )
-        write_repository(Path(out), manifest, paths, default_vocab(), settings)
-        if onnx_dir:  # everything `lenscope model build-trt` needs, next to the graphs
+        from lenscope.export.dali_pipeline import resolve_preprocess  # nvidia-dali itself only if installed
+
+        manifest, settings, dali_model = resolve_preprocess(manifest, settings, log=log)
+        served = manifest
+        if settings.profile == "gpu" and settings.gpu_backend == "tensorrt_plan":  # plans built where served
+            from lenscope.export.plan_build import deploy_time_manifest
+
+            served = deploy_time_manifest(manifest)
+            log("  tensorrt_plan without prebuilt engines: each encoder ships its ONNX graph and a plan recipe; "
+                "run 'lenscope model build-plans' in the serving image on the serving GPU before tritonserver "
+                "(k8s/components/trt-plans does, as an init container)")
+        write_repository(Path(out), served, paths, default_vocab(), settings, dali_model=dali_model, log=log)
+        if onnx_dir:  # everything `lenscope model build-trt` needs, next to the graphs (the fp32 manifest)
             shutil.copyfile(default_vocab(), work / contract.BPE_VOCAB_FILE)
             (work / contract.MANIFEST_FILE).write_text(manifest.to_json() + "\n")
-    log(f"wrote {settings.profile} repository {out} (model hash {manifest.model_hash}); manifest {Path(out) / contract.MANIFEST_FILE}")
-    return manifest
+    log(f"wrote {settings.profile} repository {out} (model hash {served.model_hash}); manifest {Path(out) / contract.MANIFEST_FILE}")
+    return served

@@ -8,11 +8,13 @@ and only a folder the project wrote (it holds the export manifest) is ever repla
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import struct
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -38,6 +40,7 @@ from lenscope.export.triton_config import (
 
 BACKENDS_DIR = Path(__file__).parent / "backends"
 GPU_QUEUE_DELAY_US = 500
+_log = logging.getLogger(__name__)
 
 
 class RepositorySettings(BaseModel):
@@ -49,6 +52,10 @@ class RepositorySettings(BaseModel):
     # gpu only: onnxruntime backend with the TensorRT execution provider (fp16), plain CUDA
     # onnxruntime, or prebuilt TensorRT engines from `lenscope model build-trt`.
     gpu_backend: Literal["onnxruntime-trt", "onnxruntime", "tensorrt_plan"] = "onnxruntime-trt"
+    # gpu only: image preprocessing in Triton's DALI backend (decode/resize/crop/normalise on the GPU,
+    # export/dali_pipeline.py) behind the python image_gate, or the python (Pillow, CPU) model. Without
+    # DALI installed the export keeps python and says so (log + manifest extras["image_preprocess"]).
+    gpu_preprocess: Literal["dali", "python"] = "dali"
     max_batch_size: int = Field(32, ge=1, le=1024)
     # 0: batch what is already queued while an instance is busy, never wait for more. Measured side
     # by side on the 2-core CPU box (benchmarks/reports/perf_analyzer.md): a 500 us delay, paid by
@@ -200,9 +207,19 @@ def build_configs(manifest: Manifest, s: RepositorySettings) -> dict[str, ModelC
     attr_names = [contract.attribute_output(a.name) for a in spec.attributes]
     manifest_json = manifest.model_dump_json()
 
-    image_steps = [
+    dali = uses_dali(s)
+    gate_steps = [
+        EnsembleStep(model_name=contract.IMAGE_GATE, input_map={contract.IMAGE: contract.IMAGE},
+                     output_map={contract.ENCODED_IMAGE: contract.ENCODED_IMAGE}),
+        EnsembleStep(model_name=contract.IMAGE_PREPROCESS, input_map={contract.ENCODED_IMAGE: contract.ENCODED_IMAGE},
+                     output_map={contract.PIXEL_VALUES: contract.PIXEL_VALUES}),
+    ]
+    python_steps = [
         EnsembleStep(model_name=contract.IMAGE_PREPROCESS, input_map={contract.IMAGE: contract.IMAGE},
                      output_map={contract.PIXEL_VALUES: contract.PIXEL_VALUES}),
+    ]
+    image_steps = [
+        *(gate_steps if dali else python_steps),
         EnsembleStep(model_name=contract.IMAGE_ENCODER, input_map={contract.PIXEL_VALUES: contract.PIXEL_VALUES},
                      output_map={contract.EMBEDDING: contract.EMBEDDING}),
     ]
@@ -234,6 +251,11 @@ def build_configs(manifest: Manifest, s: RepositorySettings) -> dict[str, ModelC
         contract.EMBED_IMAGE: _ensemble(contract.EMBED_IMAGE, sigs[contract.EMBED_IMAGE], s, tuple(image_steps), manifest_json, attr_labels),
         contract.EMBED_TEXT: _ensemble(contract.EMBED_TEXT, sigs[contract.EMBED_TEXT], s, text_steps, manifest_json),
     }
+    if dali:
+        configs[contract.IMAGE_GATE] = _python_model(
+            contract.IMAGE_GATE, contract.dali_signatures(d)[contract.IMAGE_GATE], s, s.preprocess_instances,
+            dict(configs[contract.IMAGE_PREPROCESS].parameters), configs[contract.IMAGE_PREPROCESS].warmup[0])
+        configs[contract.IMAGE_PREPROCESS] = _dali_model(d, s)
     if attr_names:
         configs[contract.ATTRIBUTE_HEADS] = _encoder_model(
             contract.ATTRIBUTE_HEADS, sigs[contract.ATTRIBUTE_HEADS], s, contract.HEADS_ONNX, attr_labels,
@@ -243,6 +265,29 @@ def build_configs(manifest: Manifest, s: RepositorySettings) -> dict[str, ModelC
 
 WARMUP_IMAGE = "sample_image"
 WARMUP_TEXT = "sample_text"
+WARMUP_ENCODED = "sample_encoded"
+DALI_THREADS = 4
+
+
+def uses_dali(s: RepositorySettings) -> bool:
+    return s.profile == "gpu" and s.gpu_preprocess == "dali"
+
+
+def _dali_model(d: contract.Dimensions, s: RepositorySettings) -> ModelConfig:
+    """image_preprocess in Triton's DALI backend: encoded uint8 images (ragged: each request its own
+    length) -> PIXEL_VALUES, on one GPU instance (the backend's advice), warmed up at every gpu batch."""
+    sig = contract.dali_signatures(d)[contract.IMAGE_PREPROCESS]
+    size = len(_warmup_image_bytes(d.image_size))
+    enc = sig.inputs[0]
+    warm = tuple(Warmup(name=f"sample_b{b}", batch_size=b, inputs=(
+        WarmupInput(name=enc.name, data_type=enc.dtype, dims=(size,), source="file", input_data_file=WARMUP_ENCODED),))
+        for b in gpu_batches(s))
+    return ModelConfig(
+        name=contract.IMAGE_PREPROCESS, backend="dali", max_batch_size=s.max_batch_size,
+        inputs=(TensorConfig.of(enc, allow_ragged_batch=True),), outputs=tuple(TensorConfig.of(t) for t in sig.outputs),
+        dynamic_batching=_batching(s, contract.IMAGE_PREPROCESS), instance_group=InstanceGroup(kind="KIND_GPU", count=1),
+        warmup=warm, parameters={"num_threads": str(DALI_THREADS)}, default_model_filename=contract.DALI_MODEL,
+    )
 
 
 def _length_prefixed(data: bytes) -> bytes:
@@ -259,10 +304,18 @@ def _warmup_image_bytes(size: int) -> bytes:
 
 
 def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: RepositorySettings,
-                 vocab_path: Path, plans: dict[str, Path] | None) -> dict[str, bytes | Path]:
+                 vocab_path: Path, plans: dict[str, Path] | None, dali_model: bytes | None = None) -> dict[str, bytes | Path]:
     """Relative path inside the model directory -> bytes to write or file to copy."""
     files: dict[str, bytes | Path] = {}
-    if name == contract.IMAGE_PREPROCESS:
+    if name == contract.IMAGE_PREPROCESS and uses_dali(s):
+        if dali_model is None:
+            raise ValueError("image_preprocess: the DALI pipeline was not serialised (resolve_preprocess first)")
+        files[f"1/{contract.DALI_MODEL}"] = dali_model
+        files[f"warmup/{WARMUP_ENCODED}"] = _warmup_image_bytes(manifest.spec.preprocess.image_size)
+    elif name == contract.IMAGE_GATE:
+        files["1/model.py"] = BACKENDS_DIR / "image_gate.py"
+        files[f"warmup/{WARMUP_IMAGE}"] = _length_prefixed(_warmup_image_bytes(manifest.spec.preprocess.image_size))
+    elif name == contract.IMAGE_PREPROCESS:
         files["1/model.py"] = BACKENDS_DIR / "image_preprocess.py"
         files[f"warmup/{WARMUP_IMAGE}"] = _length_prefixed(_warmup_image_bytes(manifest.spec.preprocess.image_size))
     elif name == contract.TEXT_TOKENIZER:
@@ -273,8 +326,18 @@ def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: 
         if s.profile == "cpu":
             files["1/model.py"] = BACKENDS_DIR / "onnx_runner.py"
             files[f"1/{onnx_paths[name].name}"] = onnx_paths[name]
+        elif s.gpu_backend == "tensorrt_plan" and not plans:
+            # no prebuilt engines: the graph and its recipe; the pod builds the plan where it runs
+            # (`lenscope model build-plans`, export/plan_build.py) before tritonserver starts
+            from lenscope.export.plan_build import RECIPE_FILE, recipe_for, recipe_json
+
+            batches = gpu_batches(s)
+            files["1/model.onnx"] = onnx_paths[name]
+            files[f"1/{RECIPE_FILE}"] = recipe_json(recipe_for(
+                contract.signatures(manifest.dimensions())[name], batches[0], min(s.opt_batch_size, s.max_batch_size),
+                s.max_batch_size, True, manifest.base_model_hash or manifest.model_hash))
         elif s.gpu_backend == "tensorrt_plan":
-            if not plans or name not in plans:
+            if name not in plans:
                 raise FileNotFoundError(f"{name}: no TensorRT engine; run 'lenscope model build-trt' first")
             files[f"1/{contract.TRT_PLAN}"] = plans[name]
             sidecar = plans[name].with_name(plans[name].name + ".json")  # plan_check.sidecar_path
@@ -297,16 +360,23 @@ def check_repository_out(out: Path, option: str = "--out") -> None:
 
 
 def write_repository(out: Path, manifest: Manifest, onnx_paths: dict[str, Path], vocab_path: Path,
-                     settings: RepositorySettings = RepositorySettings(), plans: dict[str, Path] | None = None) -> Path:
+                     settings: RepositorySettings = RepositorySettings(), plans: dict[str, Path] | None = None,
+                     dali_model: bytes | None = None, log: Callable[[str], None] = _log.warning) -> Path:
     """Validate every config, write into a fresh hidden sibling, then swap it in place of `out`.
 
     `out` is replaced only when it is new, empty or a repository written here (it holds the export
-    manifest); the sibling names are fresh, so no neighbouring folder is ever touched."""
+    manifest); the sibling names are fresh, so no neighbouring folder is ever touched. A gpu profile
+    asking for DALI without ``dali_model`` serialises it here (or falls back to python, saying so:
+    ``dali_pipeline.resolve_preprocess``)."""
     out = Path(out)
     check_repository_out(out)
+    if "image_preprocess" not in manifest.extras or (uses_dali(settings) and dali_model is None):
+        from lenscope.export.dali_pipeline import resolve_preprocess
+
+        manifest, settings, dali_model = resolve_preprocess(manifest, settings, dali_model, log)
     configs = build_configs(manifest, settings)
     rendered = {name: render(cfg) for name, cfg in configs.items()}
-    files = {name: _model_files(name, manifest, onnx_paths, settings, vocab_path, plans) for name in configs}
+    files = {name: _model_files(name, manifest, onnx_paths, settings, vocab_path, plans, dali_model) for name in configs}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -28,10 +28,13 @@ class TensorConfig(_Typed):
     data_type: str
     dims: tuple[int, ...]
     label_filename: str | None = None
+    # Requests whose shapes differ may share a batch (encoded images of different lengths into DALI).
+    allow_ragged_batch: bool = False
 
     @classmethod
-    def of(cls, t: Tensor, label_filename: str | None = None) -> "TensorConfig":
-        return cls(name=t.name, data_type=t.dtype, dims=t.dims, label_filename=label_filename)
+    def of(cls, t: Tensor, label_filename: str | None = None, allow_ragged_batch: bool = False) -> "TensorConfig":
+        return cls(name=t.name, data_type=t.dtype, dims=t.dims, label_filename=label_filename,
+                   allow_ragged_batch=allow_ragged_batch)
 
 
 class QueuePolicy(_Typed):
@@ -124,7 +127,7 @@ class TensorRTAccelerator(_Typed):
 
 class ModelConfig(_Typed):
     name: str
-    backend: str | None = None  # python | onnxruntime | tensorrt
+    backend: str | None = None  # python | onnxruntime | dali
     platform: str | None = None  # ensemble | tensorrt_plan
     max_batch_size: int = Field(ge=0, le=1024)
     inputs: tuple[TensorConfig, ...]
@@ -245,6 +248,8 @@ def _tensor(t: TensorConfig) -> dict:
     out: dict = {"name": t.name, "data_type": t.data_type, "dims": list(t.dims)}
     if t.label_filename:
         out["label_filename"] = t.label_filename
+    if t.allow_ragged_batch:
+        out["allow_ragged_batch"] = True
     return out
 
 

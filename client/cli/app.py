@@ -61,6 +61,7 @@ def model_export(
     out: Path = typer.Option(Path("model_repository/cpu"), help="Where to write the Triton model repository."),
     profile: str = typer.Option("cpu", help="cpu (python backend + onnxruntime) | gpu (onnxruntime/TensorRT backends)."),
     gpu_backend: str = typer.Option("onnxruntime-trt", help="gpu profile: onnxruntime-trt | onnxruntime | tensorrt_plan."),
+    gpu_preprocess: str = typer.Option("dali", help="gpu profile: dali (GPU decode/resize/normalise; needs the [dali] extra, else python is kept and the export says so) | python."),
     max_batch_size: int = typer.Option(32, help="max_batch_size of every model."),
     queue_delay_us: Optional[int] = typer.Option(None, min=0, max=100_000, help="Dynamic batching max_queue_delay_microseconds (default: 0 on cpu, measured in benchmarks/reports/perf_analyzer.md; 500 on gpu)."),
     encoder_instances: int = typer.Option(1, help="Instances of each encoder model."),
@@ -72,7 +73,7 @@ def model_export(
     from lenscope.export.repository import RepositorySettings
 
     settings = RepositorySettings(
-        profile=profile, gpu_backend=gpu_backend, max_batch_size=max_batch_size,
+        profile=profile, gpu_backend=gpu_backend, gpu_preprocess=gpu_preprocess, max_batch_size=max_batch_size,
         encoder_instances=encoder_instances, intra_op_threads=intra_op_threads,
         **({} if queue_delay_us is None else {"max_queue_delay_microseconds": queue_delay_us}),
     )
@@ -133,6 +134,25 @@ def model_check_plans(
     for name, info in checked.items():
         log(f"  {name}: TensorRT {info.tensorrt_version}, {info.gpu_name} (sm {info.compute_capability}), "
             f"batch {info.min_batch}/{info.opt_batch}/{info.max_batch}: loads here")
+
+
+@model_app.command("build-plans", short_help="Build a repository's TensorRT plans here, with trtexec (serving image).")
+def model_build_plans(
+    repository: Path = typer.Argument(..., exists=True, file_okay=False,
+                                      help="A gpu repository exported with --gpu-backend tensorrt_plan (ONNX + plan recipes)."),
+    cache: Path = typer.Option(Path("/trt-cache/plans"), file_okay=False,
+                               help="Plans and timing caches, keyed by model hash, TensorRT, GPU and batch profile."),
+    trtexec: str = typer.Option("/usr/src/tensorrt/bin/trtexec", help="trtexec of the serving image."),
+) -> None:
+    """Turn each encoder's ONNX graph into model.plan with its recipe's shape profile (fp16), on this GPU and
+    TensorRT, reusing a checked plan from the cache when one fits; run it before tritonserver starts."""
+    from lenscope.export.plan_build import build_repository_plans
+    from lenscope.export.plan_check import current_runtime
+
+    runtime = current_runtime()
+    done = build_repository_plans(repository, runtime, cache, trtexec, log=log)
+    if not done:
+        log(f"{repository}: no plan recipes (export with --profile gpu --gpu-backend tensorrt_plan); nothing built")
 
 
 @app.command("demo", short_help="Export, index, serve and query the bundled catalog.")

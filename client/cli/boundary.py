@@ -54,6 +54,7 @@ HINTS: dict[str, str] = {
     "ServiceStartError": "pick another port (--grpc-port / --metrics-port) or stop the process holding it",
     "PlanMismatch": "rebuild the plans with 'lenscope model build-trt' in the serving image on the serving GPU model",
     "TensorRTUnavailable": "run 'lenscope model build-trt' on a GPU machine with the tensorrt package",
+    "PlanBuildError": "run 'lenscope model build-plans' in NVIDIA's Triton image on the serving GPU (trtexec is there)",
     "VerificationError": "the ONNX graphs differ from torch by the numbers above: check the spec and checkpoint",
     "TrainError": "fix the named option or input; 'lenscope model train --help' lists them",
     "EvaluationError": "check the inputs named above; 'lenscope eval --help' lists them",

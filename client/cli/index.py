@@ -158,6 +158,8 @@ def _print_report(report) -> None:  # noqa: ANN001
         table.add_row("build", f"incremental from {build['previous']}")
         table.add_row("reused / embedded / removed",
                       f"{build['reused']} / {build['embedded']} / {build['removed']}")
+        if "files_hashed" in build:
+            table.add_row("image files read / known unchanged", f"{build['files_hashed']} / {build['files_known']}")
         table.add_row("ranking", literal(build["ranking"]))
     else:
         table.add_row("build", literal(f"full ({build.get('reason', '')})"))
@@ -173,9 +175,9 @@ def _print_report(report) -> None:  # noqa: ANN001
         table.add_row("other splits (not indexed)", str(report.skipped_other_splits))
     table.add_row("chunks resumed / embedded", f"{report.chunks_resumed} / {report.chunks_embedded}")
     table.add_row("rows/s (embedding)", f"{report.rows_per_s:.1f}")
-    table.add_row("seconds (read/keys/embed/fit/write/total)",
+    table.add_row("seconds (read/previous/keys/embed/fit/write/total)",
                   " / ".join(f"{report.seconds.get(k, 0):.1f}"
-                             for k in ("read", "row_keys", "embed", "ranking_fit", "write", "total")))
+                             for k in ("read", "previous", "row_keys", "embed", "ranking_fit", "write", "total")))
     table.add_row("rejects file", literal(report.rejects_path))
     Console().print(table)
 
@@ -266,6 +268,10 @@ def _print_inspect(s: dict) -> None:
     out.print(table)
     for qtype, d in policy["decisions"].items():  # one line each, so a rule name is never wrapped
         out.print(f"{qtype}: ranked by {d['ranked_by']}, rule {d.get('rule') or '- (policy written before rules)'}")
+        if d.get("weights"):  # the type's own fused weights: which signals it leans on
+            w = d["weights"]
+            out.print(f"  {qtype} weights: " + ", ".join(f"{k} {v:.3g}" for k, v in w.items()
+                                                       if k not in ("schema_version", "bias") and v > 0))
     by_kind = (ranking.get("self_check") or {}).get("raw_by_kind")
     if by_kind:  # what the decision was made on: each pseudo-query kind's raw-signal scores
         kinds = Table(title="pseudo-queries by kind (fit + held-out part): raw nDCG@10 / R@10")
@@ -280,17 +286,35 @@ def index_remove_command(
     index_root: Path = typer.Option(..., exists=True, file_okay=False, help="Bundle root given to `index build`."),
     ids: Path = typer.Option(..., "--ids", callback=text_file,
                              help="Product ids to withdraw, one per line ('#' starts a comment)."),
+    milvus_uri: Optional[str] = typer.Option(None, help="Milvus version: reach its Milvus at this address (default: "
+                                             "as recorded). Token: LENSCOPE_MILVUS_TOKEN."),
+    milvus_alias: str = typer.Option("lenscope_serving", help="Milvus version: the alias moved to the new "
+                                     "collection once it is published."),
 ) -> None:
     """Publish the served index without some products, in seconds, with no model server (a running
-    `serve search` switches to it by itself)."""
+    `serve search` switches to it by itself). A Milvus version gets a new collection behind the alias."""
+    import re
+
+    from pydantic import ValidationError
+
     from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.removal import RemovalError, remove_products
+    from lenscope.client.vectors.milvus_config import COLLECTION_NAME_PATTERN, MilvusIndexConfig
 
     check_current_link(index_root)
+    if milvus_uri is not None:
+        try:
+            MilvusIndexConfig(uri=milvus_uri)
+        except ValidationError as err:
+            _fail(f"--milvus-uri {milvus_uri!r}: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
+    if not re.fullmatch(COLLECTION_NAME_PATTERN, milvus_alias):
+        _fail(f"--milvus-alias {milvus_alias!r} must match {COLLECTION_NAME_PATTERN}")
     try:
-        report = remove_products(index_root, ids)
+        report = remove_products(index_root, ids, milvus_uri=milvus_uri, milvus_alias=milvus_alias)
     except (RemovalError, BundleError) as err:
         _fail(str(err))
+    except ConnectionError as err:  # the version's Milvus is unreachable (MilvusConnectionError names it)
+        _fail(f"cannot reach the Milvus of the served version: {err}")
     log_to(Console())(f"published {report.bundle_id}: removed {report.removed} product(s) from {report.previous}, "
                       f"{report.remaining} remain ({report.seconds['total']:.2f}s)")
 

@@ -19,10 +19,14 @@ EMBED_IMAGE = "embed_image"
 EMBED_TEXT = "embed_text"
 ENSEMBLES = (EMBED_IMAGE, EMBED_TEXT)
 ALL_MODELS = (IMAGE_PREPROCESS, IMAGE_ENCODER, ATTRIBUTE_HEADS, TEXT_TOKENIZER, TEXT_ENCODER, *ENSEMBLES)
+# gpu profile with DALI preprocessing only: the python step in front of the DALI ``image_preprocess``
+# (header checks per request, BYTES -> UINT8 as the DALI backend needs; see inputs/gate.py).
+IMAGE_GATE = "image_gate"
 
 # Tensor names.
 IMAGE = "IMAGE"
 PIXEL_VALUES = "PIXEL_VALUES"
+ENCODED_IMAGE = "ENCODED_IMAGE"
 EMBEDDING = "EMBEDDING"
 TEXT = "TEXT"
 INPUT_IDS = "INPUT_IDS"
@@ -35,6 +39,7 @@ TEXT_ONNX = "text_encoder.onnx"
 HEADS_ONNX = "attribute_heads.onnx"
 BPE_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 TRT_PLAN = "model.plan"
+DALI_MODEL = "model.dali"
 
 
 def attribute_output(attribute: str) -> str:
@@ -62,7 +67,7 @@ class Tensor:
         return "BYTES" if self.dtype == "TYPE_STRING" else self.dtype.removeprefix("TYPE_")
 
 
-_NUMPY = {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64", "TYPE_STRING": "object"}
+_NUMPY = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64", "TYPE_STRING": "object"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,11 @@ class Dimensions:
 
 def image_bytes() -> Tensor:
     return Tensor(IMAGE, "TYPE_STRING", (1,))
+
+
+def encoded_image() -> Tensor:
+    """One encoded image as raw bytes of any length (the DALI backend's input type)."""
+    return Tensor(ENCODED_IMAGE, "TYPE_UINT8", (-1,))
 
 
 def text_bytes() -> Tensor:
@@ -116,4 +126,12 @@ def signatures(d: Dimensions) -> dict[str, Signature]:
         TEXT_ENCODER: Signature((input_ids(d),), (embedding(d),)),
         EMBED_IMAGE: Signature((image_bytes(),), (embedding(d), *attrs)),
         EMBED_TEXT: Signature((text_bytes(),), (embedding(d),)),
+    }
+
+
+def dali_signatures(d: Dimensions) -> dict[str, Signature]:
+    """The image path of the gpu profile with DALI: gate (python) -> image_preprocess (DALI)."""
+    return {
+        IMAGE_GATE: Signature((image_bytes(),), (encoded_image(),)),
+        IMAGE_PREPROCESS: Signature((encoded_image(),), (pixel_values(d),)),
     }

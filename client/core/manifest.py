@@ -42,7 +42,7 @@ class RankingFit(BaseModel):
     catalog_fingerprint: str | None = None
 
 
-Variant = Literal["fp32", "fp16", "tensorrt-fp16", "tensorrt-fp32"]
+Variant = Literal["fp32", "fp16", "tensorrt-fp16", "tensorrt-fp32", "torch-fp16"]  # torch-fp16: benchmarks/gpu_check.py
 
 
 class FidelityRecord(BaseModel):

@@ -120,7 +120,7 @@ def collect_pools(ix: SplitIndex, qset: QuerySet, queries: Sequence[Query],
                 if n and np.isfinite(vals).any():
                     signals[s] = np.asarray(vals, dtype=np.float64)
             recovered = [signal_values(h, PROBE_WEIGHTS) for h in res.hits]
-            for s in ("attributes", "popularity"):
+            for s in ("attributes", "popularity", "text_facets"):
                 vals = [r.get(s, math.nan) for r in recovered]
                 if n and np.isfinite(vals).any():
                     signals[s] = np.asarray(vals, dtype=np.float64)

@@ -11,7 +11,9 @@ ANN structure is then rebuilt from the vectors, and metadata always comes from t
 
 A full build happens instead, and says why, when: ``--full`` is given, nothing is published yet,
 the served version was embedded by another model (vectors of two models are not comparable), or
-it predates row keys or lacks an attachment this model produces.
+it predates row keys or lacks an attachment this model produces. Either vector backend can be
+the source (FAISS: its index file; Milvus: the served collection, read by row id) and the target
+(FAISS: a new index; Milvus: a new collection behind the alias, index/milvus_versions.py).
 
 The ranking fit (calibration, fusion weights, per-query-type policy) is refitted only when the data
 moved enough: more than ``refit_fraction`` of the rows embedded anew or removed (see
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,9 @@ import numpy as np
 from lenscope.client.index.bundle import BundleError, IndexBundle, ModelVersionMismatch
 from lenscope.client.index.bundle_store import BundleStore
 from lenscope.client.index.embedder import EmbeddedChunk, ModelInfo
-from lenscope.client.index.reader import Reject, SourceRow, load_image
+from lenscope.client.index.file_digests import FILE_DIGESTS, FileDigests
+from lenscope.client.index.reader import Reject, SourceRow
+from lenscope.client.vectors.cell_index import ASSIGNMENT_ATTACHMENT, CENTROIDS_ATTACHMENT
 from lenscope.client.index.writer import (ATTR_PROBS_PREFIX, CALIBRATION, FUSION, INDEX_INFO, PHOTO_VECTORS,
                                           RANKING_POLICY, REJECTS, ROW_KEYS, TITLE_VECTORS)
 
@@ -42,28 +46,33 @@ if TYPE_CHECKING:
 DEFAULT_REFIT_FRACTION = 0.05  # share of rows embedded anew or removed above which the fit is redone
 
 
-def row_key(root: Path, s: SourceRow, model: ModelInfo, *, allow_outside: bool = False) -> str:
+def row_key(root: Path, s: SourceRow, model: ModelInfo, *, allow_outside: bool = False,
+            digests: FileDigests | None = None) -> str:
     """Content key of one row's embeddings: same key, same vectors (under the same model).
 
     Image bytes are read through the job's own bounded reader (regular files inside the catalog's
-    folder, at most the model's size limit), so a hostile path can no more hang this than the embedder."""
+    folder, at most the model's size limit), so a hostile path can no more hang this than the embedder;
+    `digests` skips re-reading files whose stat proves them unchanged since the last build
+    (index/file_digests.py), with the same key either way."""
     r = s.row
     h = hashlib.sha256()
     attributes = json.dumps(dict(sorted(r.attributes.items())), sort_keys=True, ensure_ascii=False, default=str)
     for part in (model.model_hash, r.product_id, r.title, attributes):
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
+    digests = digests if digests is not None else FileDigests()
     for rel in (r.image, r.photo):
         h.update((rel or "-").encode("utf-8", "surrogatepass") + b"\0")
         if rel is None:
             continue
-        data, reason, _ = load_image(root, rel, max_bytes=model.max_image_bytes, allow_outside=allow_outside)
-        h.update(hashlib.sha256(data).digest() if data is not None else f"unreadable:{reason}".encode())
+        digest, reason = digests.digest(root, rel, max_bytes=model.max_image_bytes, allow_outside=allow_outside)
+        h.update(digest if digest is not None else f"unreadable:{reason}".encode())
     return h.hexdigest()
 
 
-def row_keys(root: Path, rows: Sequence[SourceRow], model: ModelInfo, *, allow_outside: bool = False) -> list[str]:
-    return [row_key(root, s, model, allow_outside=allow_outside) for s in rows]
+def row_keys(root: Path, rows: Sequence[SourceRow], model: ModelInfo, *, allow_outside: bool = False,
+             digests: FileDigests | None = None) -> list[str]:
+    return [row_key(root, s, model, allow_outside=allow_outside, digests=digests) for s in rows]
 
 
 @dataclass
@@ -80,22 +89,36 @@ class Previous:
     kept_rejects: dict[str, list[Reject]]  # product id -> problems that did not drop the row (photos)
     ranking_files: dict[str, bytes]  # calibration.json / fusion.json / ranking_policy.json as stored
     ranking_info: dict[str, Any] | None
+    digests: FileDigests = field(default_factory=FileDigests)  # image files hashed by that build
+    title_cells: tuple[np.ndarray, np.ndarray] | None = None  # stored title cell layout (centroids, cell per row)
+
+    def title_cells_by_key(self) -> tuple[np.ndarray, dict[str, int]] | None:
+        """The stored layout as (centroids, content key -> cell), for the new version's reused rows."""
+        if self.title_cells is None:
+            return None
+        centroids, cells = self.title_cells
+        return centroids, {k: int(c) for k, c in zip(self.keys, cells.tolist())}
 
 
-def load_previous(index_root: Path, model: ModelInfo) -> tuple[Previous | None, str]:
-    """(the served version, "") or (None, why the build must be a full one)."""
+def load_previous(index_root: Path, model: ModelInfo, *,
+                  index_options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Previous | None, str]:
+    """(the served version, "") or (None, why the build must be a full one).
+
+    The served version may keep its vectors in FAISS (inside the bundle) or in a Milvus collection
+    (`index_options` says where this process reaches it); they are read back either way, and the
+    new version gets its own index or collection: the served one is never written to."""
     store = BundleStore(index_root)
     if store.current_version() is None:
         return None, "nothing published yet"
     try:
-        bundle = store.open_current(expected_model_hash=model.model_hash, fallback=False)
+        bundle = store.open_current(expected_model_hash=model.model_hash, fallback=False, index_options=index_options)
     except ModelVersionMismatch:
         return None, "the served version was embedded by another model (a model change always means a full build)"
     except BundleError as err:
         return None, f"the served version cannot be reused: {err}"
+    except ConnectionError as err:  # its Milvus is unreachable from here (MilvusConnectionError)
+        return None, f"the served version's vectors cannot be read: {err}"
     with bundle:
-        if bundle.manifest.index_backend != "faiss":
-            return None, f"the served version uses the {bundle.manifest.index_backend} backend (incremental: FAISS only)"
         return _read(bundle, model)
 
 
@@ -133,7 +156,16 @@ def _read(bundle: IndexBundle, model: ModelInfo) -> tuple[Previous | None, str]:
         title=np.asarray(title, dtype=np.float32), photo=None if photo is None else np.asarray(photo, np.float32),
         attributes=attributes, product_ids=[p.product_id if p else "" for p in products],
         kept_rejects=kept, ranking_files=files, ranking_info=info.get("ranking"),
+        digests=FileDigests.load(bundle.read_attachment(FILE_DIGESTS)),
+        title_cells=_stored_title_cells(bundle, n),
     ), ""
+
+
+def _stored_title_cells(bundle: IndexBundle, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    centroids, cells = (bundle.load_array(name) for name in (CENTROIDS_ATTACHMENT, ASSIGNMENT_ATTACHMENT))
+    if centroids is None or cells is None or np.shape(cells) != (n,):
+        return None
+    return np.asarray(centroids, dtype=np.float32), np.asarray(cells, dtype=np.int32)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import structlog
 
 from lenscope.client.core.outputs import check_output_file
@@ -46,6 +47,7 @@ from lenscope.client.index.embedder import (
     ModelInfo,
     RetryPolicy,
 )
+from lenscope.client.index.file_digests import FileDigests
 from lenscope.client.index.incremental import (DEFAULT_REFIT_FRACTION, load_previous, plan, previous_ranking,
                                                reused_chunk, row_keys, should_refit)
 from lenscope.client.index.reader import CatalogScan, Reject, SourceRow, fingerprint, scan_catalog
@@ -134,11 +136,12 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
     t_read = time.perf_counter()
     if config.full:
         prev, why_full = None, "--full given"
-    elif config.vector_backend != "faiss":
-        prev, why_full = None, f"incremental builds are FAISS-only so far (--backend {config.vector_backend})"
     else:
-        prev, why_full = load_previous(Path(config.index_root), model)
+        options = {"milvus": {"uri": config.milvus_uri}} if config.milvus_uri else None
+        prev, why_full = load_previous(Path(config.index_root), model, index_options=options)
     seconds: dict[str, float] = {"read": round(t_read - t0, 3)}
+    if prev is not None:  # opening the served version and reading its vectors back (FAISS file or Milvus)
+        seconds["previous"] = round(time.perf_counter() - t_read, 3)
     if prev is None:
         log.info("index_build_full", reason=why_full)
         work = WorkDir.open(config.index_root, catalog=scan.path.resolve(), catalog_sha256=scan.sha256,
@@ -150,21 +153,24 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
             seconds["embed"] = round(time.perf_counter() - t_embed0, 3)
             embedded_now = sum(len(work.chunk_range(k)) for k in todo)
             t_keys = time.perf_counter()
-            keys = row_keys(scan.root, scan.rows, model, allow_outside=config.allow_outside_images)
+            digests = FileDigests()
+            keys = row_keys(scan.root, scan.rows, model, allow_outside=config.allow_outside_images, digests=digests)
             seconds["row_keys"] = round(time.perf_counter() - t_keys, 3)
             chunk_info = {"size": work.chunk_size, "total": work.n_chunks, "resumed": resumed, "embedded": len(todo)}
             build = {"mode": "full", "reason": why_full}
             bundle_id, info, counts = _publish(config, scan, model, embedder, list(chunks.values()), keys, None, log,
                                                fusion, calibration, rejects_path, seconds, chunk_info, embedded_now,
-                                               build, t0)
+                                               build, t0, digests)
             if not config.keep_work:
                 work.remove()
         chunks_total, chunks_resumed, chunks_embedded = work.n_chunks, resumed, len(todo)
     else:
         t_keys = time.perf_counter()
-        keys = row_keys(scan.root, scan.rows, model, allow_outside=config.allow_outside_images)
+        digests = FileDigests(prev.digests.known)
+        keys = row_keys(scan.root, scan.rows, model, allow_outside=config.allow_outside_images, digests=digests)
         p = plan(scan.rows, keys, prev)
         seconds["row_keys"] = round(time.perf_counter() - t_keys, 3)
+        p.counts["files_hashed"], p.counts["files_known"] = digests.read, digests.reused
         log.info("index_build_incremental", previous=prev.version, **p.counts)
         t_embed0 = time.perf_counter()
         embedded = _embed_rows(config, scan, model, p.embed, embedder, retry, sleep)
@@ -172,13 +178,16 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
         chunks = [reused_chunk(p, prev, scan.rows, model.embed_dim), *embedded]
         refit, why = should_refit(p, config.refit_fraction)
         kept = None if refit or fusion is not None or calibration is not None else previous_ranking(prev, why)
-        if not refit and kept is None and fusion is None and calibration is None:
+        if fusion is not None or calibration is not None:
+            why = "supplied --fusion-weights / --calibration applied as given (no fit kept or refitted)"
+        elif not refit and kept is None:
             why = f"{why}, but version {prev.version} stored no fit to keep: ranking refitted"
         n_chunks = -(-len(p.embed) // config.batch_size)
         chunk_info = {"size": config.batch_size, "total": n_chunks, "resumed": 0, "embedded": n_chunks}
         build = {"mode": "incremental", "previous": prev.version, **p.counts, "ranking": why}
         bundle_id, info, counts = _publish(config, scan, model, embedder, chunks, keys, kept, log, fusion,
-                                           calibration, rejects_path, seconds, chunk_info, len(p.embed), build, t0)
+                                           calibration, rejects_path, seconds, chunk_info, len(p.embed), build, t0,
+                                           digests, prev.title_cells_by_key())
         chunks_total, chunks_resumed, chunks_embedded = n_chunks, 0, n_chunks
 
     report = BuildReport(
@@ -200,7 +209,9 @@ def build_index(config: IndexBuildConfig, embedder: Embedder, *, sleep: Callable
 def _publish(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, embedder: Embedder,
              chunks: list[EmbeddedChunk], keys: list[str], kept_ranking: Any, log: Any, fusion: Any,
              calibration: Any, rejects_path: Path, seconds: dict[str, float], chunk_info: dict[str, int],
-             embedded_now: int, build: dict[str, Any], t0: float) -> tuple[str, dict[str, Any], dict[str, Any]]:
+             embedded_now: int, build: dict[str, Any], t0: float,
+             digests: FileDigests | None = None,
+             title_cells: tuple[Any, dict[str, int]] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Everything after embedding: check the model, assemble, choose the ranking, write the rejects, publish."""
     served_now = _served_model(embedder).model_hash
     if served_now != model.model_hash:
@@ -211,6 +222,10 @@ def _publish(config: IndexBuildConfig, scan: CatalogScan, model: ModelInfo, embe
     a = assemble(chunks, scan.rows, model)
     position_key = {s.position: k for s, k in zip(scan.rows, keys)}
     a.keys = [position_key[s.position] for s in a.rows]
+    a.file_digests = digests.dump() if digests is not None else None
+    if title_cells is not None:  # reused rows keep their title cell; rows embedded anew get -1 (assigned at write)
+        centroids, cell_of_key = title_cells
+        a.title_cells_hint = (centroids, np.asarray([cell_of_key.get(k, -1) for k in a.keys], dtype=np.int64))
     t_fit0 = time.perf_counter()
     if kept_ranking is not None:
         ranking = kept_ranking

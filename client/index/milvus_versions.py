@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from lenscope.client.core.durable_files import atomic_write, try_lock, unlock
 from lenscope.client.index.bundle import BundleError, INDEX_DIR
 from lenscope.client.index.bundle_store import LOCK_FILE, BundleStore
@@ -56,11 +58,38 @@ def build_config(index_root: Path, model_hash: str, uri: str, attributes: Sequen
     """The config of a new build's collection, recorded in the root's ledger before any row is written."""
     config = MilvusIndexConfig(uri=uri, db_name=db_name, collection=bundle_collection_name(model_hash),
                                index_type=index_type, attributes=tuple(attributes))  # type: ignore[arg-type]
+    return _record(index_root, config)
+
+
+def next_config(index_root: Path, previous: MilvusIndexConfig, model_hash: str, *,
+                uri: str | None = None) -> MilvusIndexConfig:
+    """The config of a version derived from `previous` without new embeddings (`index remove`): the
+    same index type, parameters and filter fields in a NEW collection, recorded in the ledger first.
+
+    `uri` reaches that Milvus from here when the recorded address is not reachable from this host."""
+    data = {**previous.model_dump(), "collection": bundle_collection_name(model_hash)}
+    if uri is not None:
+        data["uri"] = uri
+    return _record(index_root, MilvusIndexConfig.model_validate(data))
+
+
+def _record(index_root: Path, config: MilvusIndexConfig) -> MilvusIndexConfig:
     ledger = _read_ledger(index_root)
-    ledger.append({"uri": config.uri, "db_name": db_name, "collection": config.collection, "created": time.time()})
+    ledger.append({"uri": config.uri, "db_name": config.db_name, "collection": config.collection,
+                   "created": time.time()})
     index_root.mkdir(parents=True, exist_ok=True)
     atomic_write(index_root / LEDGER, (json.dumps(ledger, indent=2) + "\n").encode())
     return config
+
+
+def publish_alias(index: Any, alias: str) -> str | None:
+    """After a version was published: move `alias` to its collection (blue-green for tools reading the
+    alias); the previous collection is kept until `prune`. Returns the collection it pointed at before."""
+    previous = switch_alias(index.client, alias, index.collection, index.config.timeout_s)
+    structlog.get_logger("lenscope.index").info(
+        "milvus_alias_switched", alias=alias, collection=index.collection, previous=previous,
+        note="the previous collection is kept until `lenscope index prune`")
+    return previous
 
 
 def switch_alias(client: Any, alias: str, collection: str, timeout_s: float | None = None) -> str | None:

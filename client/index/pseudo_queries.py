@@ -5,8 +5,13 @@ it, and an attribute phrase ("red dress") names every product with those attribu
 
 - ``title``  (text):        the title with one word left out -> its product. The word is left out
   so the query is not the very text whose embedding the ``text_title`` signal compares with.
-- ``photo``  (image):       an extra photo -> its product (grade 2) and products sharing all its
-  attribute values (grade 1).
+- ``photo``  (image):       an extra photo -> its product and its look-alikes, graded by how
+  many of the product's attribute values they share: the product n + 1 (n: its number of
+  attributes), a product sharing k of them k (a product without attributes: grade 1, itself only).
+  Graded rather than "all values shared or nothing": with four attributes hardly another product
+  shares all four, so the ranking of the near look-alikes (same category and colour, other
+  material) was invisible to the fit, and a signal that ranks them (the attribute heads) could
+  not show what it adds.
 - ``phrase`` (text):        one or two attribute values -> every product that has them (grade 1).
 - ``photo+phrase`` (image+text): an extra photo + one of its product's attribute values -> the
   product (grade 2) and the products that have that value and share another value with it (1).
@@ -151,9 +156,9 @@ def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str],
     photos, mixed, worded, composed = [], [], [], []
     words_of = {v.product_id: _words(v.title) for v in views}
     for v in views:
-        same = set.intersection(*(having[av] for av in v.attributes.items())) if v.attributes else set()
+        alike = _shared_counts(v, having)
         for j, img in enumerate(v.images):
-            rel = {pid: 1 for pid in same} | {v.product_id: 2}
+            rel = alike | {v.product_id: len(v.attributes) + 1}
             photos.append(PseudoQuery(f"{part}:photo:{v.product_id}:{j}", "photo", part, None, img, rel))
             if v.attributes:
                 items = sorted(v.attributes.items())
@@ -186,6 +191,16 @@ def _part_queries(views: Sequence[ProductView], part: str, order: Sequence[str],
                                        {pid: 1 for pid in sorted(rel_ids)}))
     out += cap(phrases)
     return out
+
+
+def _shared_counts(v: ProductView, having: Mapping[tuple[str, str], set[str]]) -> dict[str, int]:
+    """Every other product sharing at least one of v's attribute values -> how many it shares."""
+    counts: dict[str, int] = defaultdict(int)
+    for av in v.attributes.items():
+        for pid in having[av]:
+            if pid != v.product_id:
+                counts[pid] += 1
+    return dict(counts)
 
 
 def _variant_queries(v: ProductView, j: int, img: str, part: str, views: Sequence[ProductView],

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lenscope.client.core.manifest import Manifest
 from lenscope.client.index.pseudo_queries import ProductView, catalog_fingerprint, views_from_rows
 from lenscope.client.index.self_check import CatalogVectors, self_check
 from lenscope.client.index.writer import Assembled
@@ -44,6 +45,16 @@ def shipped_fit(manifest: dict) -> tuple[FusionWeights, CalibrationSet, FitBindi
     binding = FitBinding(model_hash=model_hash, catalog_fingerprint=fingerprint) if model_hash and fingerprint else None
     return (parse_weights(fit["fusion"], f"in the served manifest ({source})"),
             parse_calibration(fit["calibration"], f"calibration in the served manifest ({source})"), binding, source)
+
+
+def trained_heads(manifest: dict) -> dict[str, tuple[str, ...]] | None:
+    """The model's attribute labels when its heads are trained (the engine's ``attributes`` signal
+    exists only then: untrained heads are noise), else None."""
+    try:
+        m = Manifest.model_validate(manifest)
+    except ValueError:
+        return None
+    return dict(m.labels) if m.heads_trained and m.labels else None
 
 
 def views_and_vectors(a: Assembled) -> tuple[list[ProductView], CatalogVectors, dict[str, np.ndarray]]:
@@ -78,7 +89,8 @@ def choose_ranking(a: Assembled, model_hash: str, manifest: dict, root: Path, em
             return RankingSetup(s_fusion, s_cal, fused_everywhere("bound fit", reason, s_binding), info)
         info["shipped_fit"] = {"source": source, "applied": False, "reason": why}
     check = self_check(views, vectors, embedder, root, binding=binding, known_images=known, seed=seed,
-                       notes={"shipped_fit": info["shipped_fit"]["reason"]} if "shipped_fit" in info else None)
+                       notes={"shipped_fit": info["shipped_fit"]["reason"]} if "shipped_fit" in info else None,
+                       heads=trained_heads(manifest))
     info.update(source="self-check", self_check=check.summary,
                 decisions={t: d.model_dump() for t, d in check.policy.decisions.items()})
     return RankingSetup(check.weights or FusionWeights(), check.calibration, check.policy, info)

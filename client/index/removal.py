@@ -7,6 +7,11 @@ stored vectors, every per-row attachment is sliced the same way, the ranking fil
 they were (removing a few rows does not change what they were fitted on), and the result is
 published atomically like any build; a running `serve search` switches to it (search/live.py).
 
+Milvus versions (index/milvus_versions.py) are handled the same way: the kept rows' stored vectors
+and filter fields go into a NEW collection (same index type and parameters), recorded in the root's
+ledger, the version is published, then the alias is moved; the served collection is never written
+to, so a query is still answered by one version (docs/live-index.md says why not a delete in place).
+
 The ids file is one product id per line; blank lines and lines starting with `#` are skipped. An
 id the served version does not hold is an error naming the file, line and value (nothing is
 published), so a typo never passes silently as "removed".
@@ -24,6 +29,7 @@ import numpy as np
 
 from lenscope.client.index.bundle import BundleError, IndexBundle
 from lenscope.client.index.bundle_store import BundleStore
+from lenscope.client.index.file_digests import FILE_DIGESTS
 from lenscope.client.index.reader import Reject
 from lenscope.client.index.writer import (ATTR_PROBS_PREFIX, CALIBRATION, FUSION, INDEX_INFO, PHOTO_VECTORS,
                                           RANKING_POLICY, REJECTS, ROW_KEYS, TITLE_VECTORS, rejects_jsonl)
@@ -73,14 +79,19 @@ def text_line(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def remove_products(index_root: Path, ids_file: Path) -> RemovalReport:
-    """Publish the served version without the listed products; returns what was done."""
+def remove_products(index_root: Path, ids_file: Path, *, milvus_uri: str | None = None,
+                    milvus_alias: str = "lenscope_serving") -> RemovalReport:
+    """Publish the served version without the listed products; returns what was done.
+
+    For a Milvus version, `milvus_uri` reaches its Milvus from here (default: the address recorded
+    at build time) and `milvus_alias` is moved to the new collection once it is published."""
     t0 = time.perf_counter()
     wanted = read_ids(ids_file)
     store = BundleStore(index_root)
-    with store.open_current(expected_model_hash=None, fallback=False) as bundle:
-        if bundle.manifest.index_backend != "faiss":
-            raise RemovalError(f"index remove supports the faiss backend; {bundle.path} uses "
+    options = {"milvus": {"uri": milvus_uri}} if milvus_uri else None
+    with store.open_current(expected_model_hash=None, fallback=False, index_options=options) as bundle:
+        if bundle.manifest.index_backend not in ("faiss", "milvus"):
+            raise RemovalError(f"index remove supports the faiss and milvus backends; {bundle.path} uses "
                                f"{bundle.manifest.index_backend!r}")
         ids = bundle.metadata.row_ids()
         products = bundle.metadata.get(ids)
@@ -100,7 +111,7 @@ def remove_products(index_root: Path, ids_file: Path) -> RemovalReport:
             raise RemovalError(f"{ids_file}: removing these would leave the index {bundle.version} empty; "
                                "build a new catalog instead")
         t_read = time.perf_counter()
-        bundle_id = _publish_subset(store, bundle, keep, products, drop, str(ids_file))
+        bundle_id = _publish_subset(store, bundle, keep, products, drop, str(ids_file), milvus_alias)
         previous = bundle.version
     seconds = {"read": round(t_read - t0, 3), "publish": round(time.perf_counter() - t_read, 3),
                "total": round(time.perf_counter() - t0, 3)}
@@ -109,17 +120,50 @@ def remove_products(index_root: Path, ids_file: Path) -> RemovalReport:
 
 
 def _publish_subset(store: BundleStore, bundle: IndexBundle, keep: np.ndarray, products: list, drop: set[str],
-                    source: str) -> str:
+                    source: str, milvus_alias: str) -> str:
     """A new version holding rows `keep` of `bundle` (renumbered 0..n-1), everything else copied."""
     vectors = np.asarray(bundle.index.get_vectors(keep), dtype=np.float32)
+    by_row = {p.row_id: p for p in products if p is not None}
+    if bundle.manifest.index_backend == "milvus":
+        index = _milvus_subset(store.root, bundle, keep, vectors)
+        try:
+            bundle_id = _write_subset(store, bundle, keep, by_row, drop, source, index)
+            from lenscope.client.index.milvus_versions import publish_alias  # noqa: PLC0415
+
+            publish_alias(index, milvus_alias)
+        finally:
+            index.close()
+        return bundle_id
     config = FaissIndexConfig.model_validate(bundle.manifest.index_config)
     index = FaissIndex(bundle.manifest.embedding_dim, config)
     index.add(np.arange(keep.size, dtype=np.int64), vectors)
+    return _write_subset(store, bundle, keep, by_row, drop, source, index)
+
+
+def _milvus_subset(root: Path, bundle: IndexBundle, keep: np.ndarray, vectors: np.ndarray):  # noqa: ANN202
+    """The kept rows in a new collection like the served one (recorded in the ledger before any insert)."""
+    from lenscope.client.index import milvus_versions  # noqa: PLC0415 - pymilvus only for Milvus roots
+    from lenscope.client.vectors.milvus_index import MilvusIndex  # noqa: PLC0415
+
+    served = bundle.index.config  # as opened: the uri this process reaches the served collection at
+    config = milvus_versions.next_config(root, served, bundle.model_manifest_hash)
+    index = MilvusIndex(bundle.manifest.embedding_dim, config)
+    try:
+        columns = bundle.index.get_attributes(keep)  # the filter values as the served collection holds them
+        index.add(np.arange(keep.size, dtype=np.int64), vectors, attributes=columns)
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def _write_subset(store: BundleStore, bundle: IndexBundle, keep: np.ndarray, by_row: dict, drop: set[str],
+                  source: str, index) -> str:  # noqa: ANN001
     position = {int(r): i for i, r in enumerate(keep.tolist())}
-    by_row = {p.row_id: p for p in products if p is not None}
     info = json.loads(bundle.read_attachment(INDEX_INFO) or b"{}")
     removed_rows = int(len(by_row) - keep.size)
     info["counts"] = {**info.get("counts", {}), "indexed": int(keep.size)}
+    info["index_config"] = index.config.model_dump(mode="json")  # a Milvus version names its new collection
     info["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     info["build"] = {"mode": "remove", "previous": bundle.version, "removed": removed_rows, "ids_file": source,
                      "ranking": "kept from the previous version (rows removed only)"}
@@ -134,7 +178,7 @@ def _publish_subset(store: BundleStore, bundle: IndexBundle, keep: np.ndarray, p
         centroids = bundle.load_array(CENTROIDS_ATTACHMENT)
         if centroids is not None:
             w.attach_array(CENTROIDS_ATTACHMENT, np.asarray(centroids))
-        for name in (CALIBRATION, FUSION, RANKING_POLICY):
+        for name in (CALIBRATION, FUSION, RANKING_POLICY, FILE_DIGESTS):
             data = bundle.read_attachment(name)
             if data is not None:
                 w.attach(name, data)

@@ -38,8 +38,11 @@ SCHEMA_VERSION = 1
 
 # visual: query image vs product image; image_title: query image vs product title embedding;
 # text_image / text_title: query text vs product image / title embedding (all calibrated);
-# attributes: attribute agreement; popularity: log-scaled prior.
-SIGNALS: tuple[str, ...] = ("visual", "image_title", "text_image", "text_title", "attributes", "popularity")
+# attributes: attribute agreement; popularity: log-scaled prior; text_facets: the share of the catalog
+# facet values the query's words name that a product has (``text_facets``; last so older files and
+# feature columns keep their positions).
+SIGNALS: tuple[str, ...] = ("visual", "image_title", "text_image", "text_title", "attributes", "popularity",
+                            "text_facets")
 
 # Which calibration pair (client.calibration.PAIRS) feeds each similarity signal.
 SIGNAL_PAIR: dict[str, str] = {
@@ -67,6 +70,8 @@ class FusionWeights(BaseModel):
     text_title: float = Field(0.7, ge=0.0)
     attributes: float = Field(0.3, ge=0.0)
     popularity: float = Field(0.1, ge=0.0)
+    # 0 by default: weights written before the signal existed rank exactly as they did
+    text_facets: float = Field(0.0, ge=0.0)
 
     def vector(self) -> np.ndarray:
         return np.array([getattr(self, s) for s in SIGNALS], dtype=np.float64)

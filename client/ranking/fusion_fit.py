@@ -43,6 +43,7 @@ from lenscope.client.ranking.pools import (
     FitError,
     calibrated_signals,
     fit_pool_calibration,
+    pools_by_type,
 )
 
 
@@ -184,3 +185,31 @@ def weights_without(weights: FusionWeights, *signals: str) -> FusionWeights:
 
 def as_weights(values: Mapping[str, float]) -> FusionWeights:
     return FusionWeights(**values)
+
+
+def fit_type_weights(pools: Sequence[CandidatePool], calibration: CalibrationSet | None,
+                     signals_by_type: Mapping[str, Sequence[str]], *, min_grade: Threshold = "max",
+                     refine: bool = True, l2: float = 1e-3) -> dict[str, FusionWeights]:
+    """One set of fusion weights per query type, each fitted on that type's pools alone (pointwise,
+    then coordinate ascent on its nDCG@10 + R@10) over the signals ``signals_by_type[type]`` allows.
+
+    Why per type: ``fuse`` renormalises over the signals a query has, so one weights file makes
+    text queries share the text_image : text_title balance of photo+text queries, and photo queries
+    the visual : image_title balance; a photo+text query whose text names another variant wants the
+    text to dominate, which then costs the photo-only and text-only rankings. Separate fits remove
+    that coupling; the do-no-harm check then judges each type's own fused ranking. A type whose
+    pools cannot be fitted (one class only, no pools) is left out."""
+    out: dict[str, FusionWeights] = {}
+    for qtype, mine in sorted(pools_by_type(pools).items()):
+        signals = [s for s in signals_by_type.get(qtype, ()) if s in SIGNALS]
+        if not signals:
+            continue
+        try:
+            data = RankingData(mine, calibration, min_grade)
+            weights = learn_fusion(data.x, data.labels, signals=signals, l2=l2).weights
+        except (FitError, ValueError):
+            continue
+        if refine:  # on nDCG@10 + R@10: what the do-no-harm rule judges the type by
+            weights, _ = refine_coordinate(data, weights, signals=signals, with_recall=True)
+        out[qtype] = weights
+    return out

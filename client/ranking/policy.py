@@ -75,6 +75,9 @@ class Decision(_Strict):
     held_out: dict[str, Score] = {}  # "fused" and each single raw signal -> its held-out score
     n_pooled: int = Field(0, ge=0)  # all pseudo-queries (fit + held-out part)
     pooled: dict[str, Score] = {}  # each single raw signal -> its score on all pseudo-queries
+    # this query type's own fused weights (the self-check fits one set per type, so text queries do
+    # not share a signal balance with photo+text ones); None: the index's one fusion weights file
+    weights: FusionWeights | None = None
 
 
 class FitBinding(_Strict):
@@ -99,9 +102,13 @@ class RankingPolicy(_Strict):
         return d.ranked_by if d is not None else FUSED
 
     def weights_for(self, query_type: str, fused: FusionWeights) -> FusionWeights:
-        """The fused weights, or one-hot weights on the raw signal this query type ranks by."""
+        """The type's own fused weights (else ``fused``, the index's weights file), or one-hot
+        weights on the raw signal this query type ranks by."""
         by = self.ranked_by(query_type)
-        return fused if by == FUSED else single_signal_weights(by)
+        if by != FUSED:
+            return single_signal_weights(by)
+        d = self.decisions.get(query_type)
+        return d.weights if d is not None and d.weights is not None else fused
 
 
 def single_signal_weights(signal: str) -> FusionWeights:

@@ -29,6 +29,7 @@ from lenscope.client.index.bundle import IndexBundle, ModelVersionMismatch
 from lenscope.client.core.manifest import Manifest, index_model_hash
 from lenscope.client.ranking.fusion import FusionWeights, attribute_agreement, encode_labels, fuse, popularity_prior
 from lenscope.client.ranking.policy import RankingPolicy, query_type_of
+from lenscope.client.ranking.text_facets import text_facets_for
 from lenscope.client.ranking.signals import prepare_signals
 from lenscope.client.search.models import (
     BackendUnavailable,
@@ -211,6 +212,9 @@ class SearchEngine:
             probs = {a: emb.attributes[contract.attribute_output(a)] for a in self._label_codes}
             signals["attributes"] = attribute_agreement(probs, {a: c[matched] for a, c in self._label_codes.items()})
         signals["popularity"] = self.popularity[matched]
+        if emb.text is not None:  # the catalog facet values the query's words name (None: names none)
+            signals["text_facets"] = text_facets_for(q.text, self.attributes.vocab,
+                                                     {f: c[matched] for f, c in self.attributes.codes.items()})
         t3 = time.perf_counter()
         timings["calibrate"] = 1000 * (t3 - t2)
 

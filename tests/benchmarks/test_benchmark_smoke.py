@@ -150,6 +150,28 @@ def test_soak_smoke(tmp_path: Path, bench_work: Path) -> None:
         assert data["rss_growth"][key]["last_mib"] > 0
 
 
+@pytest.mark.slow
+def test_incremental_synthetic_smoke(tmp_path: Path, bench_work: Path) -> None:
+    """incremental.py --synthetic (no Triton): every row is reused or embedded, counts match the change."""
+    env = dict(os.environ, LENSCOPE_BENCH_WORK=str(bench_work / "incremental"), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "incremental.py"), "--synthetic", "--products", "600",
+                           "--changes", "0.02,0.1", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=480)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    data = json.loads((tmp_path / "incremental.json").read_text())
+    results = data["results"]
+    assert results["synthetic"] and results["full"]["indexed"] == 600 and results["full"]["build"]["mode"] == "full"
+    assert [c["fraction"] for c in results["changes"]] == [0.02, 0.1]
+    for c in results["changes"]:
+        build, catalog = c["incremental"]["build"], c["catalog"]
+        assert build["mode"] == "incremental", build
+        assert build["reused"] + build["embedded"] == catalog["rows"] == c["incremental"]["indexed"]
+        assert (build["removed"], build["embedded"]) == (catalog["removed"], catalog["retitled"] + catalog["added"])
+        assert build["files_hashed"] + build["files_known"] == catalog["rows"]  # one image per row, no photos
+        assert c["remove"]["removed"] == max(1, catalog["rows"] // 100)
+    assert "| incremental, 10% changed |" in (tmp_path / "incremental.md").read_text()
+
+
 def test_gpu_reference_spec_is_valid() -> None:
     """The ViT-B-16 spec the GPU instructions export (benchmarks/README.md) passes spec validation (fast)."""
     from lenscope.client.core.modelspec import load_spec

@@ -116,6 +116,11 @@ def _cases() -> list[CliCase]:
     add(cp, "repo-missing", ["nope"], "'nope' does not exist")
     add(cp, "no-manifest", ["userdata"], "no export_manifest.json")
 
+    bp = "model build-plans"
+    add(bp, "repo-missing", ["nope"], "'nope' does not exist")
+    add(bp, "no-manifest", ["userdata"], "no export_manifest.json")
+    add(bp, "cache-is-file", ["userdata", "--cache", "notes.txt"], "notes.txt")
+
     mf = "model fidelity"
     add(mf, "onnx-dir-missing", ["--onnx-dir", "nope", "--catalog", "catalog.jsonl"], "'nope' does not exist")
     add(mf, "catalog-fifo", ["--onnx-dir", "onnxdir", "--catalog", "fifo"], "fifo is a fifo")
@@ -189,6 +194,10 @@ def _cases() -> list[CliCase]:
     add(ir, "ids-empty", ["--index-root", "root_ok", "--ids", "empty.txt"], "no product id in the file")
     add(ir, "ids-dev-zero", ["--index-root", "root_ok", "--ids", "/dev/zero"], "/dev/zero is a device")
     add(ir, "version-folder-empty", ["--index-root", "root_ok", "--ids", "notes.txt"], "bundle.json is missing")
+    add(ir, "milvus-uri-bogus", ["--index-root", "root_ok", "--ids", "notes.txt", "--milvus-uri", "ftp://x"],
+        "--milvus-uri 'ftp://x'")
+    add(ir, "milvus-alias-bogus", ["--index-root", "root_ok", "--ids", "notes.txt", "--milvus-alias", "no good"],
+        "--milvus-alias 'no good'")
 
     ss = "serve search"
     add(ss, "index-root-empty", ["--index-root", "empty_root"], "empty_root holds no published index")

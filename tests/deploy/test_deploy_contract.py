@@ -216,16 +216,24 @@ def test_cpu_demo_asks_for_no_gpu(overlays):
 
 
 def test_model_repository_fetched_or_baked(overlays):
-    """gpu: an init container fills the /models emptyDir from object storage. cpu-demo: baked into
-    the image, so nothing may be mounted over /models."""
+    """gpu: an init container fills the /models emptyDir through the artifact mirror, the only pod
+    that reads object storage. cpu-demo: baked into the image, so nothing may be mounted over /models
+    and no mirror runs."""
     gpu = overlays["overlays/gpu"]
     spec = pod_spec(gpu, "triton")
     (fetch,) = spec["initContainers"]
     assert fetch["args"][0] == "copy" and fetch["args"][-1] == "/models"
     assert fetch["args"][-2] == "$(MODEL_REPOSITORY_SOURCE)"
     artifacts = find(gpu, "ConfigMap", "lenscope-artifacts")["data"]
-    assert artifacts["MODEL_REPOSITORY_SOURCE"].startswith("artifacts:")  # the rclone remote configured beside it
-    assert artifacts["RCLONE_CONFIG_ARTIFACTS_TYPE"]
+    assert artifacts["MODEL_REPOSITORY_SOURCE"].startswith("mirror:")  # the rclone remote configured beside it
+    assert artifacts["INDEX_SOURCE"].startswith("mirror:")
+    assert artifacts["RCLONE_CONFIG_MIRROR_TYPE"] == "http"
+    mirror_port = find(gpu, "Service", "lenscope-artifacts")["spec"]["ports"][0]["port"]
+    assert artifacts["RCLONE_CONFIG_MIRROR_URL"] == f"http://lenscope-artifacts:{mirror_port}/"
+    mirror = container(gpu, "lenscope-artifacts", "mirror")
+    assert mirror["args"][:3] == ["serve", "http", "--read-only"] and mirror["args"][-1] == "$(ARTIFACTS_ROOT)"
+    assert flag_value(mirror["args"], "--addr") == f":{mirror_port}"
+    assert artifacts["ARTIFACTS_ROOT"].startswith("artifacts:") and artifacts["RCLONE_CONFIG_ARTIFACTS_TYPE"]
     fetch_volume = next(m["name"] for m in fetch["volumeMounts"] if m["mountPath"] == "/models")
     served = next(m for m in container(gpu, "triton", "triton")["volumeMounts"] if m["mountPath"] == "/models")
     assert served["name"] == fetch_volume and served["readOnly"] is True
@@ -234,7 +242,19 @@ def test_model_repository_fetched_or_baked(overlays):
     assert not pod_spec(demo, "triton").get("initContainers")
     assert all(m["mountPath"] != "/models" for m in container(demo, "triton", "triton")["volumeMounts"])
     assert not pod_spec(demo, "lenscope-search").get("initContainers")
-    assert not [o for o in demo if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lenscope-artifacts"]
+    assert not [o for o in demo if o["metadata"]["name"] == "lenscope-artifacts"]
+
+
+def test_only_the_artifact_mirror_holds_storage_credentials(overlays):
+    """The serving pods mount no storage secret and name no credentials file: the mirror does."""
+    for objects in overlays.values():
+        for name in ("triton", "lenscope-search"):
+            spec = pod_spec(objects, name)
+            assert not [v for v in spec["volumes"] if "secret" in v], name
+            assert "CREDENTIALS" not in str([c.get("env") for c in all_containers(spec)]), name
+    mirror = pod_spec(overlays["overlays/gpu"], "lenscope-artifacts")
+    assert [v["secret"]["secretName"] for v in mirror["volumes"] if "secret" in v] == ["lenscope-artifacts-credentials"]
+    assert mirror["serviceAccountName"] == "lenscope-artifacts"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -492,8 +512,10 @@ def test_alert_rules_use_real_metrics(overlays, overlay, known):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize("deployment", ["triton", "lenscope-search"])
+@pytest.mark.parametrize("deployment", ["triton", "lenscope-search", "lenscope-artifacts"])
 def test_hardened_pods(overlays, overlay, deployment):
+    if deployment == "lenscope-artifacts" and overlay != "overlays/gpu":
+        return  # baked artifacts: no mirror (test_model_repository_fetched_or_baked)
     spec = pod_spec(overlays[overlay], deployment)
     pod = spec["securityContext"]
     assert pod["runAsNonRoot"] is True and pod["runAsUser"] >= 10000
@@ -536,6 +558,8 @@ STRANGER = ("other", {"kubernetes.io/metadata.name": "other"}, {"app": "web"})
 NEIGHBOUR = (NAMESPACE, {"kubernetes.io/metadata.name": NAMESPACE}, {"app": "debug"})
 SEARCH = (NAMESPACE, {"kubernetes.io/metadata.name": NAMESPACE}, SEARCH_POD)
 TRITON = (NAMESPACE, {"kubernetes.io/metadata.name": NAMESPACE}, TRITON_POD)
+MIRROR = (NAMESPACE, {"kubernetes.io/metadata.name": NAMESPACE}, {"app.kubernetes.io/name": "lenscope-artifacts"})
+INTERNET = ("", {}, {})  # an address outside the cluster: matched only by ipBlock peers
 
 
 def _selects(selector: dict, labels: dict) -> bool:
@@ -609,6 +633,17 @@ def test_network_reachability(overlays, overlay, known):
         (PROMETHEUS, TRITON, t_grpc),
         (TRITON, SEARCH, s_grpc),
     ]
+    mirrored = any(o["kind"] == "Deployment" and o["metadata"]["name"] == "lenscope-artifacts" for o in overlays[overlay])
+    if mirrored:  # the init containers copy through the mirror; nobody else reaches it
+        allowed += [(TRITON, MIRROR, 8080), (SEARCH, MIRROR, 8080)]
+        denied += [(NEIGHBOUR, MIRROR, 8080), (STRANGER, MIRROR, 8080), (FRONTEND, MIRROR, 8080)]
+    # Egress to the internet: only the mirror, only HTTPS. A NetworkPolicy selects pods, not
+    # containers, so anything open for an init container would be open for the server beside it.
+    for subject in (TRITON, SEARCH, NEIGHBOUR):
+        for port in (443, 80):
+            assert not _admits(policies, "Egress", subject, INTERNET, port), (subject, port)
+    assert _admits(policies, "Egress", MIRROR, INTERNET, 443) == mirrored
+    assert not _admits(policies, "Egress", MIRROR, INTERNET, 80)
     for source, destination, port in allowed:
         assert reachable(policies, source, destination, port), (source, destination, port)
     for source, destination, port in denied:

@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from no_harm import build, check, measure, seeded_server
+from no_harm import TOLERANCE, build, check, measure, seeded_server
 
 from lenscope.client.catalog.reader import read_catalog
 from lenscope.client.index.pseudo_queries import HELD_OUT, split_parts, views_from_rows
 from lenscope.client.index.reader import SourceRow
+from lenscope.client.ranking.policy import TYPE_SIGNALS
 from lenscope.client.synth.catalog import generate_catalog
 from lenscope.client.synth.products import MATERIALS, fill_template, make_product, pick, product_rng
 from lenscope.client.synth.queries import PHOTO_TEXT_TEMPLATES, _image_relevance, _text_query
@@ -56,12 +57,38 @@ def labelled_queries(catalog_path: Path) -> list[dict]:
     return out
 
 
-def test_shipped_model_does_no_harm_on_another_seed(triton, embedder, other_catalog: Path, tmp_path: Path) -> None:
-    model_hash, info = build(other_catalog, tmp_path / "idx", triton.grpc_url, N)
+@pytest.fixture(scope="module")
+def shipped(triton, embedder, other_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """The catalog indexed with the shipped model and its labelled queries measured: (numbers, build info)."""
+    root = tmp_path_factory.mktemp("shipped") / "idx"
+    model_hash, info = build(other_catalog, root, triton.grpc_url, N)
+    return measure(embedder, root, model_hash, labelled_queries(other_catalog)), info
+
+
+def test_shipped_model_does_no_harm_on_another_seed(shipped: tuple[dict, dict]) -> None:
+    numbers, info = shipped
     # the shipped fit was made on another catalog: not applied, and the build says why
     assert info["ranking"]["shipped_fit"]["applied"] is False
     assert "catalog" in info["ranking"]["shipped_fit"]["reason"]
-    check(measure(embedder, tmp_path / "idx", model_hash, labelled_queries(other_catalog)), info, "shipped model")
+    check(numbers, info, "shipped model")
+
+
+@pytest.mark.parametrize("qtype", ["text", "image"])
+def test_fusion_earns_its_place_on_another_seed(shipped: tuple[dict, dict], qtype: str) -> None:
+    """Generic text ("red dress": every product with those attributes, graded) and photo queries:
+    the self-check published the fused ranking, and on the labelled held-out queries it beats the
+    best raw signal's nDCG@10 by more than half a point without losing R@10 (same measurement as the
+    do-no-harm test). Measured 2026-12-05 (shipped lenscope-tiny, CPU tritonserver, R@10 / nDCG@10):
+    text served 0.989 / 0.821 vs text_title 0.989 / 0.804; photo served 0.967 / 0.567 vs visual
+    0.956 / 0.542. What earns it: ``text_facets`` (the catalog's facet values the query's words
+    name) for text, the attribute heads' agreement for photos, each type with its own weights."""
+    numbers, info = shipped
+    n = numbers[qtype]
+    assert info["ranking"]["decisions"][qtype]["ranked_by"] == "fused", info["ranking"]["decisions"][qtype]
+    raw = {k: v for k, v in n.items() if k in TYPE_SIGNALS[qtype]}
+    best = max(raw, key=lambda k: (raw[k]["ndcg10"], raw[k]["r10"]))
+    assert n["served"]["ndcg10"] > raw[best]["ndcg10"] + 0.005, (qtype, n)
+    assert n["served"]["r10"] >= max(v["r10"] for v in raw.values()) - TOLERANCE, (qtype, n)
 
 
 def test_model_without_fit_files_does_no_harm(other_catalog: Path, tmp_path: Path) -> None:

@@ -35,7 +35,9 @@ def test_every_kind_with_its_relevance() -> None:
     assert title.relevance == {"d1": 1} and title.text != VIEWS[0].title and len(title.text.split()) == 4
     assert "fit:title:m1" not in by  # a one-word title would be the very text of its title vector
     photo = by["fit:photo:d1:0"]
-    assert photo.query_type == "image" and photo.image == "ph/d1.png" and photo.relevance == {"d1": 2, "d2": 1}
+    # graded by shared values: itself 3 (two attributes + 1), d2 both (2), d3 the category, s1 the colour (1)
+    assert photo.query_type == "image" and photo.image == "ph/d1.png"
+    assert photo.relevance == {"d1": 3, "d2": 2, "d3": 1, "s1": 1}
     mixed = by["fit:photo+phrase:s1:0"]
     assert mixed.query_type == "image+text" and mixed.text in ("red", "trousers") and mixed.relevance["s1"] == 2
     worded = by["fit:photo+title:d1:0"]  # photo + a title word that names no attribute

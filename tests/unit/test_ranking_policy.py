@@ -159,3 +159,46 @@ def test_a_fit_without_held_out_queries_of_a_type_is_not_called_no_fit() -> None
     d = decide("image", {}, 0, pooled=pooled, n_pooled=8, fitted=True)
     assert d.ranked_by == "visual" and d.rule == RULE_RAW_POOLED and "only 0 held-out" in d.reason
     assert decide("image", {}, 0, pooled=pooled, n_pooled=8, fitted=False).rule == RULE_NO_FIT
+
+
+def test_a_type_fused_with_its_own_weights_uses_them_and_they_survive_json() -> None:
+    from lenscope.client.ranking.fusion import FusionWeights
+
+    own = FusionWeights(bias=0.0, visual=0, image_title=0, text_image=0.2, text_title=1.0, attributes=0,
+                        popularity=0, text_facets=0.7)
+    fused = decide("text", {FUSED: _s(0.9, 0.9), "text_title": _s(0.6, 0.9)}, 30).model_copy(update={"weights": own})
+    lost = decide("image", {FUSED: _s(0.1, 0.1), "visual": _s(0.6, 0.9)}, 30).model_copy(update={"weights": own})
+    pol = RankingPolicy(source="self-check", decisions={"text": fused, "image": lost})
+    shared = FusionWeights()
+    assert pol.weights_for("text", shared) == own
+    assert pol.weights_for("image", shared) == single_signal_weights("visual")  # raw wins: own weights unused
+    assert pol.weights_for("image+text", shared) == shared  # no decision: the index's one file
+    back = RankingPolicy.model_validate_json(pol.model_dump_json())
+    assert back == pol and back.weights_for("text", shared) == own
+
+
+def test_self_check_pools_carry_the_engines_facet_and_head_signals() -> None:
+    from lenscope.client.core import contract
+    from lenscope.client.index.pseudo_queries import ProductView, PseudoQuery
+    from lenscope.client.index.self_check import CatalogFacets, CatalogVectors, build_pools
+
+    views = [ProductView("a", "A", {"color": "red", "category": "dress"}),
+             ProductView("b", "B", {"color": "blue", "category": "dress"}),
+             ProductView("c", "C", {"color": "red"})]
+    heads = {"color": ("blue", "green", "red")}
+    facets = CatalogFacets.of(views, heads)
+    assert facets.table.vocab == {"category": ("dress",), "color": ("blue", "red")}
+    assert facets.label_codes["color"].tolist() == [2, 0, 2] and "category" not in facets.label_codes
+    assert CatalogFacets.of(views, None).label_codes == {}  # untrained heads: no attributes signal
+    rng = np.random.default_rng(0)
+    vec = CatalogVectors(image=rng.random((3, 4)), title=rng.random((3, 4)), popularity=np.zeros(3))
+    queries = [PseudoQuery("fit:phrase:red dress", "phrase", "fit", "red dress", None, {"a": 1}),
+               PseudoQuery("fit:phrase:silk", "phrase", "fit", "silk", None, {"a": 1}),
+               PseudoQuery("fit:photo:a:0", "photo", "fit", None, "x.jpg", {"a": 2})]
+    probs = {"x.jpg": {contract.attribute_output("color"): np.array([0.1, 0.1, 0.8])}}
+    pools = build_pools(queries, ["a", "b", "c"], {"a": "fit", "b": "fit", "c": "fit"}, vec,
+                        {"red dress": rng.random(4), "silk": rng.random(4)}, {"x.jpg": rng.random(4)}, facets, probs)
+    np.testing.assert_allclose(pools[0].signals["text_facets"], [1.0, 0.5, 0.5])  # c has no category
+    assert "text_facets" not in pools[1].signals  # names no facet value: absent
+    np.testing.assert_allclose(pools[2].signals["attributes"], [0.8, 0.1, 0.8])
+    assert "attributes" not in pools[0].signals and "text_facets" not in pools[2].signals

@@ -108,3 +108,56 @@ def test_a_removal_keeps_the_layout_of_the_remaining_rows(tmp_path: Path, monkey
         with capture_logs() as logs:
             _title_cells(after, titles)
     assert logs[0]["event"] == "title_cell_index_loaded"
+
+
+def test_new_rows_join_the_previous_cells_and_many_new_rows_refit_them() -> None:
+    x = _clustered(3000)
+    centroids, cells = CellIndex(x).layout()
+    hint = cells.astype(np.int64)
+    hint[:100] = -1  # 100 rows embedded anew: assigned to their nearest stored centroid
+    kept_centroids, kept_cells = title_cell_layout(x, min_rows=10, previous=(centroids, hint))
+    assert np.array_equal(kept_centroids, centroids) and np.array_equal(kept_cells[100:], cells[100:])
+    nearest = np.argmax(x[:100] @ centroids.T, axis=1)
+    assert np.array_equal(kept_cells[:100], nearest)
+    hint[:1000] = -1  # a third of the rows new: fitted anew (k-means on this catalog)
+    with capture_logs() as logs:
+        refit = title_cell_layout(x, min_rows=10, previous=(centroids, hint))
+    assert [e["event"] for e in logs] == ["title_cell_layout_built"] and refit[1].min() >= 0
+    wrong_dim = (centroids[:, :8], cells.astype(np.int64))
+    with capture_logs() as logs:
+        title_cell_layout(x, min_rows=10, previous=wrong_dim)
+    assert [e["event"] for e in logs] == ["title_cell_layout_built"]
+
+
+def test_an_incremental_build_keeps_the_stored_cells(tmp_path: Path, monkeypatch) -> None:
+    from test_indexing import FakeEmbedder
+    from test_milvus_incremental import N, _catalog, _changed
+
+    from lenscope.client.index import writer
+    from lenscope.client.index.job import IndexBuildConfig, build_index
+
+    monkeypatch.setattr(writer, "SCAN_MAX_ROWS", 10)  # store a layout for this small catalog
+    catalog = _catalog(tmp_path / "cat", list(range(N)))
+    root = tmp_path / "index"
+
+    def build(path: Path):
+        cfg = IndexBuildConfig(catalog=path, index_root=root, progress=False, refit_fraction=1.0)
+        return build_index(cfg, FakeEmbedder(), sleep=lambda s: None)
+
+    def layout() -> tuple[np.ndarray, np.ndarray, list[str]]:
+        with BundleStore(root).open_current(expected_model_hash=None) as b:
+            ids = [p.product_id for p in b.metadata.get(b.metadata.row_ids())]
+            return (np.asarray(b.load_array(CENTROIDS_ATTACHMENT)), np.asarray(b.load_array(ASSIGNMENT_ATTACHMENT)),
+                    ids)
+
+    build(catalog)
+    centroids, cells, ids = layout()
+    with capture_logs() as logs:
+        incr = build(_changed(catalog.parent))
+    assert incr.info["build"]["mode"] == "incremental"
+    reused = [e for e in logs if e["event"] == "title_cell_layout_reused"]
+    assert len(reused) == 1 and reused[0]["assigned"] == 2, [e["event"] for e in logs]  # p0000 retitled, p0100 new
+    new_centroids, new_cells, new_ids = layout()
+    assert np.array_equal(new_centroids, centroids)
+    old_cell = dict(zip(ids, cells.tolist()))
+    assert all(c == old_cell[p] for p, c in zip(new_ids, new_cells.tolist()) if p not in ("p0000", "p0100"))

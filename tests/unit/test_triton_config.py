@@ -93,7 +93,10 @@ def test_gpu_profile_onnxruntime_with_tensorrt_fp16() -> None:
     assert d["instance_group"][0]["kind"] == "KIND_GPU"
     acc = d["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]
     assert acc["name"] == "tensorrt" and acc["parameters"]["precision_mode"] == "FP16"
-    assert as_dict(render(configs[contract.IMAGE_PREPROCESS]))["backend"] == "python"
+    assert as_dict(render(configs[contract.IMAGE_PREPROCESS]))["backend"] == "dali"  # the gpu default
+    python = build_configs(fake_manifest("gpu"), RepositorySettings(profile="gpu", gpu_preprocess="python"))
+    assert as_dict(render(python[contract.IMAGE_PREPROCESS]))["backend"] == "python"
+    assert contract.IMAGE_GATE not in python
 
 
 def test_gpu_profile_tensorrt_plan() -> None:
