@@ -9,8 +9,9 @@ Merge rules (documented for users in docs/catalog.md): the product's fields come
 image's row (role ``main``, else its first row). Another row of the product must give the same
 title, variant_of, popularity and split (else an error naming both lines, and that row is left
 out); it may leave attributes empty, or add ones the main row lacks; an attribute value that
-differs from the main row's is a warning naming both lines and values, and the main row's value is
-kept. The same image listed twice, or a second ``main`` image, is an error naming both lines.
+differs from the main row's is a warning naming both lines and values: the product keeps the main
+row's value (facets and filters are per product) and that row's image keeps its own as its label
+(``ImageRef.attributes``: what evaluation scores and training learns for that image). The same image listed twice, or a second ``main`` image, is an error naming both lines.
 """
 
 from __future__ import annotations
@@ -131,14 +132,17 @@ def _merge(pid: str, parts: list[tuple[int, dict[str, Any], CatalogRow]]) -> tup
                 f"a second 'main' image for product {pid!r} (the first is on line {b_line}; this row is left out)"),
                 kept=True))
             continue
+        own: dict[str, str] = {}
         for name, value in row.attributes.items():
             if name not in attrs:
                 attrs[name], attr_line[name] = value, line
             elif attrs[name] != value:
+                own[name] = value
                 issues.append(Issue(line, pid, CONFLICTING_ATTRIBUTE, name, (
                     f"{value!r} differs from {attrs[name]!r} on line {attr_line[name]} for product {pid!r}; "
-                    f"the product keeps {attrs[name]!r}"), kept=True, error=False))
-        images.extend(fields["images"])
+                    f"the product keeps {attrs[name]!r} (its facet value), this row's image keeps {value!r} as "
+                    "its own label"), kept=True, error=False))
+        images.extend(_with_own(fields["images"], own))
         image_line.update({im.path: line for im in row.images})
     merged = {**{k: v for k, v in b_fields.items() if k != "images"}, "images": images, "attributes": attrs}
     try:
@@ -147,6 +151,15 @@ def _merge(pid: str, parts: list[tuple[int, dict[str, Any], CatalogRow]]) -> tup
         return None, [*issues, Issue(b_line, pid, INVALID_ROW, "", "; ".join(
             p.message for p in validation_problems(err, b_line)))]
     return Built(b_line, row, tuple(image_line[im.path] for im in row.images)), issues
+
+
+def _with_own(images: list[Any], own: dict[str, str]) -> list[Any]:
+    """A row's images carrying the values where the row differs from its product's main row (an
+    image's own ``attributes``, given explicitly in JSONL, win over the row's)."""
+    if not own:
+        return images
+    return [{**im, "attributes": {**own, **(im.get("attributes") or {})}} if isinstance(im, dict) else im
+            for im in images]
 
 
 def build_products(records: Iterable[Record]) -> tuple[list[Built], list[Issue]]:

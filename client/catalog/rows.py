@@ -45,6 +45,7 @@ __all__ = [
     "Problem",
     "Query",
     "QuerySet",
+    "clean_attributes",
 ]
 
 Split = Literal["train", "val", "test"]
@@ -88,15 +89,49 @@ class StrictRow(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def clean_attributes(v: Mapping[str, Any]) -> dict[str, str]:
+    """Attribute name -> value as stored: facet names, trimmed one-line values, absent ones dropped.
+
+    Shared by a product's attributes and an image's own (the same names and the same rules)."""
+    out: dict[str, str] = {}
+    for raw, value in v.items():
+        name = facet_name(str(raw))
+        if name in out:
+            raise ValueError(f"attribute {raw!r} is given twice (as {name!r})")
+        if name in KNOWN_COLUMNS:
+            raise ValueError(f"attribute name {name!r} is a known column")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"attribute {name!r}: a value must be text (one value); got {type(value).__name__} "
+                             f"{value!r}")
+        value = str(value).strip()
+        if not value:
+            continue  # absent, never "unknown"
+        if len(value) > 200:
+            raise ValueError(f"attribute {name!r}: value is {len(value)} characters long; at most 200")
+        try:
+            out[name] = check_one_line(value)
+        except ValueError as err:
+            raise ValueError(f"attribute {name!r}: {err}") from None
+    return out
+
+
 class ImageRef(StrictRow):
-    """One image of a product: its path (relative to the catalog file) and its role.
+    """One image of a product: its path (relative to the catalog file), its role, and its own labels.
 
     ``role`` is free text (``main``, ``alt1``, ``back``, ``variant``, ``photo``...); ``None`` only on
     input, where it means "not given": the row then makes it ``main`` or ``alt``.
+
+    ``attributes``: what this image shows where it differs from its product (a product photographed
+    in several colours: the ``red`` shot of a ``black`` cap). They are labels, not facets: the
+    product's attributes still decide filters and facet counts, while `lenscope eval` scores the
+    heads on this image against them and `lenscope model train` learns them for this image.
     """
 
     path: str
     role: str | None = Field(None, min_length=1, max_length=64)
+    attributes: dict[str, str] = {}
 
     @field_validator("path")
     @classmethod
@@ -108,12 +143,22 @@ class ImageRef(StrictRow):
     def _role(cls, v: str | None) -> str | None:
         return v if v is None else check_one_line(v)
 
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _own_attributes(cls, v: Any) -> Any:
+        if v is None:
+            return {}  # absent, as a product's null attribute is
+        if not isinstance(v, Mapping):
+            raise ValueError(f"must be an object of name -> value; got {type(v).__name__} {v!r}")
+        return clean_attributes(v)
+
 
 def _default_roles(images: list[Any] | tuple[Any, ...]) -> list[Any]:
     """The main image (role ``main``, else the first) first; images without a role get ``main`` (the
     first) or ``alt``. Items that are not images are left for validation to name."""
     items = [{"path": im} if isinstance(im, str) else
-             {"path": im.path, "role": im.role} if isinstance(im, ImageRef) else im for im in images]
+             {"path": im.path, "role": im.role, "attributes": im.attributes} if isinstance(im, ImageRef) else im
+             for im in images]
     roles = [im.get("role") if isinstance(im, Mapping) else None for im in items]
     first = roles.index(MAIN_ROLE) if MAIN_ROLE in roles else 0
     order = [first, *(i for i in range(len(items)) if i != first)]
@@ -168,23 +213,7 @@ class CatalogRow(StrictRow):
     @field_validator("attributes")
     @classmethod
     def _attributes(cls, v: dict[str, str]) -> dict[str, str]:
-        out = {}
-        for raw, value in v.items():
-            name = facet_name(raw)
-            if name in out:
-                raise ValueError(f"attribute {raw!r} is given twice (as {name!r})")
-            if name in KNOWN_COLUMNS:
-                raise ValueError(f"attribute name {name!r} is a known column")
-            value = value.strip()
-            if not value:
-                continue  # absent, never "unknown"
-            if len(value) > 200:
-                raise ValueError(f"attribute {name!r}: value is {len(value)} characters long; at most 200")
-            try:
-                out[name] = check_one_line(value)
-            except ValueError as err:
-                raise ValueError(f"attribute {name!r}: {err}") from None
-        return out
+        return clean_attributes(v)
 
     @model_validator(mode="after")
     def _one_main_each_image_once(self) -> "CatalogRow":
@@ -229,6 +258,18 @@ class CatalogRow(StrictRow):
 
     def images_with_role(self, role: str) -> list[str]:
         return [im.path for im in self.images if im.role == role]
+
+    def image_labels(self, k: int = 0) -> dict[str, str]:
+        """What image ``k`` shows: the product's attributes, overridden by the image's own."""
+        own = self.images[k].attributes
+        return {**self.attributes, **own} if own else self.attributes
+
+    def image_values(self, name: str) -> set[str]:
+        """Every value of one attribute on this product or any of its images (label sets)."""
+        values = {v for im in self.images if (v := im.attributes.get(name)) is not None}
+        if (v := self.attributes.get(name)) is not None:
+            values.add(v)
+        return values
 
 
 class Query(StrictRow):

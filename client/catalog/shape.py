@@ -14,6 +14,7 @@ from lenscope.client.catalog.fields import KNOWN_COLUMNS, PHOTO_ROLE, ROLE_COLUM
 __all__ = ["present", "structure_record"]
 
 _REQUIRED = ("product_id", "title")
+IMAGE_KEYS = ("path", "role", "attributes")  # one image of a JSONL `images` list
 
 
 def present(v: Any) -> bool:
@@ -80,6 +81,12 @@ def structure_record(rec: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple
         if images:
             problems.append(("images", "give either 'image' or 'images', not both"))
         elif isinstance(given, list):
+            for i, g in enumerate(given):
+                if isinstance(g, Mapping) and (unknown := [k for k in g if k not in IMAGE_KEYS]):
+                    problems.append((f"images.{i}.{unknown[0]}", (
+                        f"unknown key {unknown[0]!r} (value {g[unknown[0]]!r}); an image is "
+                        "{\"path\", \"role\", \"attributes\"}: put what this image shows in its \"attributes\", "
+                        'e.g. {"path": "cap/red.jpg", "attributes": {"color": "red"}}')))
             images.extend({"path": g} if isinstance(g, str) else g for g in given)
         else:
             problems.append(("images", "must be a list of paths or {path, role} objects; "

@@ -36,7 +36,15 @@ def _jsonl(rows: Iterable[BaseModel]) -> str:
 def _v1_shaped(r: CatalogRow) -> bool:
     """One main image (+ at most a role-``photo`` image), nothing v1 could not say."""
     extra = r.images[1:]
-    return (len(extra) == 0 or (len(extra) == 1 and extra[0].role == PHOTO_ROLE)) and r.variant_of is None
+    return ((len(extra) == 0 or (len(extra) == 1 and extra[0].role == PHOTO_ROLE)) and r.variant_of is None
+            and not any(im.attributes for im in r.images))
+
+
+def _image_record(im: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {"path": im.path, "role": im.role}
+    if im.attributes:
+        rec["attributes"] = dict(im.attributes)
+    return rec
 
 
 def row_record(r: CatalogRow) -> dict[str, Any]:
@@ -46,7 +54,7 @@ def row_record(r: CatalogRow) -> dict[str, Any]:
     if _v1_shaped(r):
         rec["image"] = r.image
     else:
-        rec["images"] = [{"path": im.path, "role": im.role} for im in r.images]
+        rec["images"] = [_image_record(im) for im in r.images]
     rec.update(r.attributes)
     if r.variant_of is not None:
         rec["variant_of"] = r.variant_of
@@ -60,7 +68,10 @@ def row_record(r: CatalogRow) -> dict[str, Any]:
 
 
 def _csv(rows: list[CatalogRow]) -> str:
-    """v1 columns when every row fits them; else one line per image with a ``role`` column."""
+    """v1 columns when every row fits them; else one line per image with a ``role`` column, each
+    line's attribute cells the product's values overridden by that image's own (the reader makes a
+    non-main line's differing value its image's label again). The main image's line gives the
+    product's values: an own label of the main image cannot be written to a CSV."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if all(_v1_shaped(r) and set(r.attributes) <= set(V1_ATTRIBUTES) for r in rows):
@@ -69,14 +80,16 @@ def _csv(rows: list[CatalogRow]) -> str:
             d = {**row_record(r), **{a: r.attributes.get(a) for a in V1_ATTRIBUTES}}
             writer.writerow(["" if d.get(c) is None else d[c] for c in CATALOG_COLUMNS])
         return buf.getvalue()
-    names = list(dict.fromkeys(n for r in rows for n in r.attributes))
+    names = list(dict.fromkeys(n for r in rows for n in [*r.attributes, *(a for im in r.images for a in im.attributes)]))
     columns = ["product_id", "title", "image", "role", "variant_of", "popularity", "split", *names]
     writer.writerow(columns)
     for r in rows:
         product = [r.product_id, r.title]
-        rest = [r.variant_of, r.popularity, r.split, *(r.attributes.get(n) for n in names)]
-        for im in r.images:
-            writer.writerow(["" if v is None else v for v in (*product, im.path, im.role, *rest)])
+        fields = [r.variant_of, r.popularity, r.split]
+        for k, im in enumerate(r.images):
+            labels = r.attributes if k == 0 else r.image_labels(k)
+            cells = (*product, im.path, im.role, *fields, *(labels.get(n) for n in names))
+            writer.writerow(["" if v is None else v for v in cells])
     return buf.getvalue()
 
 

@@ -110,7 +110,8 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         out += [f"- {attr}: {note}" for attr, note in sorted(a["label_notes"].items())] + [""]
     if a.get("catalog_images") or a.get("query_photos"):
         out += ["## Attribute heads", "", f"Heads {'trained' if a['heads_trained'] else 'untrained (seeded init)'}; "
-                "outputs from Triton.", "", "| attribute | catalog images acc | macro-F1 | user photos acc | macro-F1 |",
+                "outputs from Triton." + _own_labels_note(a.get("own_image_labels") or {}), "",
+                "| attribute | catalog images acc | macro-F1 | user photos acc | macro-F1 |",
                 "|---|---|---|---|---|"]
         for attr in sorted(set(a["catalog_images"]) | set(a["query_photos"])):
             c, p = a["catalog_images"].get(attr, {}), a["query_photos"].get(attr, {})
@@ -169,3 +170,11 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "eval", plot
     md.write_text(render_markdown(report, rel), encoding="utf-8")
     files.update({"json": js, "markdown": md})
     return files
+
+
+def _own_labels_note(own: dict[str, int]) -> str:
+    """Says how many scored images had labels of their own (the catalog's per-image ``attributes``)."""
+    if not any(own.values()):
+        return " Each image is scored against its product's labels (the catalog gives no image its own)."
+    return (f" Scored against each image's own labels where the catalog gives them ({own.get('catalog_images', 0)} "
+            f"catalog image(s), {own.get('query_photos', 0)} query photo(s)), else its product's.")

@@ -4,6 +4,7 @@ Recall@K curves, the headline deltas, and the attribute heads' accuracy and macr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,23 +74,28 @@ def headline(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[st
 def attribute_report(ix: SplitIndex, manifest: Manifest, qset: QuerySet, queries: Sequence[Query],
                      catalog: Catalog) -> dict[str, Any]:
     """Per-attribute accuracy and macro-F1 of the heads, all outputs from Triton: on the indexed
-    catalog images (the bundle's attr_probs attachments) and on user-photo queries (the query's
-    single top-graded product gives the truth)."""
+    catalog images (the bundle's attr_probs attachments) and on user-photo queries. The truth is
+    what the image shows: its own labels where the catalog gives them (``ImageRef.attributes``: the
+    red shot of a black cap is scored as red), else its product's; a query photo that is not one of
+    the catalog's images takes its single top-graded product's."""
     bundle = ix.engine.bundle
     labels = manifest.labels
     out: dict[str, Any] = {"heads_trained": manifest.heads_trained, "catalog_images": {}, "query_photos": {},
-                           "label_notes": {}}
+                           "label_notes": {}, "own_image_labels": {"catalog_images": 0, "query_photos": 0}}
     row_ids = np.asarray(bundle.metadata.row_ids(), dtype=np.int64)
     values = bundle.metadata.attribute_values(row_ids.tolist(), list(labels))
+    main_own = _main_image_labels(bundle, row_ids, catalog)
+    out["own_image_labels"]["catalog_images"] = sum(bool(o) for o in main_own)
     for attr, labs in labels.items():
         probs = bundle.load_array(f"attr_probs_{attr}")
         if probs is None:
             continue
         index = label_index(labs)
-        truth = np.array([index.get(label_key(v[0]), -1) if v else -1 for v in values[attr]], dtype=np.int64)
+        vals = [[own[attr]] if attr in own else v for own, v in zip(main_own, values[attr])]
+        truth = np.array([index.get(label_key(v[0]), -1) if v else -1 for v in vals], dtype=np.int64)
         pred = np.argmax(np.asarray(probs)[row_ids], axis=1)
         known = truth >= 0
-        missing = unmatched((v[0] for v in values[attr] if v), labs)
+        missing = unmatched((v[0] for v in vals if v), labs)
         if missing:  # the catalog's labels differ from the model's: say so instead of a bare "-"
             out["label_notes"][attr] = (
                 f"{len(missing)} catalog value(s) match none of the model's {len(labs)} labels (compared ignoring "
@@ -98,6 +104,7 @@ def attribute_report(ix: SplitIndex, manifest: Manifest, qset: QuerySet, queries
             out["catalog_images"][attr] = classification_scores(truth[known].tolist(), pred[known].tolist())
     photo_truth: dict[str, list[int]] = {a: [] for a in labels}
     photo_pred: dict[str, list[int]] = {a: [] for a in labels}
+    own_labels = catalog_image_labels(catalog)
     for q in queries:
         if q.type != "image":
             continue
@@ -107,8 +114,10 @@ def attribute_report(ix: SplitIndex, manifest: Manifest, qset: QuerySet, queries
         if len(exact) != 1 or res is None or exact[0] not in catalog:
             continue
         row = catalog.get(exact[0])
+        own = own_labels.get(_resolved(qset.image_path(q)), {})
+        out["own_image_labels"]["query_photos"] += bool(own)
         for attr, labs in labels.items():
-            value = row.attributes.get(attr)
+            value = own.get(attr, row.attributes.get(attr))
             out_name = contract.attribute_output(attr)
             k = None if value is None else label_index(labs).get(label_key(value))
             if k is not None and out_name in res.attributes:
@@ -118,3 +127,30 @@ def attribute_report(ix: SplitIndex, manifest: Manifest, qset: QuerySet, queries
         if photo_truth[attr]:
             out["query_photos"][attr] = classification_scores(photo_truth[attr], photo_pred[attr])
     return out
+
+
+def _resolved(path: Path | None) -> Path | None:
+    try:
+        return None if path is None else path.resolve()
+    except OSError:
+        return None
+
+
+def catalog_image_labels(catalog: Catalog) -> dict[Path, dict[str, str]]:
+    """Resolved path of each catalog image with labels of its own -> those labels (a query photo
+    that is one of them is scored against them, not against its product's)."""
+    out: dict[Path, dict[str, str]] = {}
+    for row in catalog:
+        for im in row.images:
+            if im.attributes and (path := _resolved(catalog.root / im.path)) is not None:
+                out[path] = dict(im.attributes)
+    return out
+
+
+def _main_image_labels(bundle: Any, row_ids: np.ndarray, catalog: Catalog) -> list[dict[str, str]]:
+    """Per indexed row: the own labels of the product's main image (the image the index embedded)."""
+    if not any(r.images[0].attributes for r in catalog):
+        return [{} for _ in row_ids]
+    products = bundle.metadata.get(row_ids.tolist())
+    return [dict(catalog.get(p.product_id).images[0].attributes)
+            if p is not None and p.product_id in catalog else {} for p in products]

@@ -29,7 +29,7 @@ from lenscope.client.eval.thumbnail import thumbnail_vector
 from lenscope.client.inputs.image_files import OUTSIDE_CATALOG, ImageFileError, read_catalog_image
 from lenscope.client.inputs.preprocess import ImageInputError, preprocess_bytes
 from lenscope.export.training.config import TrainConfig, TrainError
-from lenscope.export.training.labels import LabelChoice, attribute_targets, choose_labels
+from lenscope.export.training.labels import LabelChoice, attribute_targets, choose_labels, image_targets
 from lenscope.export.training.monitor import Progress
 from lenscope.export.training.split import make_split
 
@@ -137,6 +137,7 @@ class Views:
     n_photos: int  # train products with at least one other image
     monitor: bool
     preload_s: float
+    other_targets: torch.Tensor | None = None  # heads: the labels of each row of ``others``
 
 
 def read_data(spec: ModelSpec, catalog: str | Path | Catalog, cfg: TrainConfig) -> TrainData:
@@ -193,4 +194,6 @@ def preload_views(data: TrainData, spec: ModelSpec, cfg: TrainConfig, tokenizer:
                 [index[r.product_id] for r, _ in val_photo_items], dtype=torch.long),
                 tokens=tokenizer([r.title for r in val_rows]), train_image=mains.pixels,
                 thumbs={"gallery": np.concatenate([held.thumbs, mains.thumbs]), "photo": photos.thumbs})
-    return Views(mains.pixels, others, other_index, val, n_photos, monitor, time.perf_counter() - t0)
+    other_targets = image_targets(data.labels.attributes, other_items) \
+        if data.targets is not None and other_items else None
+    return Views(mains.pixels, others, other_index, val, n_photos, monitor, time.perf_counter() - t0, other_targets)

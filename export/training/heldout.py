@@ -103,7 +103,9 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                      cell(report["fine_tuned"], m), base))
     rows.append(("score (mean)", "", cell(report["start"], "score"), cell(report["fine_tuned"], "score"), ""))
     for name, h in report.get("heads", {}).items():
-        rows.append((f"head {name} acc.", str(h["n"]), cell(h, "start", "n/a (new labels)"), cell(h, "fine_tuned"),
+        trained = cell(h, "fine_tuned") + (f" (start's head; refitted {h['kept_start_head']:.3f})"
+                                           if "kept_start_head" in h else "")
+        rows.append((f"head {name} acc.", str(h["n"]), cell(h, "start", "n/a (new labels)"), trained,
                      f"{h['majority']:.3f} majority" if "majority" in h else "-"))
     return rows
 

@@ -44,9 +44,22 @@ class LabelChoice:
         return spec if self.source == "spec" else spec.model_copy(update={"attributes": self.attributes})
 
 
-def _where(cat: Catalog, row: CatalogRow) -> str:
-    line = cat.lines.get(row.product_id, (None,))[0]
+def _where(cat: Catalog, row: CatalogRow, k: int = 0) -> str:
+    lines = cat.lines.get(row.product_id, ())
+    line = lines[k] if k < len(lines) else None
     return f"{cat.path}" + (f":{line}" if line else "")
+
+
+def _labelled(rows: Sequence[CatalogRow], name: str) -> list[tuple[CatalogRow, int, str]]:
+    """(product, image number, value) of one attribute: the product's value (on its main image)
+    and every image's own value (``ImageRef.attributes``) that the heads also learn."""
+    out = []
+    for row in rows:
+        if (value := row.attributes.get(name)) is not None:
+            out.append((row, 0, value))
+        out.extend((row, k, v) for k, im in enumerate(row.images)
+                   if (v := im.attributes.get(name)) is not None and (k or v != row.attributes.get(name)))
+    return out
 
 
 def _misfits(spec: ModelSpec, cat: Catalog, rows: Sequence[CatalogRow]) -> list[str]:
@@ -54,19 +67,19 @@ def _misfits(spec: ModelSpec, cat: Catalog, rows: Sequence[CatalogRow]) -> list[
     out = []
     for attr in spec.attributes:
         keys = {label_key(lab) for lab in attr.labels}
-        for row in rows:
-            value = row.attributes.get(attr.name)
-            if value is not None and label_key(value) not in keys:
-                out.append(f"{_where(cat, row)}: product {row.product_id!r}: {attr.name}={value!r}")
+        for row, k, value in _labelled(rows, attr.name):
+            if label_key(value) not in keys:
+                image = f" image {row.images[k].path!r}:" if row.images[k].attributes.get(attr.name) == value else ""
+                out.append(f"{_where(cat, row, k)}: product {row.product_id!r}:{image} {attr.name}={value!r}")
     return out
 
 
 def catalog_labels(cat: Catalog, rows: Sequence[CatalogRow], name: str) -> tuple[str, ...]:
-    """Distinct labels of one attribute (compared by ``label_key``), each in its most used spelling."""
+    """Distinct labels of one attribute (compared by ``label_key``; products' and images' own values),
+    each in its most used spelling."""
     spellings: dict[str, Counter[str]] = {}
-    for row in rows:
-        value = row.attributes.get(name)
-        if value is not None and value.strip():
+    for _, _, value in _labelled(rows, name):
+        if value.strip():
             spellings.setdefault(label_key(value), Counter())[value.strip()] += 1
     return tuple(sorted(c.most_common(1)[0][0] for c in spellings.values()))
 
@@ -122,12 +135,20 @@ def choose_labels(spec: ModelSpec, cat: Catalog, rows: Sequence[CatalogRow], cfg
 
 def attribute_targets(attributes: Sequence[AttributeSpec], rows: Sequence[CatalogRow],
                       unknown: Callable[[CatalogRow, str, str], None] | None = None) -> torch.Tensor:
-    """[N, n_attributes] label indices (-100 = absent or not in the set); ``unknown`` hears of the latter."""
-    targets = torch.full((len(rows), len(attributes)), -100, dtype=torch.long)
+    """[N, n_attributes] label indices of each product's main image (-100 = absent or not in the set);
+    ``unknown`` hears of the latter."""
+    return image_targets(attributes, [(r, 0) for r in rows], unknown)
+
+
+def image_targets(attributes: Sequence[AttributeSpec], items: Sequence[tuple[CatalogRow, int]],
+                  unknown: Callable[[CatalogRow, str, str], None] | None = None) -> torch.Tensor:
+    """[N, n_attributes] label indices of (product, image number) pairs: what each image shows, its
+    own labels where the catalog gives them, else its product's (-100 = absent or not in the set)."""
+    targets = torch.full((len(items), len(attributes)), -100, dtype=torch.long)
     for j, attr in enumerate(attributes):
         index = {label_key(lab): k for k, lab in enumerate(attr.labels)}
-        for i, row in enumerate(rows):
-            value = row.attributes.get(attr.name)
+        for i, (row, n) in enumerate(items):
+            value = row.image_labels(n).get(attr.name)
             if value is None:
                 continue
             k = index.get(label_key(value))

@@ -55,7 +55,7 @@ from lenscope.client.core.modelspec import ModelSpec
 from lenscope.export.model import LoadedModel, save_checkpoint
 from lenscope.export.training.config import TrainConfig, TrainResult
 from lenscope.export.training.data import Augment, TrainData, Views, drop_words, preload_views, read_data
-from lenscope.export.training.heads import attribute_loss, fit_heads
+from lenscope.export.training.heads import attribute_loss, fit_heads, keep_better_start_heads
 from lenscope.export.training.heldout import decide, evaluate
 from lenscope.export.training.metadata import held_out_report, run_metadata
 from lenscope.export.training.monitor import Progress, describe_epoch, embed_images, head_accuracy
@@ -279,9 +279,10 @@ def _run_steps(loop: _Loop, views: Views, targets: torch.Tensor | None, order: t
             break
         idx = order[b * loop.batch:(b + 1) * loop.batch]
         lr = sched(loop.step)
-        x2 = _second_view(loop, views, idx)
+        x2, sel = _second_view(loop, views, idx)
+        y = _view_targets(cfg, views, targets, idx, sel)
         parts = _train_step(loop.clip, loop.heads, loop.loss_fn, cfg, loop.device, views.images, x2, idx,
-                            loop.titles, loop.tokenizer, loop.text_rng, loop.augment, targets)
+                            loop.titles, loop.tokenizer, loop.text_rng, loop.augment, y)
         loss = parts.pop("_total")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -306,13 +307,14 @@ def _run_steps(loop: _Loop, views: Views, targets: torch.Tensor | None, order: t
     return sums, n_steps
 
 
-def _second_view(loop: _Loop, views: Views, idx: torch.Tensor) -> torch.Tensor | None:
-    """Each product's second image: one of its other images (drawn when it has several), else its main one."""
+def _second_view(loop: _Loop, views: Views, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Each product's second image: one of its other images (drawn when it has several), else its main
+    one; and which row of ``views.others`` each is (-1: the main one; None: no other images at all)."""
     if not loop.cfg.two_view:
-        return None
+        return None, None
     x2 = views.images[idx]
     if views.others is None:
-        return x2
+        return x2, None
     pick = []
     for p in idx.tolist():
         opts = views.other_index[p]
@@ -320,14 +322,31 @@ def _second_view(loop: _Loop, views: Views, idx: torch.Tensor) -> torch.Tensor |
     sel = torch.tensor(pick, dtype=torch.long)
     has = sel >= 0
     if bool(has.all()):
-        return views.others[sel]
+        return views.others[sel], sel
     x2 = x2.clone()
     x2[has] = views.others[sel[has]]
-    return x2
+    return x2, sel
+
+
+def _view_targets(cfg: TrainConfig, views: Views, targets: torch.Tensor | None, idx: torch.Tensor,
+                  sel: torch.Tensor | None) -> torch.Tensor | None:
+    """Joint heads: the labels of each view, the main images' then the second views' (an other image
+    is labelled with what it shows: its own labels where the catalog gives them)."""
+    if cfg.heads != "joint" or targets is None:
+        return None
+    y = targets[idx]
+    if not cfg.two_view:
+        return y
+    y2 = y
+    if sel is not None and views.other_targets is not None:
+        has = sel >= 0
+        y2 = y.clone()
+        y2[has] = views.other_targets[sel[has]]
+    return torch.cat([y, y2])
 
 
 def _train_step(clip, heads, loss_fn, cfg: TrainConfig, device, images, second, idx, titles, tokenizer,
-                text_rng: random.Random, augment, targets) -> dict[str, torch.Tensor]:
+                text_rng: random.Random, augment, view_targets) -> dict[str, torch.Tensor]:
     x1 = images[idx].to(device)
     views = [augment(x1) if augment else x1]
     if cfg.two_view:
@@ -349,9 +368,8 @@ def _train_step(clip, heads, loss_fn, cfg: TrainConfig, device, images, second, 
             parts["image_image"] = loss_fn(img_all[n:], img, scale)
             total = total + cfg.image_image_weight * parts["image_image"]
         if cfg.heads == "joint":
-            y = targets[idx].to(device)
             emb = img_all.float()
-            parts["attributes"] = attribute_loss(heads, emb, torch.cat([y] * len(views)))
+            parts["attributes"] = attribute_loss(heads, emb, view_targets.to(device))
             total = total + cfg.attribute_weight * parts["attributes"]
     parts["loss"] = total.detach()
     parts["_total"] = total
@@ -368,16 +386,24 @@ def _train_heads(model: LoadedModel, clip: torch.nn.Module, cfg: TrainConfig, de
             p.requires_grad = False
         feats = [embed_images(clip, views.images, device)]
         tgts = [targets]
-        if views.others is not None:
-            owner = torch.tensor([p for p, rows in enumerate(views.other_index) for _ in rows], dtype=torch.long)
+        if views.others is not None:  # each labelled with what it shows (its own labels, else its product's)
             feats.append(embed_images(clip, views.others, device))
-            tgts.append(targets[owner])
+            tgts.append(views.other_targets)
         val_pair = None
         if val_targets is not None and "image" in val:
             val_pair = (embed_images(clip, val["image"], device).to(device), val_targets.to(device))
         tick = bar.task("heads on frozen embeddings", cfg.heads_epochs)
+        start_state = {k: v.detach().clone() for k, v in model.heads.state_dict().items()} \
+            if model.heads_trained and val_pair is not None else None  # the start's own heads, same label sets
         heads_info.update(fit_heads(model, torch.cat(feats).to(device), torch.cat(tgts).to(device), cfg,
                                     val_pair, tick))
+        if start_state is not None and val_pair is not None:
+            kept = keep_better_start_heads(model, start_state, val_pair, heads_info["val_accuracy"])
+            if kept:
+                heads_info["kept_start_heads"] = kept
+                heads_info["val_accuracy"].update({n: k["start_head"] for n, k in kept.items()})
+                bar.log("start's head kept (at least as accurate on held-out products as the refitted one): " +
+                        ", ".join(f"{n} {k['start_head']:.3f} vs refitted {k['refit']:.3f}" for n, k in kept.items()))
     elif cfg.heads == "joint" and val_targets is not None and "image" in val:
         heads_info["val_accuracy"] = head_accuracy(
             model, embed_images(clip, val["image"], device).to(device), val_targets.to(device))

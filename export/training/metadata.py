@@ -47,6 +47,8 @@ def held_out_report(data: TrainData, views: Views, loop: Any, start: dict[str, A
             h: dict[str, Any] = {"n": n}
             if name in accuracy:
                 h["fine_tuned"] = accuracy[name]
+            if name in heads_info.get("kept_start_heads", {}):
+                h["kept_start_head"] = heads_info["kept_start_heads"][name]["refit"]  # the refitted one's accuracy
             if name in start.get("heads", {}):
                 h["start"] = start["heads"][name]
             if name in majority:

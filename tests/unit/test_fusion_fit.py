@@ -332,6 +332,15 @@ def test_learn_lambda_and_refine_improve_ndcg() -> None:
     assert float(np.mean(1 / (1 + np.exp(-z)))) == pytest.approx(float(data.labels.mean()), abs=0.02)
 
 
+def test_a_skipped_optional_candidate_says_skipped_not_error() -> None:
+    """Issue 15: `rerank fit` printed `"error": "no modality pair could be calibrated"` for a threshold
+    that had nothing to calibrate while the fit itself succeeded."""
+    fitted = fit_fusion(synthetic_pools(n_queries=40), thresholds=("max", 99), objectives=("pointwise",), refine=False)
+    skipped = fitted.selection["calibration at grade >= 99"]
+    assert set(skipped) == {"skipped"} and skipped["skipped"]
+    assert "error" not in json.dumps(fitted.summary()["selection_ndcg10"])
+
+
 def conflicting_pools(n_queries: int = 40, n_cand: int = 25, seed: int = 1) -> list[CandidatePool]:
     """Text queries whose relevance only text_title sees, photo+text queries whose relevance only
     text_image sees (text_title is noise there): one weights file cannot serve both."""
