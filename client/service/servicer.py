@@ -213,7 +213,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         slot.hand_over(future)
         finished = threading.Event()
         future.add_done_callback(lambda _: finished.set())
-        context.add_callback(finished.set)  # wake up at once if the caller cancels
+        # wake up at once if the caller cancels; False: the call already ended (a cancel that landed while
+        # the work was being handed over), and the callback will never run: do not wait for the deadline
+        if not context.add_callback(finished.set):
+            finished.set()
         finished.wait(max(deadline - time.monotonic(), 0.0))
         if future.done():
             return future.result()  # re-raises the engine's error

@@ -43,6 +43,7 @@ from lenscope.client.search.models import (
     SearchQuery,
     SearchResult,
 )
+from lenscope.client.service.observability import json_logger
 from lenscope.client.service.server import RunningService, ServiceStartError, serve
 from lenscope.client.service.servicer import SERVICE_NAME
 from lenscope.client.service.settings import ServiceSettings
@@ -434,6 +435,31 @@ def test_cancelled_call_frees_its_handler_at_once(svc: Harness) -> None:
     wait_until(lambda: svc.engine.running == 1)
     pending.cancel()
     wait_until(lambda: any(line.get("code") == "CANCELLED" for line in svc.log_lines()), timeout_s=2.0)
+
+
+def test_a_cancel_landing_before_the_handler_listens_does_not_wait_for_the_deadline() -> None:
+    """The race CI once hit: the caller cancels between the hand-over to the engine and the handler's
+    add_callback; gRPC then refuses the callback (returns False) and never runs it. The handler must
+    not sleep until the deadline (30 s here) on an event nobody will set."""
+    from lenscope.client.service.mapping import Cancelled
+    from lenscope.client.service.observability import ServiceMetrics
+    from lenscope.client.service.servicer import SearchServicer, _Slot
+
+    class EndedContext:
+        def add_callback(self, callback) -> bool:
+            return False  # what grpc answers once the RPC has terminated
+
+        def is_active(self) -> bool:
+            return False
+
+    engine = FakeEngine()
+    engine.delay_s = 10.0
+    servicer = SearchServicer(engine, settings(), ServiceMetrics(engine), json_logger(io.StringIO()))
+    try:  # without the fix the handler waits for the engine (10 s) and returns its result instead
+        with pytest.raises(Cancelled):
+            servicer._run(SearchQuery(text="dress"), time.monotonic() + 30.0, 30.0, EndedContext(), _Slot(lambda: None))
+    finally:
+        engine.release.set()
 
 
 def test_request_over_the_transport_cap_is_resource_exhausted(svc: Harness) -> None:
