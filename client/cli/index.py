@@ -35,20 +35,9 @@ INDEX_ROOT_MARKERS = ("current", "versions", ".work", "milvus_collections.json")
 
 def _check_milvus_options(uri: Optional[str], alias: str, index_kind: str) -> None:
     """Refuse Milvus options that would only fail after the whole catalog was embedded."""
-    import re
-
-    from pydantic import ValidationError
-
-    from lenscope.client.vectors.milvus_config import COLLECTION_NAME_PATTERN, MilvusIndexConfig
-
     if uri is None:
         _fail("--backend milvus needs --milvus-uri (http://host:19530, or a path ending in .db for Milvus Lite)")
-    try:
-        MilvusIndexConfig(uri=uri)
-    except ValidationError as err:
-        _fail(f"--milvus-uri {uri!r}: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
-    if not re.fullmatch(COLLECTION_NAME_PATTERN, alias):
-        _fail(f"--milvus-alias {alias!r} must match {COLLECTION_NAME_PATTERN}")
+    _check_milvus_uri_and_alias(uri, alias)
     if index_kind == "ivfpq":
         _fail("--index-kind ivfpq is a FAISS index; with --backend milvus use auto, flat or hnsw")
     try:
@@ -293,22 +282,11 @@ def index_remove_command(
 ) -> None:
     """Publish the served index without some products, in seconds, with no model server (a running
     `serve search` switches to it by itself). A Milvus version gets a new collection behind the alias."""
-    import re
-
-    from pydantic import ValidationError
-
     from lenscope.client.index.bundle import BundleError
     from lenscope.client.index.removal import RemovalError, remove_products
-    from lenscope.client.vectors.milvus_config import COLLECTION_NAME_PATTERN, MilvusIndexConfig
 
     check_current_link(index_root)
-    if milvus_uri is not None:
-        try:
-            MilvusIndexConfig(uri=milvus_uri)
-        except ValidationError as err:
-            _fail(f"--milvus-uri {milvus_uri!r}: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
-    if not re.fullmatch(COLLECTION_NAME_PATTERN, milvus_alias):
-        _fail(f"--milvus-alias {milvus_alias!r} must match {COLLECTION_NAME_PATTERN}")
+    _check_milvus_uri_and_alias(milvus_uri, milvus_alias)
     try:
         report = remove_products(index_root, ids, milvus_uri=milvus_uri, milvus_alias=milvus_alias)
     except (RemovalError, BundleError) as err:
@@ -348,3 +326,21 @@ def index_prune_command(
         out(f"kept {name}: {why}")
     if not report.dropped and not report.kept:
         out(f"no Milvus collections recorded under {index_root}")
+
+
+def _check_milvus_uri_and_alias(uri: str | None, alias: str) -> None:
+    """--milvus-uri (when given) and --milvus-alias, refused before any work with the option and value named."""
+    import re
+
+    from pydantic import ValidationError
+
+    from lenscope.client.vectors.milvus_config import COLLECTION_NAME_PATTERN, MilvusIndexConfig
+
+    if uri is not None:
+        try:
+            MilvusIndexConfig(uri=uri)
+        except ValidationError as err:
+            _fail(f"--milvus-uri {uri!r}: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
+    if not re.fullmatch(COLLECTION_NAME_PATTERN, alias):
+        _fail(f"--milvus-alias {alias!r} must match {COLLECTION_NAME_PATTERN}")
+
