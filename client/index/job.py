@@ -335,7 +335,9 @@ def _log_ranking(log: Any, ranking: Any) -> None:
         log.warning("shipped_fit_not_applied", source=shipped["source"], reason=shipped["reason"])
     decisions = {t: f"{d.ranked_by} (rule {d.rule or '-'}: {d.reason})" for t, d in ranking.policy.decisions.items()}
     log.info("ranking_fit", source=ranking.policy.source, catalog_fingerprint=ranking.info.get("catalog_fingerprint"),
-             calibrated_pairs=sorted(ranking.calibration.pairs) if ranking.calibration else [], decisions=decisions)
+             calibrated_pairs=sorted(ranking.calibration.pairs) if ranking.calibration else [], decisions=decisions,
+             **({"self_check": ranking.policy.notes["self_check_sample"]}
+                if "self_check_sample" in ranking.policy.notes else {}))
 
 
 def _served_model(embedder: Embedder) -> ModelInfo:

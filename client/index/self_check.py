@@ -15,6 +15,12 @@ the best single raw signal on the held-out part (``ranking.policy.decide``).
           both parts: nDCG@10 / R@10 of each raw signal (no fit involved) -> which raw signal
           -> decisions (``policy.decide``: fused only where it beat raw on the held-out part)
 
+A catalog of more than ``MAX_PRODUCTS`` products is checked on a stable sample of that many
+(``pseudo_queries.sample_products``): the sampled products are the parts, the queries and what each
+query is ranked among, so the check costs about the same at 20,000 products as at 1,000. The
+summary (and a note in the ranking policy) says how many products and queries were used of how
+many.
+
 Returns what to store with the index (calibration, weights, the ranking policy) and a summary
 of what the check saw, for the build log, the bundle and ``lenscope index inspect``.
 """
@@ -29,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from lenscope.client.index.embedder import Embedder
-from lenscope.client.index.pseudo_queries import FIT, HELD_OUT, ProductView, PseudoQuery, pseudo_queries
+from lenscope.client.index.pseudo_queries import (
+    FIT,
+    HELD_OUT,
+    MAX_PER_KIND,
+    ProductView,
+    PseudoQuery,
+    pseudo_queries,
+    sample_products,
+)
 from lenscope.client.core import contract
 from lenscope.client.ranking.calibration import CalibrationSet
 from lenscope.client.ranking.facets import AttributeTable
@@ -55,15 +69,34 @@ MAX_CANDIDATES = 100
 EMBED_BATCH = 64
 # A pseudo-query kind's weight in a query type's score: its number of queries, at most this many.
 KIND_WEIGHT_CAP = 20
+# Products a self-check uses, at most (a stable seeded sample beyond): 1,000 products already give
+# MAX_PER_KIND queries of every kind in the fit part and about that many held out, while making
+# them costs ~O(products^2) (pseudo_queries' docstring); on the seed-3 300-product catalog a fit on
+# a half sample made the same decisions as the whole (docs/ranking.md, "large catalogs").
+MAX_PRODUCTS = 1000
 
 
 @dataclass(frozen=True)
 class CatalogVectors:
-    """The build's vectors by row (view order): catalog image, title, popularity counts."""
+    """The build's vectors by row (view order): catalog image, title, popularity counts.
+    ``popularity_max``: the whole catalog's largest count (the engine's prior divides by it), when
+    these rows are a sample of it (None: these rows' own)."""
 
     image: np.ndarray
     title: np.ndarray
     popularity: np.ndarray
+    popularity_max: float | None = None
+
+    def take(self, rows: Sequence[int]) -> "CatalogVectors":
+        """These rows only, the prior still scaled by the whole catalog's largest count."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return CatalogVectors(image=self.image[idx], title=self.title[idx], popularity=self.popularity[idx],
+                              popularity_max=self.pop_max())
+
+    def pop_max(self) -> float:
+        if self.popularity_max is not None:
+            return self.popularity_max
+        return float(np.nanmax(self.popularity, initial=0.0))
 
 
 @dataclass(frozen=True)
@@ -147,7 +180,7 @@ def build_pools(queries: Sequence[PseudoQuery], ids: Sequence[str], parts: Mappi
     agreement for a photo whose head outputs are in ``head_outputs`` (computed as the engine does)."""
     members = {part: np.array([i for i, pid in enumerate(ids) if parts[pid] == part], dtype=np.int64)
                for part in (FIT, HELD_OUT)}
-    pop = popularity_prior(vectors.popularity, float(np.nanmax(vectors.popularity, initial=0.0)))
+    pop = popularity_prior(vectors.popularity, vectors.pop_max())
     pools = []
     for q in queries:
         tv = text_vecs.get(q.text) if q.text else None
@@ -251,10 +284,18 @@ def _kind(pool: CandidatePool) -> str:
 def self_check(views: Sequence[ProductView], vectors: CatalogVectors, embedder: Embedder, root: Path, *,
                binding: FitBinding, known_images: Mapping[str, np.ndarray] | None = None, seed: int = 0,
                held_out_fraction: float = 0.3, min_queries: int = 10, notes: Mapping[str, str] | None = None,
-               heads: Mapping[str, Sequence[str]] | None = None) -> SelfCheck:
+               heads: Mapping[str, Sequence[str]] | None = None, max_products: int | None = MAX_PRODUCTS,
+               max_per_kind: int = MAX_PER_KIND) -> SelfCheck:
     """Fit on the catalog's fit part, decide per query type on its held-out part (module docstring).
-    ``heads``: the model's attribute labels when its heads are trained (None: no ``attributes`` signal)."""
-    queries, parts = pseudo_queries(views, held_out_fraction=held_out_fraction, seed=seed)
+    ``heads``: the model's attribute labels when its heads are trained (None: no ``attributes`` signal).
+    ``max_products``: check a stable sample of at most this many products (None: every product)."""
+    sample = sample_products(views, max_products, seed)
+    n_catalog = len(views)
+    if len(sample) < n_catalog:
+        views, vectors = [views[i] for i in sample], vectors.take(sample)
+    made: dict[str, dict[str, int]] = {}
+    queries, parts = pseudo_queries(views, held_out_fraction=held_out_fraction, seed=seed,
+                                    max_per_kind=max_per_kind, made=made)
     facets = CatalogFacets.of(views, heads)
     outputs: dict[str, dict[str, np.ndarray]] | None = {} if facets.label_codes else None
     # with trained heads every photo is embedded (for its head outputs), not only the unknown ones
@@ -267,7 +308,11 @@ def self_check(views: Sequence[ProductView], vectors: CatalogVectors, embedder: 
     summary: dict[str, Any] = {
         "held_out_fraction": held_out_fraction, "seed": seed, "min_queries": min_queries,
         "products": {part: sum(1 for v in parts.values() if v == part) for part in (FIT, HELD_OUT)},
+        "sample": {"products": len(views), "of": n_catalog, "max_products": max_products,
+                   "max_per_kind": max_per_kind, "queries": len(queries),
+                   "queries_possible": sum(n for part in made.values() for n in part.values())},
         "queries": {part: _count_kinds([q for q in queries if q.part == part]) for part in (FIT, HELD_OUT)},
+        "queries_possible": made,
         **embed_stats,
         "pools": {part: {t: sum(1 for p in pools if p.query_id.startswith(part) and p.query_type == t)
                          for t in QUERY_TYPES} for part in (FIT, HELD_OUT)},
@@ -300,9 +345,19 @@ def self_check(views: Sequence[ProductView], vectors: CatalogVectors, embedder: 
                    n_pooled=sum(1 for p in pools if p.query_type == qtype),
                    fitted=qtype in by_type, min_queries=min_queries)
         decisions[qtype] = d.model_copy(update={"weights": by_type[qtype]}) if d.ranked_by == FUSED else d
-    policy = RankingPolicy(source="self-check", binding=binding, decisions=decisions, notes=dict(notes or {}))
+    policy = RankingPolicy(source="self-check", binding=binding, decisions=decisions,
+                           notes={**(notes or {}), "self_check_sample": sample_note(summary["sample"])})
     return SelfCheck(calibration=calibration, weights=_shared(by_type) if by_type else None, policy=policy,
                      summary=summary)
+
+
+def sample_note(sample: Mapping[str, Any]) -> str:
+    """One line for the build log and ``ranking_policy.json``: what the check used of what was there."""
+    products = (f"all {sample['of']:,} products" if sample["products"] == sample["of"] else
+                f"{sample['products']:,} of {sample['of']:,} products (a stable seeded sample, at most "
+                f"{sample['max_products']:,})")
+    return (f"{products}; {sample['queries']:,} of {sample['queries_possible']:,} pseudo-queries they give "
+            f"(at most {sample['max_per_kind']} per kind and part)")
 
 
 def _shared(by_type: Mapping[str, FusionWeights]) -> FusionWeights:
