@@ -13,7 +13,11 @@ products), built incrementally into the copy; then `index remove` of 1 % of the 
 Reported per build: wall seconds by stage (read, row keys, embed, ranking fit, write), rows reused /
 embedded / removed, what happened to the ranking fit (kept below the refit share, refitted above
 it: the refit embeds the self-check's pseudo-queries, which a small change does not pay).
---backend milvus builds every version as a new Milvus collection (index/milvus_versions.py).
+With --compare N (default 100 in real mode): a full build of the changed catalog into its own root
+as well (its time is reported: the incremental build's fairest yardstick), and the two versions'
+rankings compared on N fixed queries (incremental_compare.py: raw per-signal top 10, served top 10
+with one fit, served top 10 as published with each one's own fit, and whether the fits' decisions
+differ). --backend milvus builds every version as a new Milvus collection (index/milvus_versions.py).
 A benchmark, not a test: nothing is asserted.
 """
 
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import incremental_compare  # noqa: E402
 import incremental_data  # noqa: E402
 import reporting  # noqa: E402
 import stack  # noqa: E402
@@ -98,6 +103,22 @@ def build(catalog: Path, root: Path, setup: Setup, full: bool) -> dict[str, Any]
             "indexed": report.indexed}
 
 
+def compare_with_full(changed: Path, incr_root: Path, full_root: Path, setup: Setup,
+                      n_queries: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A full build of the changed catalog, and its rankings compared with the incremental build's."""
+    shutil.rmtree(full_root, ignore_errors=True)
+    print("  full build of the changed catalog ...", flush=True)
+    full = build(changed, full_root, setup, full=True)
+    print(f"  {full['wall_s']} s {full['seconds']}", flush=True)
+    emb = setup.embedder()
+    try:
+        rankings = incremental_compare.compare(incr_root, full_root, changed, emb, n_queries)
+    finally:
+        emb.close()
+    print(f"  rankings: {rankings}", flush=True)
+    return full, rankings
+
+
 def make_catalog(args: argparse.Namespace) -> Path:
     if args.synthetic:
         return incremental_data.synthetic_catalog(args.products, reporting.WORK / f"catalog-synthetic-{args.products}")
@@ -118,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fit", choices=("auto", "yes", "no"), default="auto",
                    help="the self-checked ranking fit in the builds (auto: yes, but no with --synthetic: its "
                         "pseudo-query pools over 1M rows are a cost of their own; 'no' supplies default weights)")
+    p.add_argument("--compare", type=int, default=None,
+                   help="queries for the incremental-vs-full ranking comparison, after a full build of each changed "
+                        "catalog (default 100; 0 with --synthetic, whose embedder serves no search, or to skip it)")
     p.add_argument("--backend", choices=("faiss", "milvus"), default="faiss")
     p.add_argument("--milvus-uri", default=None, help="--backend milvus: server or Milvus Lite path (*.db)")
     reporting.add_output_options(p)
@@ -125,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.backend == "milvus" and not args.milvus_uri:
         p.error("--backend milvus needs --milvus-uri")
     args.out = reporting.output_dir(args.out, args.publish)
+    if args.compare is None:
+        args.compare = 0 if args.synthetic else 100
+    if args.compare and (args.synthetic or args.backend != "faiss"):
+        p.error("--compare needs real mode (Triton) and the faiss backend")
     from lenscope.client.index.removal import remove_products
 
     report = reporting.Report("incremental", args.out, argv)
@@ -170,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"incremental build, {f:.0%} changed {what} ...", flush=True)  # read only, never written
             incr = build(changed, root, setup, full=False)
             print(f"  {incr['wall_s']} s {incr['seconds']} {incr['build']}", flush=True)
+            entry: dict[str, Any] = {"fraction": f, "catalog": what, "incremental": incr}
+            if args.compare:  # on the incremental build's version, before the removal below publishes another
+                entry["full_of_changed"], entry["rankings"] = compare_with_full(
+                    changed, root, work / f"index-full-changed-{tag}-{f:g}", setup, args.compare)
             ids = work / f"remove-{f:g}.txt"
             rows = [json.loads(line)["product_id"] for line in changed.read_text().splitlines()]
             ids.write_text("".join(pid + "\n" for pid in rows[:: 100][: max(1, len(rows) // 100)]))
@@ -177,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
             removal = remove_products(root, ids, milvus_uri=args.milvus_uri)
             removal_s = round(time.perf_counter() - t0, 2)
             print(f"  index remove of {removal.removed}: {removal_s} s", flush=True)
-            results["changes"].append({"fraction": f, "catalog": what, "incremental": incr,
-                                       "remove": {"removed": removal.removed, "wall_s": removal_s}})
+            entry["remove"] = {"removed": removal.removed, "wall_s": removal_s}
+            results["changes"].append(entry)
     finally:
         if triton is not None:
             triton.stop()
@@ -194,6 +226,13 @@ def main(argv: list[str] | None = None) -> None:
                      s.get("ranking_fit"),
                      s.get("write"), reporting.ratio(c["incremental"]["wall_s"], full["wall_s"]), b["ranking"]])
     for c in results["changes"]:
+        if "full_of_changed" in c:
+            fc = c["full_of_changed"]
+            rows.append([f"full build of the {c['fraction']:.0%}-changed catalog", c["catalog"]["rows"], "-", "-", "-",
+                         fc["wall_s"], "-", fc["seconds"].get("row_keys"), fc["seconds"].get("embed"),
+                         fc["seconds"].get("ranking_fit"), fc["seconds"].get("write"),
+                         reporting.ratio(fc["wall_s"], full["wall_s"]), "fitted" if weights is None else "supplied"])
+    for c in results["changes"]:
         rows.append([f"index remove after the {c['fraction']:.0%} build ({c['remove']['removed']} products)", "-", "-",
                      0, c["remove"]["removed"], c["remove"]["wall_s"], "-", 0, 0, 0, "-",
                      reporting.ratio(c["remove"]["wall_s"], full["wall_s"]), "kept"])
@@ -205,6 +244,27 @@ def main(argv: list[str] | None = None) -> None:
     report.add(reporting.table(["build", "rows", "reused", "embedded", "removed", "wall s", "previous s", "row keys s",
                                 "embed s",
                                 "fit s", "write s", "x full", "ranking fit"], rows))
+    compared = [c for c in results["changes"] if "rankings" in c]
+    if compared:
+        report.add("Incremental vs full build of the same changed catalog: x full of the changed catalog's own full "
+                   "build: " + ", ".join(f"{c['fraction']:.0%} change "
+                                         f"{reporting.ratio(c['incremental']['wall_s'], c['full_of_changed']['wall_s'])}"
+                                         for c in compared) + ".")
+        report.add("Rankings of the incremental build vs a full build of the same catalog, top 10 identical on a "
+                   "fixed query set (every k-th row: its title as a text query, its image as a photo query; "
+                   "incremental_compare.py). A full build refits the ranking on its own split; an incremental build "
+                   "below the refit share keeps the previous fit by design (docs/live-index.md), so the served "
+                   "rankings are compared both with one fit (the incremental version's) and as published.")
+        report.add(reporting.table(
+            ["change", "queries", "same rows", "max vector diff", "raw top 10 identical (per signal)",
+             "served top 10 identical, same fit", "served top 10 identical, own fits", "fits identical",
+             "decisions incremental / full"],
+            [[f"{c['fraction']:.0%}", r["queries"], r["same_rows"],
+              None if r["max_vector_diff"] is None else f"{r['max_vector_diff']:.2e}",
+              "; ".join(f"{k} {v}" for k, v in r["raw_top10_identical"].items()),
+              r["served_same_fit_top10_identical"], r["served_own_fit_top10_identical"], r["fit_identical"],
+              f"{r['decisions']['incremental']} / {r['decisions']['full']}"]
+             for c in compared for r in [c["rankings"]]]))
     if args.synthetic:  # what the model would add: an estimate, labelled as one
         est = args.products / REAL_ROWS_PER_S
         ratios = ", ".join(

@@ -71,8 +71,8 @@ EMBED_BATCH = 64
 KIND_WEIGHT_CAP = 20
 # Products a self-check uses, at most (a stable seeded sample beyond): 1,000 products already give
 # MAX_PER_KIND queries of every kind in the fit part and about that many held out, while making
-# them costs ~O(products^2) (pseudo_queries' docstring); on the seed-3 300-product catalog a fit on
-# a half sample made the same decisions as the whole (docs/ranking.md, "large catalogs").
+# them costs ~O(products^2) (pseudo_queries' docstring). Whether a sample flips a decision is
+# measured by benchmarks/self_check_sample.py (benchmarks/README.md, "Self-check on a sample").
 MAX_PRODUCTS = 1000
 
 
