@@ -113,6 +113,8 @@ def compare_with_full(changed: Path, incr_root: Path, full_root: Path, setup: Se
     emb = setup.embedder()
     try:
         rankings = incremental_compare.compare(incr_root, full_root, changed, emb, n_queries)
+    except Exception as err:  # noqa: BLE001 - a benchmark: keep the timings, say what failed
+        rankings = {"error": f"{type(err).__name__}: {err}"}
     finally:
         emb.close()
     print(f"  rankings: {rankings}", flush=True)
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare", type=int, default=None,
                    help="queries for the incremental-vs-full ranking comparison, after a full build of each changed "
                         "catalog (default 100; 0 with --synthetic, whose embedder serves no search, or to skip it)")
+    p.add_argument("--compare-at", default=None,
+                   help="comma-separated change fractions to compare (default: every one in --changes)")
     p.add_argument("--backend", choices=("faiss", "milvus"), default="faiss")
     p.add_argument("--milvus-uri", default=None, help="--backend milvus: server or Milvus Lite path (*.db)")
     reporting.add_output_options(p)
@@ -199,10 +203,11 @@ def main(argv: list[str] | None = None) -> None:
             incr = build(changed, root, setup, full=False)
             print(f"  {incr['wall_s']} s {incr['seconds']} {incr['build']}", flush=True)
             entry: dict[str, Any] = {"fraction": f, "catalog": what, "incremental": incr}
-            if args.compare:  # on the incremental build's version, before the removal below publishes another
+            if args.compare and (args.compare_at is None or f in {float(x) for x in args.compare_at.split(",")}):
+                # on the incremental build's version, before the removal below publishes another
                 entry["full_of_changed"], entry["rankings"] = compare_with_full(
                     changed, root, work / f"index-full-changed-{tag}-{f:g}", setup, args.compare)
-            ids = work / f"remove-{f:g}.txt"
+            ids = work / f"remove-{tag}-{f:g}.txt"
             rows = [json.loads(line)["product_id"] for line in changed.read_text().splitlines()]
             ids.write_text("".join(pid + "\n" for pid in rows[:: 100][: max(1, len(rows) // 100)]))
             t0 = time.perf_counter()
@@ -244,7 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     report.add(reporting.table(["build", "rows", "reused", "embedded", "removed", "wall s", "previous s", "row keys s",
                                 "embed s",
                                 "fit s", "write s", "x full", "ranking fit"], rows))
-    compared = [c for c in results["changes"] if "rankings" in c]
+    failed = [c for c in results["changes"] if "error" in c.get("rankings", {})]
+    for c in failed:
+        report.add(f"Ranking comparison at the {c['fraction']:.0%} change failed: {c['rankings']['error']}")
+    compared = [c for c in results["changes"] if "rankings" in c and "error" not in c["rankings"]]
     if compared:
         report.add("Incremental vs full build of the same changed catalog: x full of the changed catalog's own full "
                    "build: " + ", ".join(f"{c['fraction']:.0%} change "
