@@ -255,6 +255,8 @@ def _print_inspect(s: dict) -> None:
         table.add_row(qtype, d["ranked_by"], str(d["n_queries"]), scores or "-",
                       f"{d.get('n_pooled', 0)} queries: {pooled}" if pooled else "-", literal(d["reason"]))
     out.print(table)
+    if (policy.get("notes") or {}).get("self_check_sample"):  # what the held-out check was made on
+        out.print(literal(f"self-check: {policy['notes']['self_check_sample']}"))
     for qtype, d in policy["decisions"].items():  # one line each, so a rule name is never wrapped
         out.print(f"{qtype}: ranked by {d['ranked_by']}, rule {d.get('rule') or '- (policy written before rules)'}")
         if d.get("weights"):  # the type's own fused weights: which signals it leans on

@@ -584,6 +584,9 @@ def test_cli_build_and_exit_codes(tmp_path: Path, catalog: Path, monkeypatch: py
     rules = {d["rule"] for d in seen["policy"]["decisions"].values()}
     assert rules and all(r in res.output for r in rules)  # which rule chose each ranking
     assert "pseudo-queries by kind" in res.output and "photo+phrase" in res.output
+    # what the check used of what was there: every product of a small catalog, queries of the possible
+    assert seen["policy"]["notes"]["self_check_sample"].startswith("all 24 products; ")
+    assert "self-check: all 24 products" in res.output
     res = runner.invoke(app, ["inspect", "--index-root", str(tmp_path)])
     assert res.exit_code == 2 and "holds no published index" in res.output, res.output
 
