@@ -227,6 +227,8 @@ def _cases() -> list[CliCase]:
     add(st, "grpc-port-out-of-range", ["--model-repository", "empty_root", "--grpc-port", "70000"], "--grpc-port")
     add(st, "log-file-folder", ["--model-repository", "empty_root", "--log-file", "userdata"], "--log-file userdata is not a regular file")
     add(st, "log-file-fifo", ["--model-repository", "empty_root", "--log-file", "fifo"], "--log-file fifo is not a regular file")
+    add(st, "log-file-user-file", ["--model-repository", "empty_root", "--log-file", "notes.txt"],
+        "--log-file notes.txt already exists and is not a tritonserver log")  # the log is appended: never to a user's file
     add(st, "tls-cert-without-key", ["--model-repository", "empty_root", "--grpc-tls-cert", "notes.txt"], "go together")
     add(st, "tls-key-dev-zero", ["--model-repository", "empty_root", "--grpc-tls-cert", "notes.txt", "--grpc-tls-key",
                                  "/dev/zero"], "/dev/zero is a device")
