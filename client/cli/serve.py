@@ -190,6 +190,9 @@ def triton(
             fail(f"--log-file {log_file} is not a regular file (a folder, FIFO or device); the log is appended to a file")
         check_output_file(log_file, "--log-file", _is_tritonserver_log, "a tritonserver log",
                           inputs={"--model-repository": model_repository})
+    if config.expected_models() == ():  # the launcher refuses it too; here it is the user's input: exit 2
+        fail(f"--model-repository {model_repository} holds no models (no <name>/config.pbtxt): a server on it "
+             "would be 'ready' serving nothing", hint=f"export one with 'lenscope model export --out {model_repository}'")
     busy = taken_ports(config.host, {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port})
     if busy:  # checked here, so that "ready" can never come from another server already on these ports
         fail(f"cannot serve on {'; '.join(busy)}", hint="stop what listens there or choose another port with that option")

@@ -235,6 +235,7 @@ def _cases() -> list[CliCase]:
     st = "serve triton"
     add(st, "repository-missing", ["--model-repository", "nope"], "'nope' does not exist")
     add(st, "repository-is-file", ["--model-repository", "notes.txt"], "notes.txt")
+    add(st, "repository-empty", ["--model-repository", "empty_root"], "empty_root holds no models (no <name>/config.pbtxt)")
     add(st, "http-port-zero", ["--model-repository", "empty_root", "--http-port", "0"], "--http-port")
     add(st, "grpc-port-out-of-range", ["--model-repository", "empty_root", "--grpc-port", "70000"], "--grpc-port")
     add(st, "log-file-folder", ["--model-repository", "empty_root", "--log-file", "userdata"], "--log-file userdata is not a regular file")
