@@ -27,6 +27,27 @@ from lenscope.client.service.servicer import SERVICE_NAME, SearchBackend, Search
 from lenscope.client.service.settings import ServiceSettings
 
 
+class SearchHandlers(grpc.GenericRpcHandler):
+    """The Search method's handler, chosen per call on gRPC's polling thread (where it looks methods up):
+    the shed handler while every ``max_inflight`` slot is taken, else the one that admits, decodes and
+    searches. The shed handler is request-streaming so that the call reaches a handler thread without
+    gRPC first receiving its message (see ``servicer``)."""
+
+    def __init__(self, servicer: SearchServicer) -> None:
+        self._method = f"/{SERVICE_NAME}/Search"
+        serialize = search_pb2.SearchResponse.SerializeToString
+        self._search = grpc.unary_unary_rpc_method_handler(
+            servicer.SearchBytes, request_deserializer=None, response_serializer=serialize)
+        self._shed = grpc.stream_unary_rpc_method_handler(
+            servicer.ShedStream, request_deserializer=None, response_serializer=serialize)
+        self._saturated = servicer.saturated
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method != self._method:
+            return None
+        return self._shed if self._saturated() else self._search
+
+
 class ServiceStartError(RuntimeError):
     """The service could not bind its ports or load its TLS material."""
 
@@ -109,11 +130,7 @@ def serve(
         # decide, still before decoding. With no queue, no request waits for a handler thread.
         maximum_concurrent_rpcs=settings.handler_threads + settings.max_queued_rpcs,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        "Search": grpc.unary_unary_rpc_method_handler(
-            servicer.SearchBytes, request_deserializer=None,
-            response_serializer=search_pb2.SearchResponse.SerializeToString),
-    }),))
+    server.add_generic_rpc_handlers((SearchHandlers(servicer),))
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=futures.ThreadPoolExecutor(1, thread_name_prefix="lenscope-health-watch"),

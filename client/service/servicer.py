@@ -5,6 +5,11 @@ One concurrency model, sized from ``max_inflight`` (``ServiceSettings``), owned 
 * **Admission before work.** A request takes one of ``max_inflight`` slots *before* its bytes are
   decoded; finding every slot taken it gets RESOURCE_EXHAUSTED at once (a counter, a log line, no
   parsing, no embedding), so past saturation the shed traffic costs almost nothing and goodput holds.
+  The decision is made twice, cheaply: gRPC's polling thread asks :meth:`SearchServicer.saturated`
+  when it looks the method up (``SearchHandlers``), and a call arriving with every slot taken gets the
+  shed handler, which answers without waiting for the request message (a message would cost two more
+  hand-offs between the polling thread and a handler thread, each waiting for the GIL behind the
+  engine threads); a call that passed that look finds its slot (or is shed) in ``_admit``.
   In front of that, gRPC itself admits at most ``max_inflight + spare_threads (+ max_queued_rpcs)``
   concurrent RPCs and rejects the rest on its polling thread, before any handler thread or request
   byte is touched ("Concurrent RPC limit exceeded!", also RESOURCE_EXHAUSTED; those rejections never
@@ -36,7 +41,7 @@ import threading
 import time
 import uuid
 from concurrent import futures
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -117,6 +122,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._metrics = metrics
         self._log = log
         self._slots = threading.BoundedSemaphore(settings.max_inflight)
+        self._taken = 0  # slots held now; read without the lock by saturated() (a hint, re-checked in _admit)
+        self._taken_lock = threading.Lock()
         self._busy_message = f"server busy: {settings.max_inflight} searches in flight; retry with backoff"
         # Exactly max_inflight workers: admission already bounds the work, so this pool never queues.
         self._engine = futures.ThreadPoolExecutor(settings.max_inflight, thread_name_prefix="lenscope-engine")
@@ -153,11 +160,25 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         finally:
             slot.release_unless_handed_over()
 
+    def saturated(self) -> bool:
+        """Every slot is taken right now (gRPC's polling thread asks, per call, before any hand-off)."""
+        return self._taken >= self._settings.max_inflight
+
+    def ShedStream(self, request_iterator: Any, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+        """The Search handler of a call that arrived with every slot taken: registered request-streaming
+        so that gRPC hands it over without first receiving the request message, which is never read."""
+        self._shed(context)
+
     def _admit(self, context: grpc.ServicerContext) -> _Slot:
         """Take a slot or shed at once: no decoding, validation or engine work for a shed call."""
         if self._slots.acquire(blocking=False):
+            with self._taken_lock:
+                self._taken += 1
             self._metrics.inflight.inc()
             return _Slot(self._release)
+        self._shed(context)
+
+    def _shed(self, context: grpc.ServicerContext) -> NoReturn:
         request_id = _request_id(context)
         self._metrics.observe(grpc.StatusCode.RESOURCE_EXHAUSTED, None)
         self._log.warning("search", code="RESOURCE_EXHAUSTED", request_id=request_id, message=self._busy_message)
@@ -226,6 +247,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _release(self) -> None:
         self._metrics.inflight.dec()
+        with self._taken_lock:
+            self._taken -= 1
         self._slots.release()
 
 
