@@ -423,6 +423,37 @@ def test_a_call_arriving_with_every_slot_taken_is_shed_without_its_message(start
     assert len(h.engine.queries) == 1
 
 
+def test_a_shed_answer_needs_no_handler_thread(start: Callable[..., Harness]) -> None:
+    # Every handler thread busy (the only slot's search, and a reflection stream holding the spare one),
+    # room in gRPC's queue: a search arriving now is shed by gRPC's polling thread itself, at once. A
+    # shed handler run on a handler thread would wait in the queue until the stream ends.
+    h = start(max_inflight=1, spare_threads=1, max_queued_rpcs=4)
+    earlier = set(threading.enumerate())  # other tests' pools may still be winding down
+    h.engine.delay_s = 10.0
+    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
+    wait_until(lambda: h.engine.running == 1)
+    requests_done = threading.Event()
+
+    def no_requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        requests_done.wait(30)
+        return
+        yield  # pragma: no cover
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(h.channel).ServerReflectionInfo(no_requests(), timeout=30)
+    try:
+        # the pool starts a thread per submission while none is idle: two threads = both calls hold one
+        wait_until(lambda: sum(t.name.startswith("lenscope-grpc") for t in set(threading.enumerate()) - earlier) == 2)
+        with pytest.raises(grpc.RpcError) as shed:
+            h.search(text="dress", timeout=5)
+        assert shed.value.code() == Code.RESOURCE_EXHAUSTED
+        assert "1 searches in flight" in shed.value.details()
+    finally:
+        requests_done.set()
+        reflection.cancel()
+    h.engine.release.set()
+    assert pending.result().hits
+
+
 def test_grpc_itself_rejects_rpcs_beyond_the_handler_threads(start: Callable[..., Harness]) -> None:
     # max_inflight 1 + spare 1 handler threads, no queue: a third concurrent call is refused by
     # gRPC on its polling thread (never reaching a handler), still as RESOURCE_EXHAUSTED.
