@@ -20,7 +20,7 @@ open-loop (see open_loop.py): request i is due at i / rate and its latency count
    ``--compare-queued M`` (``LENSCOPE_MAX_QUEUED_RPCS``: the gRPC queue in front of admission that
    the service shipped with before; 0 now). Ratios between these rows survive the box's noise better
    than the absolute figures. ``--compare-switch-ms X``: Python's thread switch interval of the service
-   process (``LENSCOPE_GIL_SWITCH_INTERVAL_MS``; a shed call waits for the GIL twice).
+   process (``LENSCOPE_GIL_SWITCH_INTERVAL_MS``; the polling thread that answers a shed call waits for the GIL behind the engine threads).
 
 Everything shares 2 cores here (Triton's python stubs, the service, this generator): the saturation rate
 is this box's, not a pod's. Every step is bounded in count and time; each request has a deadline.
@@ -277,11 +277,11 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
              for c in compare]))
         report.add("\nAdmission happens before any work for the call: gRPC itself refuses RPCs beyond "
                    "max_inflight + spare handler threads on its polling thread; a call arriving while every "
-                   "max_inflight slot is taken gets the shed handler there (chosen on the polling thread, "
-                   "answered by a spare handler thread without receiving the request message); otherwise the "
+                   "max_inflight slot is taken is shed there too (the polling thread answers it itself, without "
+                   "receiving the request message or handing it to a handler thread); otherwise the "
                    "servicer takes a slot before decoding the request. A shed call costs a counter and a log "
-                   "line. `max_queued_rpcs` > 0 puts a queue in front of admission (the old default 64): shed "
-                   "and served calls then wait in it for a handler thread.\n")
+                   "line. `max_queued_rpcs` > 0 puts a queue in front of admission (the old default 64): calls that "
+                   "pass the polling thread's check then wait in it for a handler thread.\n")
     report.add("\nGenerator lag is how late this process sent requests (it shares the 2 cores); latency "
                "includes it. \"after send\" leaves the lag out: the time from the moment the call left this "
                "process to its answer, which still includes the time this generator's event loop took to read "

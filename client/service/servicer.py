@@ -6,10 +6,11 @@ One concurrency model, sized from ``max_inflight`` (``ServiceSettings``), owned 
   decoded; finding every slot taken it gets RESOURCE_EXHAUSTED at once (a counter, a log line, no
   parsing, no embedding), so past saturation the shed traffic costs almost nothing and goodput holds.
   The decision is made twice, cheaply: gRPC's polling thread asks :meth:`SearchServicer.saturated`
-  when it looks the method up (``SearchHandlers``), and a call arriving with every slot taken gets the
-  shed handler, which answers without waiting for the request message (a message would cost two more
-  hand-offs between the polling thread and a handler thread, each waiting for the GIL behind the
-  engine threads); a call that passed that look finds its slot (or is shed) in ``_admit``.
+  when it looks the method up (``server.SearchHandlers``), and a call arriving with every slot taken
+  gets the shed handler, which that same thread runs at once, without receiving the request message
+  (each hand-off to a handler thread, and back for the message, waits for the GIL behind the engine
+  threads: measured, that was a shed answer's median cost under overload); a call that passed that
+  look finds its slot (or is shed) in ``_admit``.
   In front of that, gRPC itself admits at most ``max_inflight + spare_threads (+ max_queued_rpcs)``
   concurrent RPCs and rejects the rest on its polling thread, before any handler thread or request
   byte is touched ("Concurrent RPC limit exceeded!", also RESOURCE_EXHAUSTED; those rejections never
@@ -17,7 +18,7 @@ One concurrency model, sized from ``max_inflight`` (``ServiceSettings``), owned 
 * **Threads per request.** An admitted search holds one gRPC handler thread (waiting, for the
   deadline) and one engine thread (working); a photo+text query also holds one Triton client thread
   for the image embedding while the engine thread embeds the text. So every pool is sized from the
-  same number: handler threads ``max_inflight + spare_threads`` (the spare ones answer shed, invalid
+  same number: handler threads ``max_inflight + spare_threads`` (the spare ones answer calls shed in ``_admit``, invalid
   and health calls without waiting), engine threads ``max_inflight``, Triton client threads
   ``max_inflight`` (``ClientConfig.max_concurrency``, set by ``lenscope serve search``). No pool can
   queue behind admission. The engine has one thread of its own: the online recall sample, off the
