@@ -34,7 +34,8 @@ class _OnCallingThread(futures.ThreadPoolExecutor):
     (a counter, a log line, the status), with no hand-off to a handler thread. Each hand-off waits for
     the GIL behind ``max_inflight`` engine threads: timestamped per call at 2.4x saturation, the
     hand-off was a shed answer's median cost (2-3 ms; 0.15 ms without it). Only for work that never
-    blocks: the polling thread serves every call. If gRPC stops honouring the attribute, the shed handler runs on a handler thread."""
+    blocks: the polling thread serves every call. If gRPC stops honouring the attribute, the shed
+    handler runs on a handler thread."""
 
     def __init__(self) -> None:
         super().__init__(max_workers=1)
