@@ -159,7 +159,8 @@ def triton(
         False, "--open-admin", help="Leave Triton's admin APIs (load/unload, logging, trace, shared memory) open."
     ),
     log_file: Optional[Path] = typer.Option(
-        None, help="Also keep the server log here (default: a temporary file)."
+        None, help="Also keep the server log here, appended (default: a temporary file); a new file, an empty "
+        "one or an earlier tritonserver log, never a file of yours."
     ),
     grpc_tls_cert: Optional[Path] = typer.Option(None, callback=input_file, help="Serve gRPC over TLS with this certificate (PEM)."),
     grpc_tls_key: Optional[Path] = typer.Option(None, callback=input_file, help="Private key for --grpc-tls-cert (PEM)."),
