@@ -53,10 +53,17 @@ def test_fused_equals_ensemble(embedder: TritonEmbedder, ensemble_embedder: Trit
     fused_t, ens_t = embedder.embed_texts(TEXTS), ensemble_embedder.embed_texts(TEXTS)
     for a, b in zip(fused_t, ens_t):
         assert a.ok and b.ok and np.max(np.abs(a.embedding - b.embedding)) <= ORT_TOL
+    # the same status and message; Triton prefixes an ensemble step's error with "in ensemble '<name>', "
     corpus = [b for b, _ in bad_image_corpus(manifest).values()]
     for a, b in zip(embedder.embed_images(corpus), ensemble_embedder.embed_images(corpus)):
         assert not a.ok and not b.ok
-        assert (a.error.status, a.error.message) == (b.error.status, b.error.message)
+        assert (a.error.status, a.error.message) == (b.error.status, _unprefixed(b.error.message, contract.EMBED_IMAGE))
     too_long = ["x" * (manifest.spec.limits.max_text_chars + 1)]
     a, b = embedder.embed_texts(too_long)[0], ensemble_embedder.embed_texts(too_long)[0]
-    assert (a.error.status, a.error.message) == (b.error.status, b.error.message)
+    assert (a.error.status, a.error.message) == (b.error.status, _unprefixed(b.error.message, contract.EMBED_TEXT))
+
+
+def _unprefixed(message: str, ensemble: str) -> str:
+    prefix = f"in ensemble '{ensemble}', "
+    assert message.startswith(prefix), message
+    return message.removeprefix(prefix)
