@@ -115,10 +115,13 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
         assert [o["x_saturation"] for o in data["overload"]] == [2.0]
         assert {"goodput_ratio", "shed_latency_ms", "ok_rps"} <= set(data["overload"][0])
         assert [c["variant"] for c in data["compare"]] == ["shipped", "max_inflight 16", "max_queued_rpcs 64",
-                                                           "gil_switch_interval_ms 1"]
+                                                           "gil_switch_interval_ms 1", "tritonserver nice 10"]
         for row in [*data["overload"], *data["compare"]]:
             shed = row["shed_latency_ms"]["p99"]  # from the due time; after send leaves the generator's lag out
             assert shed is None or row["shed_after_send_ms"]["p99"] <= shed
+            probe = row["probe"]  # the light client beside the step (own process)
+            assert probe["calls"] == sum(probe["codes"].values()) > 0
+            assert probe["shed"] == probe["codes"].get("RESOURCE_EXHAUSTED", 0)
     assert data["setup"]["service_exit_code"] == 0
 
 
