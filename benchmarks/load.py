@@ -20,7 +20,7 @@ open-loop (see open_loop.py): request i is due at i / rate and its latency count
    ``--compare-queued M`` (``LENSCOPE_MAX_QUEUED_RPCS``: the gRPC queue in front of admission that
    the service shipped with before; 0 now). Ratios between these rows survive the box's noise better
    than the absolute figures. ``--compare-switch-ms X``: Python's thread switch interval of the service
-   process (``LENSCOPE_GIL_SWITCH_INTERVAL_MS``; a shed call waits for the GIL twice).
+   process (``LENSCOPE_GIL_SWITCH_INTERVAL_MS``; the polling thread that answers a shed call waits for the GIL behind the engine threads).
 
 Everything shares 2 cores here (Triton's python stubs, the service, this generator): the saturation rate
 is this box's, not a pod's. Every step is bounded in count and time; each request has a deadline.
@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import open_loop  # noqa: E402
 import reporting  # noqa: E402
+import shed_probe  # noqa: E402
 import stack  # noqa: E402
 
 OK_SHARE = 0.95
@@ -57,6 +58,35 @@ def saturation(steps: list[dict[str, Any]], ok_share: float = OK_SHARE,
     """The highest offered rate that was still served: >= 95 % answered OK, <= 1 % errors."""
     good = [s for s in steps if s["ok_rps"] >= ok_share * s["offered_rps"] and (s["error_rate"] or 0) <= max_error_rate]
     return max(good, key=lambda s: s["offered_rps"]) if good else None
+
+
+async def probed_step(driver: open_loop.Driver, args: argparse.Namespace, rate: float,
+                      tag: str) -> tuple[list[open_loop.Outcome], dict[str, Any] | None]:
+    """One open-loop step at ``rate`` in all, part of it (``--probe-rate``, at most a quarter) sent by the
+    light probe client (shed_probe.py, its own process) beside the generator. The probe's calls are
+    merged into the step's outcomes (so goodput counts every OK answer of the offered rate) and also
+    summarised on their own."""
+    probe_rate = min(args.probe_rate, rate / 4)
+    if probe_rate <= 0:
+        return await driver.step(rate, args.step_seconds), None
+    out = Path(args.workdir) / f"probe-{tag}.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("shed_probe.py")), driver.address,
+        "--seconds", str(args.step_seconds), "--rate", f"{probe_rate:g}", "--deadline-s", str(args.deadline_s),
+        "--out", str(out), stdout=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.wait_for(proc.stdout.readline(), timeout=30)  # "ready": its channel is up
+        outcomes = await driver.step(rate - probe_rate, args.step_seconds)
+        await asyncio.wait_for(proc.wait(), timeout=args.deadline_s + 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"probe client failed (exit {proc.returncode}); see {out}")
+    rows = json.loads(out.read_text())
+    outcomes += [open_loop.Outcome(r["due_s"], 0.0, r["latency_ms"], r["code"], "probe:text") for r in rows]
+    return outcomes, {"rate": probe_rate, **shed_probe.summarise(rows)}
 
 
 async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: reporting.Report) -> dict[str, Any]:
@@ -95,12 +125,13 @@ async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: repor
         async with open_loop.Driver(stack_.service.address, queries, deadline_s=args.deadline_s) as driver:
             for factor in args.overload:
                 rate = round(sat_rate * factor, 1)
-                outcomes = await driver.step(rate, args.step_seconds)
-                step = {"x_saturation": factor, **open_loop.summarise(outcomes, rate, args.step_seconds)}
+                outcomes, probe = await probed_step(driver, args, rate, f"overload-{factor:g}")
+                step = {"x_saturation": factor, **open_loop.summarise(outcomes, rate, args.step_seconds), "probe": probe}
                 step["goodput_ratio"] = reporting.ratio(step["ok_rps"], sat_ok, 3)
                 overload.append(step)
                 print(f"overload {factor}x ({rate} rps): ok {step['ok_rps']}/s = {step['goodput_ratio']} x saturation, "
-                      f"shed p99 {step['shed_latency_ms']['p99']} ms, codes {step['codes']}")
+                      f"shed p99 {step['shed_latency_ms']['p99']} ms (probe client {(probe or {}).get('shed_p99_ms')} ms), "
+                      f"codes {step['codes']}")
                 await asyncio.sleep(args.pause_seconds)
         # The heaviest overload step once more, against fresh service processes: the shipped service
         # (a fresh process too, so the rows differ only in the setting), then each alternative.
@@ -114,18 +145,25 @@ async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: repor
         if args.compare_switch_ms:
             variants.append((f"gil_switch_interval_ms {args.compare_switch_ms:g}", args.max_inflight,
                              {"LENSCOPE_GIL_SWITCH_INTERVAL_MS": f"{args.compare_switch_ms:g}"}))
+        if args.compare_triton_nice:  # last: raising niceness back may need privileges
+            variants.append((f"tritonserver nice {args.compare_triton_nice}", args.max_inflight, {}))
         if heavy_rate and len(variants) > 1:
             for name, inflight, env in variants:
                 log_path = Path(args.workdir) / f"search-service-{name.replace(' ', '-')}.log"
                 second = stack_.restart_service(inflight, log_path, env=env)
+                niced = name.startswith("tritonserver nice")
                 try:
+                    if niced:
+                        stack.renice_tree(stack_.triton.pid, args.compare_triton_nice)
                     async with open_loop.Driver(second.address, queries, deadline_s=args.deadline_s) as driver:
                         await driver.closed(2, min(args.warmup_seconds, 3.0))
-                        outcomes = await driver.step(heavy_rate, args.step_seconds)
+                        outcomes, probe = await probed_step(driver, args, heavy_rate, name.replace(" ", "-"))
                 finally:
+                    if niced:
+                        stack.renice_tree(stack_.triton.pid, args.triton_nice)
                     second.stop()
                 row = {"variant": name, "max_inflight": inflight, "env": env,
-                       **open_loop.summarise(outcomes, heavy_rate, args.step_seconds)}
+                       **open_loop.summarise(outcomes, heavy_rate, args.step_seconds), "probe": probe}
                 row["goodput_ratio"] = reporting.ratio(row["ok_rps"], sat_ok, 3)
                 compare.append(row)
                 print(f"compare {name} at {heavy_rate} rps: ok {row['ok_rps']}/s p99 {row['ok_latency_ms']['p99']} ms "
@@ -150,6 +188,8 @@ async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: repor
              "shed_rate": s["shed_rate"], "shed_p50_ms": s["shed_latency_ms"]["p50"],
              "shed_p99_ms": s["shed_latency_ms"]["p99"], "ok_p99_ms": s["ok_latency_ms"]["p99"],
              "shed_p99_after_send_ms": s.get("shed_after_send_ms", {}).get("p99"),
+             "probe_shed_p99_ms": (s.get("probe") or {}).get("shed_p99_ms"),
+             "probe_shed_calls": (s.get("probe") or {}).get("shed"),
              "other_errors": {c: n for c, n in s["codes"].items() if c not in ("OK", "RESOURCE_EXHAUSTED")}}
             for s in [*beyond, *overload]
         ],
@@ -216,9 +256,10 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                    "The last rows are the overload steps at fixed multiples of saturation.\n")
         report.add(reporting.table(
             ["offered rps", "x saturation", "OK rps (goodput)", "goodput / saturation", "shed share", "shed p50 ms",
-             "shed p99 ms", "shed p99 ms after send", "OK p99 ms", "other errors"],
+             "shed p99 ms", "shed p99 ms after send", "probe client: shed p99 ms (calls)", "OK p99 ms", "other errors"],
             [(b["offered_rps"], b["x_saturation"], b["ok_rps"], b["goodput_ratio"], b["shed_rate"], b["shed_p50_ms"],
-              b["shed_p99_ms"], b.get("shed_p99_after_send_ms", "—"), b["ok_p99_ms"], ", ".join(f"{c} {n}" for c, n in b["other_errors"].items()) or "none")
+              b["shed_p99_ms"], b.get("shed_p99_after_send_ms", "—"), _probe_cell(b.get("probe_shed_p99_ms"), b.get("probe_shed_calls")),
+              b["ok_p99_ms"], ", ".join(f"{c} {n}" for c, n in b["other_errors"].items()) or "none")
              for b in data["beyond_saturation"]]))
     compare = data.get("compare") or []
     if compare:
@@ -226,20 +267,46 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                    "service process on the same Triton and index, one after the other)\n")
         report.add(reporting.table(
             ["service", "OK rps", "goodput / saturation", "OK p50 ms", "OK p99 ms", "shed share", "shed p50 ms",
-             "shed p99 ms", "shed p99 ms after send", "codes"],
+             "shed p99 ms", "shed p99 ms after send", "probe client: shed p50 / p99 ms (calls)", "codes"],
             [(c["variant"], c["ok_rps"], c["goodput_ratio"], c["ok_latency_ms"]["p50"], c["ok_latency_ms"]["p99"],
               c["shed_rate"], c["shed_latency_ms"]["p50"], c["shed_latency_ms"]["p99"],
               c.get("shed_after_send_ms", {}).get("p99", "—"),
+              _probe_cell((c.get("probe") or {}).get("shed_p99_ms"), (c.get("probe") or {}).get("shed"),
+                          (c.get("probe") or {}).get("shed_p50_ms")),
               ", ".join(f"{k} {n}" for k, n in c["codes"].items()))
              for c in compare]))
         report.add("\nAdmission happens before any work for the call: gRPC itself refuses RPCs beyond "
-                   "max_inflight + spare handler threads on its polling thread, and the servicer takes a "
-                   "max_inflight slot before decoding the request, so a shed call costs a counter and a log "
-                   "line. `max_queued_rpcs` > 0 puts a queue in front of admission (the old default 64): shed "
-                   "and served calls then wait in it for a handler thread.\n")
+                   "max_inflight + spare handler threads on its polling thread; a call arriving while every "
+                   "max_inflight slot is taken is shed there too (the polling thread answers it itself, without "
+                   "receiving the request message or handing it to a handler thread); otherwise the "
+                   "servicer takes a slot before decoding the request. A shed call costs a counter and a log "
+                   "line. `max_queued_rpcs` > 0 puts a queue in front of admission (the old default 64): calls that "
+                   "pass the polling thread's check then wait in it for a handler thread.\n")
     report.add("\nGenerator lag is how late this process sent requests (it shares the 2 cores); latency "
                "includes it. \"after send\" leaves the lag out: the time from the moment the call left this "
-               "process to its answer.\n")
+               "process to its answer, which still includes the time this generator's event loop took to read "
+               "the answer.\n")
+    report.add(f"\n**Probe client**: during each overload and side-by-side step, {s.get('probe_rate', 0):g} of "
+               "the offered calls/s come from a second client in its own process (`benchmarks/shed_probe.py`, "
+               "sync gRPC, small text searches on a fixed schedule, latency from each call's due time); the "
+               "generator sends the rest. Its shed answers are what a caller that is not itself overloaded "
+               "sees; the generator's include its own backlog (one event loop sending ~100 calls/s on the same "
+               "2 cores). The step's other columns count both clients' calls.\n")
+    if s.get("triton_nice") or s.get("compare_triton_nice"):
+        report.add(f"\n**tritonserver niceness**: {s.get('triton_nice', 0)} for the whole run"
+                   + (f"; the row `tritonserver nice {s['compare_triton_nice']}` runs the shipped service with every "
+                      f"thread of tritonserver and its python-backend stubs at nice {s['compare_triton_nice']}"
+                      if s.get("compare_triton_nice") else "")
+                   + ". On this box Triton's CPU inference, the service and the generator share 2 cores; in a "
+                   "Kubernetes deployment Triton and the search service are separate pods with their own CPU "
+                   "requests, which a lower CPU priority for Triton models (the service is scheduled first when "
+                   "both are runnable). It is an explicit benchmark setting, not a service change.\n")
+
+
+def _probe_cell(p99: float | None, calls: int | None, p50: float | None = None) -> str:
+    if p99 is None:
+        return "—"
+    return (f"{p50} / {p99}" if p50 is not None else f"{p99}") + f" ({calls})"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -264,6 +331,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare-switch-ms", type=float, default=1.0,
                    help="also run the heaviest step with LENSCOPE_GIL_SWITCH_INTERVAL_MS=X (the shipped value is "
                         "Python's 5.0); 0 = not")
+    p.add_argument("--compare-triton-nice", type=int, default=10,
+                   help="also run the heaviest step with every tritonserver thread at this nice value (models "
+                        "Triton in its own pod: the service gets the CPU first); 0 = not")
+    p.add_argument("--triton-nice", type=int, default=0,
+                   help="nice value of tritonserver and its stubs for the whole run (0 = as started)")
+    p.add_argument("--probe-rate", type=float, default=10.0,
+                   help="calls/s of the light probe client (own process) beside each overload and side-by-side "
+                        "step; 0 = no probe")
     p.add_argument("--no-compare", action="store_true", help="no side-by-side runs")
     p.add_argument("--spec", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=reporting.WORK / "load")
@@ -272,6 +347,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.no_compare:
         args.compare_inflight, args.compare_queued, args.compare_switch_ms = 0, None, 0.0
+        args.compare_triton_nice = 0
     args.out = reporting.output_dir(args.out, args.publish)
     return args
 
@@ -288,6 +364,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("bringing up Triton + index + search service")
     stack_ = stack.start_search_stack(args.workdir, args.products, args.max_inflight, spec=args.spec)
     try:
+        if args.triton_nice:
+            print(f"tritonserver at nice {args.triton_nice}: {stack.renice_tree(stack_.triton.pid, args.triton_nice)} threads")
         results = asyncio.run(run(args, stack_, report))
         service_code = stack_.service.stop()
     finally:

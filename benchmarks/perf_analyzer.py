@@ -1,6 +1,7 @@
-"""perf_analyzer against Triton's ``embed_image`` / ``embed_text`` ensembles, several serving configs side
-by side, plus the same inputs through in-process onnxruntime: what does Triton cost, and what do dynamic
-batching and a second encoder instance buy?
+"""perf_analyzer against Triton's ``embed_image`` / ``embed_text``, several serving configs side by side,
+plus the same inputs through in-process onnxruntime: what does Triton cost, and what do the fused
+layout (one python model per query kind instead of an ensemble of python stubs), dynamic batching,
+instances and intra-op threads buy?
 
     python benchmarks/perf_analyzer.py                       # CPU, default model, ~4-5 min on 2 cores
     python benchmarks/perf_analyzer.py --concurrency 1,4 --configs batch0-1x,nobatch-1x --window-ms 800
@@ -8,7 +9,8 @@ batching and a second encoder instance buy?
 What runs (loopback only, every run bounded by perf_analyzer's window x max trials):
 
 1. The default spec (or ``--spec``) is exported once; each config in ``--configs`` is the SAME graphs and
-   manifest re-written with other ``RepositorySettings`` (dynamic batching on/off, encoder instances);
+   manifest re-written with other ``RepositorySettings`` (fused or ensemble layout, dynamic batching
+   on/off, instances, intra-op threads);
    one tritonserver per config, all started together so that the measurements can be interleaved.
 2. Real inputs: user photos + catalog images and real product titles from a generated catalog, written as
    perf_analyzer ``--input-data`` JSON (BYTES as base64 of a 4-byte little-endian length + the bytes).
@@ -66,18 +68,28 @@ PUBLISHED_T4_VIT_B16_FP16_BATCH1_MS = 3.5
 
 _PRE = [contract.IMAGE_PREPROCESS, contract.TEXT_TOKENIZER]
 # Every config states its batching knobs; anything not named is the shipped RepositorySettings default.
+_ENS = {"cpu_embed": "ensemble"}  # embed_image / embed_text as ensembles of the composing models
+_FUSED = {"cpu_embed": "fused"}  # one python model each (export/fused_embed.py)
 CONFIGS: dict[str, dict[str, Any]] = {
-    "batch500-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 500, "encoder_instances": 1},
-    "batch100-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 100, "encoder_instances": 1},
-    "batch0-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 0, "encoder_instances": 1},
-    "nobatch-1x": {"dynamic_batching": False, "encoder_instances": 1},
+    "batch500-1x": {**_ENS, "dynamic_batching": True, "max_queue_delay_microseconds": 500, "encoder_instances": 1},
+    "batch100-1x": {**_ENS, "dynamic_batching": True, "max_queue_delay_microseconds": 100, "encoder_instances": 1},
+    "batch0-1x": {**_ENS, "dynamic_batching": True, "max_queue_delay_microseconds": 0, "encoder_instances": 1},
+    "nobatch-1x": {**_ENS, "dynamic_batching": False, "encoder_instances": 1},
     # the python pre-processing models (image decode, tokenizer) unbatched, the ONNX models batching
-    "encbatch0-1x": {"dynamic_batching": True, "max_queue_delay_microseconds": 0, "unbatched_models": _PRE,
+    "encbatch0-1x": {**_ENS, "dynamic_batching": True, "max_queue_delay_microseconds": 0, "unbatched_models": _PRE,
                      "encoder_instances": 1},
-    "batch0-2x": {"dynamic_batching": True, "max_queue_delay_microseconds": 0, "encoder_instances": 2},
-    "nobatch-2x": {"dynamic_batching": False, "encoder_instances": 2},
+    "batch0-2x": {**_ENS, "dynamic_batching": True, "max_queue_delay_microseconds": 0, "encoder_instances": 2},
+    "nobatch-2x": {**_ENS, "dynamic_batching": False, "encoder_instances": 2},
+    # fused: N instances of each fused model, 1 intra-op thread each unless named (-2t)
+    "fused-1x": {**_FUSED, "dynamic_batching": True, "max_queue_delay_microseconds": 0, "embed_instances": 1},
+    "fused-2x": {**_FUSED, "dynamic_batching": True, "max_queue_delay_microseconds": 0, "embed_instances": 2},
+    "fused-3x": {**_FUSED, "dynamic_batching": True, "max_queue_delay_microseconds": 0, "embed_instances": 3},
+    "fusednobatch-2x": {**_FUSED, "dynamic_batching": False, "embed_instances": 2},
+    "fused100-2x": {**_FUSED, "dynamic_batching": True, "max_queue_delay_microseconds": 100, "embed_instances": 2},
+    "fused-1x-2t": {**_FUSED, "dynamic_batching": True, "max_queue_delay_microseconds": 0, "embed_instances": 1,
+                    "intra_op_threads": 2},
 }
-DEFAULT_CONFIGS = ("batch500-1x", "batch100-1x", "batch0-1x", "nobatch-1x", "encbatch0-1x", "batch0-2x")
+DEFAULT_CONFIGS = ("batch0-1x", "nobatch-1x", "batch0-2x", "fused-1x", "fused-2x", "fusednobatch-2x", "fused-1x-2t")
 NO_BATCHING = "nobatch-1x"  # the acceptance reference: the shipped config must match its throughput at c8
 # The acceptance check on the shipped config (issue 18): p50 at concurrency 1 within this much of
 # in-process onnxruntime, and throughput at ACCEPT_CONCURRENCY >= the no-batching config's.
@@ -344,6 +356,31 @@ def run_perf_analyzer(binary: Path, env: dict[str, str], url: str, model: str, d
 # ------------------------------------------------------------------------------------------------
 
 
+def median_of_rounds(points: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One point per ``key``: the median of every numeric field over the rounds that measured it
+    (an errored round is left out; all errored: the last error), with ``rounds`` and the p50 range."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault(tuple(p[k] for k in key), []).append(p)
+    out = []
+    for group in groups.values():
+        ok = [p for p in group if p.get("throughput") is not None and "error" not in p]
+        if not ok:
+            out.append({k: v for k, v in group[-1].items() if k != "round"})
+            continue
+        merged: dict[str, Any] = {k: v for k, v in ok[0].items() if k != "round"}
+        for field, value in ok[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and field not in key and field != "round":
+                values = [p[field] for p in ok if isinstance(p.get(field), (int, float))]
+                merged[field] = round(float(np.median(values)), 4) if values else None
+        merged["stable"] = all(p.get("stable", True) for p in ok)
+        merged["rounds"] = len(ok)
+        if len(ok) > 1 and all(p.get("p50_ms") is not None for p in ok):
+            merged["p50_range_ms"] = [round(min(p["p50_ms"] for p in ok), 3), round(max(p["p50_ms"] for p in ok), 3)]
+        out.append(merged)
+    return out
+
+
 def summarise(results: list[dict[str, Any]], inproc: list[dict[str, Any]], configs: list[str],
               concurrencies: list[int]) -> dict[str, Any]:
     def get(config: str, model: str, c: int) -> dict[str, Any] | None:
@@ -356,7 +393,7 @@ def summarise(results: list[dict[str, Any]], inproc: list[dict[str, Any]], confi
     base = shipped_config(configs) or configs[0]
     out: dict[str, Any] = {"baseline_config": base, "shipped_config": shipped_config(configs),
                            "triton_vs_inprocess": [], "batching_on_vs_off": [], "two_vs_one_instance": [],
-                           "acceptance": []}
+                           "fused_vs_ensemble": [], "acceptance": []}
     for model in MODELS:
         for c in concurrencies:
             i = ip(model, c)
@@ -372,12 +409,17 @@ def summarise(results: list[dict[str, Any]], inproc: list[dict[str, Any]], confi
             pairs = [(on, NO_BATCHING, "batching_on_vs_off") for on in configs
                      if on.endswith("-1x") and on != NO_BATCHING]
             pairs += [("batch0-2x", "nobatch-2x", "batching_on_vs_off"), ("batch0-2x", "batch0-1x", "two_vs_one_instance"),
-                      ("nobatch-2x", "nobatch-1x", "two_vs_one_instance")]
+                      ("nobatch-2x", "nobatch-1x", "two_vs_one_instance"),
+                      ("fused-2x", "fusednobatch-2x", "batching_on_vs_off"), ("fused100-2x", "fused-2x", "batching_on_vs_off"),
+                      ("fused-2x", "fused-1x", "two_vs_one_instance"), ("fused-3x", "fused-2x", "two_vs_one_instance"),
+                      ("fused-1x-2t", "fused-1x", "two_vs_one_instance"), ("fused-2x", "batch0-1x", "fused_vs_ensemble"),
+                      ("fused-1x", "batch0-1x", "fused_vs_ensemble"), ("fused-2x", "batch0-2x", "fused_vs_ensemble")]
             for on, off, key in pairs:
                 a, b = get(on, model, c), get(off, model, c)
                 if a and b:
                     out[key].append({"model": model, "concurrency": c, "compare": f"{on} / {off}",
                                      "throughput_ratio": reporting.ratio(a["throughput"], b["throughput"]),
+                                     "p50_ratio": reporting.ratio(a["p50_ms"], b["p50_ms"]),
                                      "p99_ratio": reporting.ratio(a["p99_ms"], b["p99_ms"])})
     for config in configs:  # the acceptance figures for every config, so the choice can be read off
         t1, i1 = get(config, contract.EMBED_IMAGE, 1), ip(contract.EMBED_IMAGE, 1)
@@ -444,7 +486,10 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                f"max {data['settings']['max_trials']} trials. In-process: onnxruntime "
                f"({data['settings']['ort_provider']}), 1 intra-op thread, `concurrency` threads, "
                f"{data['settings']['inprocess_seconds']} s per point. Measurements interleaved per "
-               f"(model, concurrency): compare within this report, not across runs.\n")
+               f"(model, concurrency): compare within this report, not across runs."
+               + (f" Every point measured in {data['rounds']} interleaved rounds (each starting at another "
+                  "config); figures are per-field medians over the rounds." if data.get("rounds", 1) > 1 else "")
+               + "\n")
     report.add("## Triton vs in-process onnxruntime (same inputs, same run)\n")
     configs = list(data["configs"])
     rows = {}
@@ -467,10 +512,17 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                                    [(r["model"], r["concurrency"], r["compare"], r["throughput_ratio"], r["p99_ratio"])
                                     for r in s["batching_on_vs_off"]], digits=3))
     if s["two_vs_one_instance"]:
-        report.add("\n## Two encoder instances vs one\n")
+        report.add("\n## Instances and intra-op threads\n")
         report.add(reporting.table(["model", "concurrency", "configs", "throughput ratio", "p99 ratio"],
                                    [(r["model"], r["concurrency"], r["compare"], r["throughput_ratio"], r["p99_ratio"])
                                     for r in s["two_vs_one_instance"]], digits=3))
+    if s.get("fused_vs_ensemble"):
+        report.add("\n## Fused models vs ensembles\n")
+        report.add("One python model per query kind (preprocess/tokenise + encoder + heads in one stub) against the "
+                   "ensemble of the composing models (one stub per step).\n")
+        report.add(reporting.table(["model", "concurrency", "configs", "throughput ratio", "p50 ratio", "p99 ratio"],
+                                   [(r["model"], r["concurrency"], r["compare"], r["throughput_ratio"], r.get("p50_ratio"),
+                                     r["p99_ratio"]) for r in s["fused_vs_ensemble"]], digits=3))
     if s.get("acceptance"):
         report.add(f"\n## Choosing the shipped CPU config (`embed_image`)\n")
         report.add(f"Wanted: p50 at concurrency 1 within {ACCEPT_P50_OVERHEAD_MS} ms of in-process onnxruntime, and "
@@ -496,7 +548,7 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
     report.add(reporting.table(["model", "config", "conc.", "infer/s", "p50 ms", "p90 ms", "p99 ms",
                                 "server queue ms", "server compute ms", "stable", "avg executed batch"], rows))
     report.add("\nConfigs: " + "; ".join(f"`{k}` = {v}" for k, v in data["configs"].items())
-               + ". Other settings as shipped (max_batch_size 32, 2 preprocess instances, "
+               + ". Other settings as shipped (max_batch_size 32, 2 preprocess instances, 2 instances of a fused model, "
                  "1 intra-op thread per encoder instance).\n")
     gpu = data["gpu_reference"]
     report.add("## GPU reference\n")
@@ -516,6 +568,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-trials", type=int, default=5, help="perf_analyzer windows per point at most")
     p.add_argument("--stability", type=int, default=25, help="perf_analyzer stability threshold (percent)")
     p.add_argument("--inprocess-seconds", type=float, default=3.0, help="in-process measurement per point")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every point this many times, interleaved (each round starts at another config), "
+                        "and report the per-field median: for a shared, noisy machine")
     p.add_argument("--inputs", type=int, default=100, help="distinct images and titles in the input data")
     p.add_argument("--spec", type=Path, default=None, help="model spec to export (default: the shipped default)")
     p.add_argument("--server", default=None, help="benchmark an already running Triton (host:grpc_port) instead")
@@ -597,18 +652,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         items = {contract.EMBED_IMAGE: images, contract.EMBED_TEXT: titles}
         for model in MODELS:
             for c in concurrencies:
-                point = baseline.measure(model, items[model], c, args.inprocess_seconds)
-                inproc.append({"model": model, "concurrency": c, **point})
-                print(f"{model} c={c} in-process: {point['throughput']:.0f}/s p50 {point['p50_ms']} ms")
-                for name in configs:
-                    r = run_perf_analyzer(binary, pa_env, urls[name], model, data_files[model], c, args.window_ms,
-                                          args.max_trials, args.stability, workdir / f"pa-{name}-{model}-{c}.csv")
-                    results.append({"config": name, "model": model, "concurrency": c, **r})
-                    print(f"{model} c={c} {name}: " + (f"{r['throughput']:.0f}/s p50 {r['p50_ms']:.2f} ms "
-                                                       f"p99 {r['p99_ms']:.2f} ms" if "throughput" in r else f"ERROR {r.get('error')}"))
+                for round_ in range(args.rounds):
+                    point = baseline.measure(model, items[model], c, args.inprocess_seconds)
+                    inproc.append({"model": model, "concurrency": c, "round": round_, **point})
+                    print(f"{model} c={c} in-process: {point['throughput']:.0f}/s p50 {point['p50_ms']} ms")
+                    # each round starts at another config, so that no config always follows in-process
+                    for name in configs[round_ % len(configs):] + configs[:round_ % len(configs)]:
+                        r = run_perf_analyzer(binary, pa_env, urls[name], model, data_files[model], c, args.window_ms,
+                                              args.max_trials, args.stability, workdir / f"pa-{name}-{model}-{c}.csv")
+                        results.append({"config": name, "model": model, "concurrency": c, "round": round_, **r})
+                        print(f"{model} c={c} {name}: " + (f"{r['throughput']:.0f}/s p50 {r['p50_ms']:.2f} ms "
+                                                           f"p99 {r['p99_ms']:.2f} ms" if "throughput" in r else f"ERROR {r.get('error')}"))
     finally:
         for server in servers.values():
             server.stop()
+    rounds_raw = {"results": results, "inprocess": inproc}
+    results, inproc = median_of_rounds(results, ("config", "model", "concurrency")), median_of_rounds(inproc, ("model", "concurrency"))
 
     manifest = baseline.manifest
     summary = summarise(results, inproc, configs, concurrencies)
@@ -630,7 +689,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "profile": manifest.profile},
         "perf_analyzer": {"binary": str(binary), "version": pa_version},
         "settings": {"concurrency": concurrencies, "window_ms": args.window_ms, "max_trials": args.max_trials,
-                     "stability_pct": args.stability, "inprocess_seconds": args.inprocess_seconds,
+                     "stability_pct": args.stability, "inprocess_seconds": args.inprocess_seconds, "rounds": args.rounds,
                      "ort_provider": args.ort_provider, "server": args.server},
         "inputs": {"images": len(images), "texts": len(titles),
                    "image_bytes_mean": float(np.mean([len(b) for b in images])),
@@ -638,6 +697,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "configs": {name: CONFIGS.get(name, {"external": args.server}) for name in configs},
         "results": results,
         "inprocess": inproc,
+        "rounds": args.rounds,
+        "rounds_raw": rounds_raw if args.rounds > 1 else None,
         "summary": summary,
         "gpu_reference": {"published_t4_vit_b16_fp16_batch1_ms": PUBLISHED_T4_VIT_B16_FP16_BATCH1_MS,
                           "measured": bool(gpus and manifest.spec.architecture == "ViT-B-16" and c1),

@@ -318,6 +318,35 @@ class SearchStack:
             self.triton.stop()
 
 
+def renice_tree(pid: int, niceness: int) -> int:
+    """Set the nice value of every thread of ``pid`` and of its descendants (Linux niceness is per
+    thread; Triton's python-backend stubs are child processes); returns how many threads were set.
+    Used to model a deployment where Triton and the search service do not share CPU (see load.py)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    count, todo = 0, [pid]
+    while todo:
+        proc = todo.pop()
+        todo.extend(children.get(proc, []))
+        try:
+            tasks = [int(t.name) for t in Path(f"/proc/{proc}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+                count += 1
+            except OSError:  # gone meanwhile, or not permitted (lowering needs privileges)
+                pass
+    return count
+
+
 def start_search_stack(workdir: Path, n_products: int, max_inflight: int, spec: Path | None = None,
                        log=print) -> SearchStack:
     """Export (or reuse) the model, start tritonserver (shipped settings), generate the catalog, build the

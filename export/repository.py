@@ -3,28 +3,37 @@
 Every config is a typed object validated before anything touches disk; the repository is written
 into a temporary sibling and swapped in, so a failed export never leaves half a repository behind,
 and only a folder the project wrote (it holds the export manifest) is ever replaced.
+
+A little over ~400 lines: the settings, the config of every model for both profiles and the files
+each model folder holds are one decision (what a repository contains); the cpu fused models
+(fused_embed.py) and the warm-up samples (warmup_samples.py) live beside it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lenscope.client.core import contract
 from lenscope.client.core.contract import Tensor
 from lenscope.client.core.manifest import Manifest
 from lenscope.client.core.outputs import check_output_dir
+from lenscope.export.fused_embed import fused_configs, fused_files, uses_fused
+from lenscope.export.warmup_samples import (
+    WARMUP_ENCODED,
+    WARMUP_IMAGE,
+    WARMUP_TEXT,
+    WARMUP_TEXT_BYTES,
+    length_prefixed as _length_prefixed,
+    warmup_image_bytes as _warmup_image_bytes,
+)
 from lenscope.export.triton_config import (
     DynamicBatching,
     EnsembleStep,
@@ -68,6 +77,12 @@ class RepositorySettings(BaseModel):
     tokenizer_instances: int = Field(1, ge=1, le=64)
     encoder_instances: int = Field(1, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=1, le=64)
+    # cpu only: `embed_image` / `embed_text` as one python model each (preprocess/tokenise + onnxruntime
+    # encoder + heads in one stub: export/fused_embed.py) or as ensembles of the composing models, one
+    # stub per step. The composing models are written either way.
+    cpu_embed: Literal["fused", "ensemble"] = "fused"
+    # cpu fused only: instances of each fused model.
+    embed_instances: int = Field(2, ge=1, le=64)
     dynamic_batching: bool = True
     # gpu only. The batch TensorRT tunes for (between 1 and max_batch_size); every gpu encoder is
     # warmed up at 1, this and max_batch_size, so Triton reports ready only once all three shapes ran.
@@ -94,11 +109,11 @@ class RepositorySettings(BaseModel):
 
     @model_validator(mode="after")
     def _known_models(self) -> "RepositorySettings":
-        known = set(contract.ALL_MODELS) - set(contract.ENSEMBLES)
+        known = set(contract.ALL_MODELS) - (set() if uses_fused(self) else set(contract.ENSEMBLES))
         for field, names in (("unbatched_models", self.unbatched_models), ("model_queue_delay_us", self.model_queue_delay_us)):
             unknown = sorted(set(names) - known)
             if unknown:
-                raise ValueError(f"{field}: unknown model(s) {unknown}; composing models: {sorted(known)}")
+                raise ValueError(f"{field}: unknown model(s) {unknown}; batching models: {sorted(known)}")
         for name, delay in self.model_queue_delay_us.items():
             if not 0 <= delay <= 100_000:
                 raise ValueError(f"model_queue_delay_us[{name!r}] = {delay}: must be 0..100000")
@@ -260,12 +275,11 @@ def build_configs(manifest: Manifest, s: RepositorySettings) -> dict[str, ModelC
         configs[contract.ATTRIBUTE_HEADS] = _encoder_model(
             contract.ATTRIBUTE_HEADS, sigs[contract.ATTRIBUTE_HEADS], s, contract.HEADS_ONNX, attr_labels,
             model_hash=manifest.model_hash)
+    if uses_fused(s):
+        configs.update(fused_configs(configs, s, {n: _batching(s, n) for n in contract.ENSEMBLES}))
     return configs
 
 
-WARMUP_IMAGE = "sample_image"
-WARMUP_TEXT = "sample_text"
-WARMUP_ENCODED = "sample_encoded"
 DALI_THREADS = 4
 
 
@@ -290,23 +304,14 @@ def _dali_model(d: contract.Dimensions, s: RepositorySettings) -> ModelConfig:
     )
 
 
-def _length_prefixed(data: bytes) -> bytes:
-    """Triton's raw encoding of one TYPE_STRING element: uint32 little-endian length + bytes."""
-    return struct.pack("<I", len(data)) + data
-
-
-def _warmup_image_bytes(size: int) -> bytes:
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: RepositorySettings,
                  vocab_path: Path, plans: dict[str, Path] | None, dali_model: bytes | None = None) -> dict[str, bytes | Path]:
     """Relative path inside the model directory -> bytes to write or file to copy."""
     files: dict[str, bytes | Path] = {}
+    if name in contract.ENSEMBLES and uses_fused(s):
+        warm = ({WARMUP_IMAGE: _length_prefixed(_warmup_image_bytes(manifest.spec.preprocess.image_size))}
+                if name == contract.EMBED_IMAGE else {WARMUP_TEXT: _length_prefixed(WARMUP_TEXT_BYTES)})
+        return fused_files(name, manifest, onnx_paths, vocab_path, warm)
     if name == contract.IMAGE_PREPROCESS and uses_dali(s):
         if dali_model is None:
             raise ValueError("image_preprocess: the DALI pipeline was not serialised (resolve_preprocess first)")
@@ -321,7 +326,7 @@ def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: 
     elif name == contract.TEXT_TOKENIZER:
         files["1/model.py"] = BACKENDS_DIR / "text_tokenizer.py"
         files[f"1/{contract.BPE_VOCAB_FILE}"] = vocab_path
-        files[f"warmup/{WARMUP_TEXT}"] = _length_prefixed(b"a red floral summer dress")
+        files[f"warmup/{WARMUP_TEXT}"] = _length_prefixed(WARMUP_TEXT_BYTES)
     elif name in onnx_paths:
         if s.profile == "cpu":
             files["1/model.py"] = BACKENDS_DIR / "onnx_runner.py"
@@ -353,6 +358,20 @@ def _model_files(name: str, manifest: Manifest, onnx_paths: dict[str, Path], s: 
     return files
 
 
+def _copy_or_link(src: Path, dest: Path, copied: dict[Path, Path]) -> None:
+    """Copy ``src``; a second copy of the same source is a hard link to the first where the file
+    system allows (the fused models reuse the composing models' graphs without doubling the disk)."""
+    first = copied.get(src)
+    if first is not None:
+        try:
+            os.link(first, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dest)
+    copied.setdefault(src, dest)
+
+
 def check_repository_out(out: Path, option: str = "--out") -> None:
     """Refuse an output that is a file or a folder the project did not write (no export manifest):
     the repository replaces the folder as a whole."""
@@ -380,6 +399,7 @@ def write_repository(out: Path, manifest: Manifest, onnx_paths: dict[str, Path],
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        copied: dict[Path, Path] = {}  # source -> its first copy: a graph two models use is linked
         for name, text in rendered.items():
             model_dir = tmp / name
             model_dir.mkdir()
@@ -388,7 +408,7 @@ def write_repository(out: Path, manifest: Manifest, onnx_paths: dict[str, Path],
                 dest = model_dir / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(content, Path):
-                    shutil.copyfile(content, dest)
+                    _copy_or_link(content, dest, copied)
                 else:
                     dest.write_bytes(content)
         (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json() + "\n")

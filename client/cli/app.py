@@ -66,6 +66,8 @@ def model_export(
     queue_delay_us: Optional[int] = typer.Option(None, min=0, max=100_000, help="Dynamic batching max_queue_delay_microseconds (default: 0 on cpu, measured in benchmarks/reports/perf_analyzer.md; 500 on gpu)."),
     encoder_instances: int = typer.Option(1, help="Instances of each encoder model."),
     intra_op_threads: int = typer.Option(1, help="cpu profile: onnxruntime threads per encoder instance."),
+    cpu_embed: str = typer.Option("fused", help="cpu profile: fused (embed_image / embed_text each one python model: preprocessing + encoder + heads in one hop, measured in benchmarks/reports/perf_analyzer.md) | ensemble (one python model per step)."),
+    embed_instances: int = typer.Option(2, help="cpu profile, fused: instances of each fused model."),
     onnx_dir: Optional[Path] = typer.Option(None, help="Keep the exported ONNX files here (for build-trt)."),
 ) -> None:
     """Export the spec's towers to ONNX, verify them against torch, write the repository."""
@@ -74,7 +76,8 @@ def model_export(
 
     settings = RepositorySettings(
         profile=profile, gpu_backend=gpu_backend, gpu_preprocess=gpu_preprocess, max_batch_size=max_batch_size,
-        encoder_instances=encoder_instances, intra_op_threads=intra_op_threads,
+        encoder_instances=encoder_instances, intra_op_threads=intra_op_threads, cpu_embed=cpu_embed,
+        embed_instances=embed_instances,
         **({} if queue_delay_us is None else {"max_queue_delay_microseconds": queue_delay_us}),
     )
     export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=log)

@@ -22,7 +22,9 @@ from rich.text import Text
 from lenscope.client.api import search_pb2, search_pb2_grpc
 from lenscope.client.cli.paths import input_file
 from lenscope.client.cli.terminal import escape_controls, fail, literal
+from lenscope.client.core.modelspec import InputLimits, PreprocessConfig
 from lenscope.client.inputs.image_files import ImageFileError, read_image_file
+from lenscope.client.inputs.preprocess import ImageInputError, check_header
 from lenscope.client.search.models import ordered_timings
 
 REQUEST_ID_KEY = "x-request-id"
@@ -125,6 +127,11 @@ def read_photo(path: Path) -> bytes:
         raise typer.BadParameter(escape_controls(str(err)), param_hint="--image") from None
     if not data:
         raise typer.BadParameter(f"{escape_controls(str(path))} is empty", param_hint="--image")
+    try:  # the model server's own header check (as the web page's): a 1 x 39,000,000 PNG never leaves here
+        check_header(data, InputLimits(max_image_bytes=MAX_IMAGE_FILE_BYTES), PreprocessConfig())
+    except ImageInputError as err:
+        raise typer.BadParameter(f"{escape_controls(str(path))}: {escape_controls(str(err))}",
+                                 param_hint="--image") from None
     return data
 
 

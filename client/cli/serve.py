@@ -9,6 +9,7 @@ process supervisor expects.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from lenscope.client.cli.paths import input_file, published_index
+from lenscope.client.core.outputs import check_output_file
 from lenscope.client.cli.terminal import echo_plain, fail
 from lenscope.client.triton.errors import TritonServerError
 from lenscope.client.triton.ports import taken_ports
@@ -105,6 +107,16 @@ def _wait_interruptibly(server: TritonServer) -> int:
             continue
 
 
+# The first line tritonserver logs, e.g. `I1205 20:22:52.938392 6258 pinned_memory_manager.cc:283] "..."`.
+_TRITON_LOG_LINE = re.compile(rb"^[IWEF]\d{4} \d{2}:\d{2}:\d{2}\.\d+ +\d+ [\w.-]+:\d+\] ")
+
+
+def _is_tritonserver_log(path: Path) -> bool:
+    """A log an earlier `serve triton` left (its first line is tritonserver's): appending to it is ours to do."""
+    with open(path, "rb") as f:
+        return bool(_TRITON_LOG_LINE.match(f.read(256)))
+
+
 def _grpc_tls_args(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path]) -> tuple[str, ...]:
     """Triton 2.51's gRPC SSL flags (names checked against `tritonserver --help`)."""
     if cert is None and key is None and client_ca is None:
@@ -147,7 +159,8 @@ def triton(
         False, "--open-admin", help="Leave Triton's admin APIs (load/unload, logging, trace, shared memory) open."
     ),
     log_file: Optional[Path] = typer.Option(
-        None, help="Also keep the server log here (default: a temporary file)."
+        None, help="Also keep the server log here, appended (default: a temporary file); a new file, an empty "
+        "one or an earlier tritonserver log, never a file of yours."
     ),
     grpc_tls_cert: Optional[Path] = typer.Option(None, callback=input_file, help="Serve gRPC over TLS with this certificate (PEM)."),
     grpc_tls_key: Optional[Path] = typer.Option(None, callback=input_file, help="Private key for --grpc-tls-cert (PEM)."),
@@ -173,8 +186,14 @@ def triton(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
-    if log_file is not None and log_file.exists() and not log_file.is_file():
-        fail(f"--log-file {log_file} is not a regular file (a folder, FIFO or device); the log is appended to a file")
+    if log_file is not None:  # appended to: only a log tritonserver wrote before (a restart), never a user's file
+        if log_file.exists() and not log_file.is_file():
+            fail(f"--log-file {log_file} is not a regular file (a folder, FIFO or device); the log is appended to a file")
+        check_output_file(log_file, "--log-file", _is_tritonserver_log, "a tritonserver log",
+                          inputs={"--model-repository": model_repository})
+    if config.expected_models() == ():  # the launcher refuses it too; here it is the user's input: exit 2
+        fail(f"--model-repository {model_repository} holds no models (no <name>/config.pbtxt): a server on it "
+             "would be 'ready' serving nothing", hint=f"export one with 'lenscope model export --out {model_repository}'")
     busy = taken_ports(config.host, {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port})
     if busy:  # checked here, so that "ready" can never come from another server already on these ports
         fail(f"cannot serve on {'; '.join(busy)}", hint="stop what listens there or choose another port with that option")

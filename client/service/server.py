@@ -14,7 +14,7 @@ from __future__ import annotations
 import ssl
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -25,6 +25,53 @@ from lenscope.client.service.health import HealthMonitor
 from lenscope.client.service.observability import MetricsHTTPServer, ServiceMetrics, json_logger
 from lenscope.client.service.servicer import SERVICE_NAME, SearchBackend, SearchServicer
 from lenscope.client.service.settings import ServiceSettings
+
+
+class _OnCallingThread(futures.ThreadPoolExecutor):
+    """An "executor" that runs what it is given at once, on the thread that submits it, and never starts
+    a thread. gRPC runs a method's behaviour on ``behavior.experimental_thread_pool`` when that is a
+    ThreadPoolExecutor; for the shed handler this means gRPC's polling thread answers the call itself
+    (a counter, a log line, the status), with no hand-off to a handler thread. Each hand-off waits for
+    the GIL behind ``max_inflight`` engine threads: timestamped per call at 2.4x saturation, the
+    hand-off was a shed answer's median cost (2-3 ms; 0.15 ms without it). Only for work that never
+    blocks: the polling thread serves every call. If gRPC stops honouring the attribute, the shed
+    handler runs on a handler thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> futures.Future:  # type: ignore[override]
+        future: futures.Future = futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller through the future, as a pool would
+            future.set_exception(err)
+        return future
+
+
+class SearchHandlers(grpc.GenericRpcHandler):
+    """The Search method's handler, chosen per call on gRPC's polling thread (where it looks methods up):
+    the shed handler while every ``max_inflight`` slot is taken, else the one that admits, decodes and
+    searches. The shed handler is request-streaming, so gRPC does not first receive the call's message,
+    and runs on the polling thread itself (``_OnCallingThread``; see ``servicer``)."""
+
+    def __init__(self, servicer: SearchServicer) -> None:
+        self._method = f"/{SERVICE_NAME}/Search"
+        serialize = search_pb2.SearchResponse.SerializeToString
+
+        def shed(request_iterator: Any, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+            return servicer.ShedStream(request_iterator, context)
+
+        shed.experimental_thread_pool = _OnCallingThread()  # type: ignore[attr-defined]
+        self._search = grpc.unary_unary_rpc_method_handler(
+            servicer.SearchBytes, request_deserializer=None, response_serializer=serialize)
+        self._shed = grpc.stream_unary_rpc_method_handler(shed, request_deserializer=None, response_serializer=serialize)
+        self._saturated = servicer.saturated
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method != self._method:
+            return None
+        return self._shed if self._saturated() else self._search
 
 
 class ServiceStartError(RuntimeError):
@@ -109,11 +156,7 @@ def serve(
         # decide, still before decoding. With no queue, no request waits for a handler thread.
         maximum_concurrent_rpcs=settings.handler_threads + settings.max_queued_rpcs,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        "Search": grpc.unary_unary_rpc_method_handler(
-            servicer.SearchBytes, request_deserializer=None,
-            response_serializer=search_pb2.SearchResponse.SerializeToString),
-    }),))
+    server.add_generic_rpc_handlers((SearchHandlers(servicer),))
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=futures.ThreadPoolExecutor(1, thread_name_prefix="lenscope-health-watch"),

@@ -5,6 +5,12 @@ One concurrency model, sized from ``max_inflight`` (``ServiceSettings``), owned 
 * **Admission before work.** A request takes one of ``max_inflight`` slots *before* its bytes are
   decoded; finding every slot taken it gets RESOURCE_EXHAUSTED at once (a counter, a log line, no
   parsing, no embedding), so past saturation the shed traffic costs almost nothing and goodput holds.
+  The decision is made twice, cheaply: gRPC's polling thread asks :meth:`SearchServicer.saturated`
+  when it looks the method up (``server.SearchHandlers``), and a call arriving with every slot taken
+  gets the shed handler, which that same thread runs at once, without receiving the request message
+  (each hand-off to a handler thread, and back for the message, waits for the GIL behind the engine
+  threads: measured, that was a shed answer's median cost under overload); a call that passed that
+  look finds its slot (or is shed) in ``_admit``.
   In front of that, gRPC itself admits at most ``max_inflight + spare_threads (+ max_queued_rpcs)``
   concurrent RPCs and rejects the rest on its polling thread, before any handler thread or request
   byte is touched ("Concurrent RPC limit exceeded!", also RESOURCE_EXHAUSTED; those rejections never
@@ -12,7 +18,7 @@ One concurrency model, sized from ``max_inflight`` (``ServiceSettings``), owned 
 * **Threads per request.** An admitted search holds one gRPC handler thread (waiting, for the
   deadline) and one engine thread (working); a photo+text query also holds one Triton client thread
   for the image embedding while the engine thread embeds the text. So every pool is sized from the
-  same number: handler threads ``max_inflight + spare_threads`` (the spare ones answer shed, invalid
+  same number: handler threads ``max_inflight + spare_threads`` (the spare ones answer calls shed in ``_admit``, invalid
   and health calls without waiting), engine threads ``max_inflight``, Triton client threads
   ``max_inflight`` (``ClientConfig.max_concurrency``, set by ``lenscope serve search``). No pool can
   queue behind admission. The engine has one thread of its own: the online recall sample, off the
@@ -36,7 +42,7 @@ import threading
 import time
 import uuid
 from concurrent import futures
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -117,6 +123,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._metrics = metrics
         self._log = log
         self._slots = threading.BoundedSemaphore(settings.max_inflight)
+        self._taken = 0  # slots held now; read without the lock by saturated() (a hint, re-checked in _admit)
+        self._taken_lock = threading.Lock()
         self._busy_message = f"server busy: {settings.max_inflight} searches in flight; retry with backoff"
         # Exactly max_inflight workers: admission already bounds the work, so this pool never queues.
         self._engine = futures.ThreadPoolExecutor(settings.max_inflight, thread_name_prefix="lenscope-engine")
@@ -153,11 +161,25 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         finally:
             slot.release_unless_handed_over()
 
+    def saturated(self) -> bool:
+        """Every slot is taken right now (gRPC's polling thread asks, per call, before any hand-off)."""
+        return self._taken >= self._settings.max_inflight
+
+    def ShedStream(self, request_iterator: Any, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+        """The Search handler of a call that arrived with every slot taken: registered request-streaming
+        so that gRPC hands it over without first receiving the request message, which is never read."""
+        self._shed(context)
+
     def _admit(self, context: grpc.ServicerContext) -> _Slot:
         """Take a slot or shed at once: no decoding, validation or engine work for a shed call."""
         if self._slots.acquire(blocking=False):
+            with self._taken_lock:
+                self._taken += 1
             self._metrics.inflight.inc()
             return _Slot(self._release)
+        self._shed(context)
+
+    def _shed(self, context: grpc.ServicerContext) -> NoReturn:
         request_id = _request_id(context)
         self._metrics.observe(grpc.StatusCode.RESOURCE_EXHAUSTED, None)
         self._log.warning("search", code="RESOURCE_EXHAUSTED", request_id=request_id, message=self._busy_message)
@@ -226,6 +248,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _release(self) -> None:
         self._metrics.inflight.dec()
+        with self._taken_lock:
+            self._taken -= 1
         self._slots.release()
 
 

@@ -75,7 +75,7 @@ class ServiceSettings(BaseSettings):
         "(benchmarks/reports/load.md); raise it with the cores"
     )
     spare_threads: int = Field(
-        8, ge=1, description="gRPC handler threads beyond max_inflight: they answer shed, invalid and health calls"
+        8, ge=1, description="gRPC handler threads beyond max_inflight: they answer invalid and health calls, and calls shed by the servicer after gRPC's polling thread let them in"
     )
     max_queued_rpcs: int = Field(
         0, ge=0, description="RPCs waiting for a handler thread before gRPC itself answers RESOURCE_EXHAUSTED; "
@@ -85,7 +85,7 @@ class ServiceSettings(BaseSettings):
 
     gil_switch_interval_ms: float = Field(
         5.0, gt=0, le=100, description="Python's thread switch interval in the `serve search` process "
-        "(sys.setswitchinterval). A shed call needs the GIL twice (gRPC polling thread, handler thread) while "
+        "(sys.setswitchinterval). gRPC's polling thread, which answers shed calls itself, waits for the GIL while "
         "max_inflight engine threads hold it in turns; a shorter interval answers it sooner at some cost in "
         "throughput. 5.0 is Python's own default; benchmarks/load.py measures another value side by side"
     )

@@ -49,16 +49,19 @@ def run_benchmark(name: str, args: list[str], out: Path, work: Path, timeout: in
 @pytest.mark.integration
 def test_perf_analyzer_smoke(tmp_path: Path, bench_work: Path) -> None:
     data = run_benchmark("perf_analyzer", [
-        "--concurrency", "1,2", "--configs", "batch0-1x,nobatch-1x", "--window-ms", "400", "--max-trials", "3",
-        "--inprocess-seconds", "0.5", "--inputs", "12"], tmp_path, bench_work)
+        "--concurrency", "1,2", "--configs", "batch0-1x,fused-2x", "--window-ms", "400", "--max-trials", "3",
+        "--inprocess-seconds", "0.5", "--inputs", "12", "--rounds", "2"], tmp_path, bench_work)
     assert data["perf_analyzer"]["version"].startswith("2.51")
     points = [r for r in data["results"] if "throughput" in r]
-    assert len(data["results"]) == 2 * 2 * 2  # configs x models x concurrencies, each attempted once
+    assert len(data["results"]) == 2 * 2 * 2  # configs x models x concurrencies, the rounds merged
+    assert len(data["rounds_raw"]["results"]) == 2 * 2 * 2 * 2  # ... each attempted once per round
     assert points, data["results"]
     for r in points:
         assert r["throughput"] > 0
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert set(r["composing"]) & {"image_encoder", "text_encoder"}
+        if r["config"] == "batch0-1x":  # the ensemble reports its composing models; a fused model has none
+            assert set(r["composing"]) & {"image_encoder", "text_encoder"}
+    assert data["summary"]["shipped_config"] == "fused-2x"
     assert {(r["model"], r["concurrency"]) for r in data["inprocess"]} == {
         (m, c) for m in ("embed_image", "embed_text") for c in (1, 2)}
     assert all(r["requests"] > 0 for r in data["inprocess"])
@@ -112,10 +115,13 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
         assert [o["x_saturation"] for o in data["overload"]] == [2.0]
         assert {"goodput_ratio", "shed_latency_ms", "ok_rps"} <= set(data["overload"][0])
         assert [c["variant"] for c in data["compare"]] == ["shipped", "max_inflight 16", "max_queued_rpcs 64",
-                                                           "gil_switch_interval_ms 1"]
+                                                           "gil_switch_interval_ms 1", "tritonserver nice 10"]
         for row in [*data["overload"], *data["compare"]]:
             shed = row["shed_latency_ms"]["p99"]  # from the due time; after send leaves the generator's lag out
             assert shed is None or row["shed_after_send_ms"]["p99"] <= shed
+            probe = row["probe"]  # the light client beside the step (own process)
+            assert probe["calls"] == sum(probe["codes"].values()) > 0
+            assert probe["shed"] == probe["codes"].get("RESOURCE_EXHAUSTED", 0)
     assert data["setup"]["service_exit_code"] == 0
 
 

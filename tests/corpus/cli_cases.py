@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,15 @@ class CliCase:
         return [*self.command.split(), *(a.format(taken=taken, dead=DEAD) for a in self.args)]
 
 
+def _tall_png(height: int) -> bytes:
+    """A small PNG declaring 1 x `height` RGB pixels: cheap to send, ruinous to decode and resize."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = zlib.compress(b"\x00" * 4 * height, 9)  # filter byte + one black RGB pixel per row
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
 def make_workspace(root: Path) -> Path:
     """The user's files the cases aim at; every one of them must survive every case unchanged."""
     root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +80,7 @@ def make_workspace(root: Path) -> Path:
     (root / "feats.jsonl").write_text("".join(json.dumps({"label": i % 2, "visual": i / 10}) + "\n" for i in range(8)))
     (root / "sp[" / "]").mkdir(parents=True)  # the folder path `sp[/]`: Rich markup if printed as such
     (root / "sp[" / "]" / "x.json").write_text(json.dumps({"name": "x"}) + "\n")
+    (root / "tall.png").write_bytes(_tall_png(1_000_000))
     os.mkfifo(root / "fifo")
     # an index root whose `current` is a regular file (someone replaced the link)
     (root / "root_file_current").mkdir()
@@ -223,10 +235,13 @@ def _cases() -> list[CliCase]:
     st = "serve triton"
     add(st, "repository-missing", ["--model-repository", "nope"], "'nope' does not exist")
     add(st, "repository-is-file", ["--model-repository", "notes.txt"], "notes.txt")
+    add(st, "repository-empty", ["--model-repository", "empty_root"], "empty_root holds no models (no <name>/config.pbtxt)")
     add(st, "http-port-zero", ["--model-repository", "empty_root", "--http-port", "0"], "--http-port")
     add(st, "grpc-port-out-of-range", ["--model-repository", "empty_root", "--grpc-port", "70000"], "--grpc-port")
     add(st, "log-file-folder", ["--model-repository", "empty_root", "--log-file", "userdata"], "--log-file userdata is not a regular file")
     add(st, "log-file-fifo", ["--model-repository", "empty_root", "--log-file", "fifo"], "--log-file fifo is not a regular file")
+    add(st, "log-file-user-file", ["--model-repository", "empty_root", "--log-file", "notes.txt"],
+        "--log-file notes.txt already exists and is not a tritonserver log")  # the log is appended: never to a user's file
     add(st, "tls-cert-without-key", ["--model-repository", "empty_root", "--grpc-tls-cert", "notes.txt"], "go together")
     add(st, "tls-key-dev-zero", ["--model-repository", "empty_root", "--grpc-tls-cert", "notes.txt", "--grpc-tls-key",
                                  "/dev/zero"], "/dev/zero is a device")
@@ -243,6 +258,9 @@ def _cases() -> list[CliCase]:
     add(se, "image-fifo", ["--image", "fifo"], "fifo is a fifo")
     add(se, "image-dev-zero", ["--image", "/dev/zero"], "/dev/zero is a device")
     add(se, "image-empty", ["--image", "empty.txt"], "empty.txt is empty")
+    add(se, "image-extreme-aspect", ["--image", "tall.png", "--text", "dress", "--target", "{dead}"],
+        "tall.png: image header declares 1x1000000")  # refused from the header, before any service is asked
+    add(se, "image-not-an-image", ["--image", "binary.bin", "--target", "{dead}"], "binary.bin:")
     add(se, "image-escape-path", ["--image", f"{ESC}]0;pwn\x07.png"], "\\x1b]0;pwn\\x07.png does not exist")
     add(se, "filter-malformed", ["--text", "dress", "--filter", "color"], "facet=value")
     add(se, "target-unreachable", ["--text", "dress", "--target", "{dead}"], "no search service answers at 127.0.0.1:1")

@@ -1,7 +1,7 @@
 """The Milvus path end to end, through the CLI and the environment Kubernetes would give the pod:
 `lenscope index build --backend milvus` (real Triton), then `lenscope serve search` started from the
 rendered gpu overlay's environment (ConfigMap + Secret reference; only addresses and ports rewritten
-to this machine), queried over gRPC. Against Milvus Lite in-process, and against `milvus-lite server`
+to this machine), queried over gRPC and with `lenscope search`. Against Milvus Lite in-process, and against `milvus-lite server`
 in its own process reached over the network as a cluster is, with a blue-green switch (new build,
 alias moved, a second service on the new version, traffic moved, the old one stopped) while queries
 run: 0 failed queries; then `lenscope index prune` drops only the collection no version uses.
@@ -130,6 +130,14 @@ class Service:
             search_pb2.Filter(facet=k, values=[v]) for k, v in filters.items()])
         return self.stub.Search(request, timeout=10)
 
+    def cli_search(self, text: str, *filters: str) -> dict:
+        """The same query through the CLI a user types: `lenscope search --json` against this service."""
+        args = ["search", "--text", text, "--top-k", "5", "--target", f"127.0.0.1:{self.port}", "--timeout", "10",
+                "--json"]
+        for f in filters:
+            args += ["--filter", f]
+        return json.loads(_cli(*args).stdout)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -173,6 +181,12 @@ def test_milvus_lite_through_the_cli_and_the_rendered_pod_environment(triton, ca
         if color:  # a filter on a catalog attribute: answered from the same collection
             filtered = service.search("dress", color=color)
             assert filtered.hits and all(dict(h.attributes)["color"] == color for h in filtered.hits)
+        by_cli = service.cli_search("red dress")  # the same search through `lenscope search`
+        assert by_cli["index_version"] == version
+        assert [h["product_id"] for h in by_cli["hits"]] == [h.product_id for h in response.hits]
+        if color:
+            by_cli = service.cli_search("dress", f"color={color}")
+            assert by_cli["hits"] and all(h["attributes"]["color"] == color for h in by_cli["hits"])
     finally:
         service.stop()
     assert "(milvus)" in service.log.read_text()
@@ -243,6 +257,7 @@ def test_milvus_server_blue_green_with_queries_running_then_prune(triton, catalo
         green = Service(root, pod_env(triton.grpc_url, milvus_server), tmp_path / "green.log")
         green.wait_serving()
         target["service"] = green  # traffic moves once green serves; blue stops after
+        assert green.cli_search("blue shirt")["index_version"] == green_version  # and through `lenscope search`
         time.sleep(2.0)
         blue.stop()
         time.sleep(1.0)

@@ -394,6 +394,66 @@ def test_a_shed_call_is_answered_before_its_bytes_are_decoded(start: Callable[..
     assert [line["code"] for line in lines if line.get("event") == "search"].count("RESOURCE_EXHAUSTED") == 1
 
 
+def test_a_call_arriving_with_every_slot_taken_is_shed_without_its_message(start: Callable[..., Harness]) -> None:
+    # The polling thread picks the shed handler when every slot is taken: it answers without waiting
+    # for the request message. A call whose message never comes (its request stream held open) still
+    # gets RESOURCE_EXHAUSTED at once; the handler that reads the message would wait for the deadline.
+    h = start(max_inflight=1)
+    h.engine.delay_s = 10.0
+    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
+    wait_until(lambda: h.engine.running == 1)
+    no_message = threading.Event()
+
+    def never_sends() -> Iterator[bytes]:
+        no_message.wait(30)
+        return
+        yield  # pragma: no cover
+
+    held_open = h.channel.stream_unary(f"/{SERVICE_NAME}/Search")
+    try:
+        with pytest.raises(grpc.RpcError) as shed:
+            held_open(never_sends(), timeout=5)
+    finally:
+        no_message.set()
+    assert shed.value.code() == Code.RESOURCE_EXHAUSTED
+    assert "1 searches in flight" in shed.value.details()
+    assert any(line.get("code") == "RESOURCE_EXHAUSTED" and line.get("request_id") for line in h.log_lines())
+    h.engine.release.set()
+    assert pending.result().hits
+    assert len(h.engine.queries) == 1
+
+
+def test_a_shed_answer_needs_no_handler_thread(start: Callable[..., Harness]) -> None:
+    # Every handler thread busy (the only slot's search, and a reflection stream holding the spare one),
+    # room in gRPC's queue: a search arriving now is shed by gRPC's polling thread itself, at once. A
+    # shed handler run on a handler thread would wait in the queue until the stream ends.
+    h = start(max_inflight=1, spare_threads=1, max_queued_rpcs=4)
+    earlier = set(threading.enumerate())  # other tests' pools may still be winding down
+    h.engine.delay_s = 10.0
+    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
+    wait_until(lambda: h.engine.running == 1)
+    requests_done = threading.Event()
+
+    def no_requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        requests_done.wait(30)
+        return
+        yield  # pragma: no cover
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(h.channel).ServerReflectionInfo(no_requests(), timeout=30)
+    try:
+        # the pool starts a thread per submission while none is idle: two threads = both calls hold one
+        wait_until(lambda: sum(t.name.startswith("lenscope-grpc") for t in set(threading.enumerate()) - earlier) == 2)
+        with pytest.raises(grpc.RpcError) as shed:
+            h.search(text="dress", timeout=5)
+        assert shed.value.code() == Code.RESOURCE_EXHAUSTED
+        assert "1 searches in flight" in shed.value.details()
+    finally:
+        requests_done.set()
+        reflection.cancel()
+    h.engine.release.set()
+    assert pending.result().hits
+
+
 def test_grpc_itself_rejects_rpcs_beyond_the_handler_threads(start: Callable[..., Harness]) -> None:
     # max_inflight 1 + spare 1 handler threads, no queue: a third concurrent call is refused by
     # gRPC on its polling thread (never reaching a handler), still as RESOURCE_EXHAUSTED.

@@ -43,9 +43,10 @@ def test_every_model_of_the_design_is_configured() -> None:
     assert set(configs) == set(contract.ALL_MODELS)
 
 
+@pytest.mark.parametrize("cpu_embed", ["fused", "ensemble"])
 @pytest.mark.parametrize("name", contract.ALL_MODELS)
-def test_cpu_configs_round_trip(name: str) -> None:
-    cfg = build_configs(fake_manifest(), RepositorySettings())[name]
+def test_cpu_configs_round_trip(name: str, cpu_embed: str) -> None:
+    cfg = build_configs(fake_manifest(), RepositorySettings(cpu_embed=cpu_embed))[name]
     d = as_dict(render(cfg))
     assert d["name"] == name
     assert d["max_batch_size"] == 32
@@ -55,9 +56,10 @@ def test_cpu_configs_round_trip(name: str) -> None:
     for o, t in zip(d["output"], sig.outputs):
         assert o["data_type"] == t.dtype and [int(x) for x in o["dims"]] == list(t.dims)
     if name in contract.ENSEMBLES:
+        assert d["parameters"]["manifest"]["string_value"].startswith("{")  # the client reads it here
+    if name in contract.ENSEMBLES and cpu_embed == "ensemble":
         assert d["platform"] == "ensemble"
         assert "dynamic_batching" not in d and "model_warmup" not in d
-        assert d["parameters"]["manifest"]["string_value"].startswith("{")
     else:
         assert d["backend"] == "python"
         db = d["dynamic_batching"]
@@ -79,11 +81,50 @@ def test_attribute_outputs_carry_label_files() -> None:
 
 
 def test_ensemble_steps_wire_the_pipeline() -> None:
-    d = as_dict(render(build_configs(fake_manifest(), RepositorySettings())[contract.EMBED_IMAGE]))
+    d = as_dict(render(build_configs(fake_manifest(), RepositorySettings(cpu_embed="ensemble"))[contract.EMBED_IMAGE]))
     steps = d["ensemble_scheduling"]["step"]
     assert [s["model_name"] for s in steps] == [contract.IMAGE_PREPROCESS, contract.IMAGE_ENCODER, contract.ATTRIBUTE_HEADS]
     assert steps[1]["input_map"] == {"PIXEL_VALUES": "PIXEL_VALUES"}
     assert set(steps[2]["output_map"]) == {"ATTR_CATEGORY", "ATTR_COLOR", "ATTR_PATTERN"}
+
+
+def test_cpu_default_fuses_each_query_kind_into_one_python_model() -> None:
+    configs = build_configs(fake_manifest(), RepositorySettings())
+    ensembles = build_configs(fake_manifest(), RepositorySettings(cpu_embed="ensemble"))
+    for name in contract.ENSEMBLES:
+        fused, ens = as_dict(render(configs[name])), as_dict(render(ensembles[name]))
+        assert fused["backend"] == "python" and "ensemble_scheduling" not in fused
+        assert fused["input"] == ens["input"] and fused["output"] == ens["output"]  # same contract, labels included
+        assert fused["instance_group"][0]["count"] == 2
+        assert fused["parameters"]["manifest"] == ens["parameters"]["manifest"]
+        assert fused["parameters"]["intra_op_threads"]["string_value"] == "1"
+    image = as_dict(render(configs[contract.EMBED_IMAGE]))["parameters"]
+    assert image["image_onnx"]["string_value"] == contract.IMAGE_ONNX
+    assert image["heads_onnx"]["string_value"] == contract.HEADS_ONNX
+    assert "preprocess" in image and "limits" in image
+    text = as_dict(render(configs[contract.EMBED_TEXT]))["parameters"]
+    assert text["vocab_file"]["string_value"] == contract.BPE_VOCAB_FILE and "max_text_chars" in text
+    # the composing models stay (tools and tests run one step alone), unchanged by the choice
+    for name in set(contract.ALL_MODELS) - set(contract.ENSEMBLES):
+        assert render(configs[name]) == render(ensembles[name])
+
+
+def test_fused_models_batch_like_the_others_and_take_their_own_delay() -> None:
+    s = RepositorySettings(embed_instances=3, intra_op_threads=2, model_queue_delay_us={contract.EMBED_IMAGE: 100},
+                           unbatched_models={contract.EMBED_TEXT})
+    configs = build_configs(fake_manifest(), s)
+    image = parse(render(configs[contract.EMBED_IMAGE]))
+    assert image.dynamic_batching.max_queue_delay_microseconds == 100
+    assert image.instance_group[0].count == 3
+    assert not parse(render(configs[contract.EMBED_TEXT])).HasField("dynamic_batching")
+    assert as_dict(render(configs[contract.EMBED_TEXT]))["parameters"]["intra_op_threads"]["string_value"] == "2"
+    with pytest.raises(ValidationError, match="unknown model"):  # an ensemble has no batcher of its own
+        RepositorySettings(cpu_embed="ensemble", unbatched_models={contract.EMBED_TEXT})
+
+
+def test_gpu_profile_keeps_its_ensembles() -> None:
+    configs = build_configs(fake_manifest("gpu"), RepositorySettings(profile="gpu", gpu_preprocess="python"))
+    assert all(as_dict(render(configs[n]))["platform"] == "ensemble" for n in contract.ENSEMBLES)
 
 
 def test_gpu_profile_onnxruntime_with_tensorrt_fp16() -> None:
@@ -231,7 +272,7 @@ def test_batching_per_composing_model() -> None:
     text = parse(render(configs[contract.TEXT_ENCODER])).dynamic_batching
     assert text.max_queue_delay_microseconds == 100
     with pytest.raises(ValidationError, match="unknown model.*embed_image"):
-        RepositorySettings(unbatched_models={contract.EMBED_IMAGE})  # an ensemble has no batcher of its own
+        RepositorySettings(cpu_embed="ensemble", unbatched_models={contract.EMBED_IMAGE})  # an ensemble has no batcher
     with pytest.raises(ValidationError, match="must be 0..100000"):
         RepositorySettings(model_queue_delay_us={contract.TEXT_ENCODER: -1})
 

@@ -52,6 +52,31 @@ def test_serve_triton_refuses_a_taken_port_before_starting(tmp_path: Path, monke
     assert "tritonserver ready" not in res.output and not started and "Traceback" not in res.output
 
 
+def test_log_file_is_appended_only_to_an_earlier_tritonserver_log(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--log-file appends: a user's file there is refused before anything starts; an earlier run's log is reused."""
+    started: list = []
+    monkeypatch.setattr(ts.TritonServer, "start", lambda self: started.append(self) or (_ for _ in ()).throw(
+        TritonServerError("stop here")))
+    repo = _repository(tmp_path / "repo", "embed_text")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    ports = [str(p) for p in free_ports(3)]
+    args = ["serve", "triton", "--model-repository", str(repo), "--http-port", ports[0], "--grpc-port", ports[1],
+            "--metrics-port", ports[2], "--log-file"]
+    from lenscope.client.cli.app import app  # with its error boundary, as a user runs it
+
+    res = CliRunner().invoke(app, [*args, str(notes)])
+    assert res.exit_code == 2 and not started, res.output
+    assert "is not a tritonserver log" in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert notes.read_text() == "my notes\n"
+
+    earlier = tmp_path / "triton.log"
+    earlier.write_text('I1205 20:22:52.938392 6258 pinned_memory_manager.cc:283] "Pinned memory pool disabled"\n')
+    res = CliRunner().invoke(app, [*args, str(earlier)])
+    assert len(started) == 1 and "stop here" in " ".join(res.output.split()), res.output
+
+
 def test_an_empty_repository_is_refused_not_served(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(TritonServerError, match="holds no models"):
