@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -423,12 +424,11 @@ def test_a_call_arriving_with_every_slot_taken_is_shed_without_its_message(start
     assert len(h.engine.queries) == 1
 
 
-def test_a_shed_answer_needs_no_handler_thread(start: Callable[..., Harness]) -> None:
-    # Every handler thread busy (the only slot's search, and a reflection stream holding the spare one),
-    # room in gRPC's queue: a search arriving now is shed by gRPC's polling thread itself, at once. A
-    # shed handler run on a handler thread would wait in the queue until the stream ends.
-    h = start(max_inflight=1, spare_threads=1, max_queued_rpcs=4)
-    earlier = set(threading.enumerate())  # other tests' pools may still be winding down
+
+@contextmanager
+def every_handler_busy(h: Harness) -> Iterator[grpc.Future]:
+    """With max_inflight 1 + spare 1: a slow search holds the only slot (its future is yielded) and a
+    reflection stream whose requests never come holds the spare handler thread, until the block ends."""
     h.engine.delay_s = 10.0
     pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
     wait_until(lambda: h.engine.running == 1)
@@ -441,15 +441,25 @@ def test_a_shed_answer_needs_no_handler_thread(start: Callable[..., Harness]) ->
 
     reflection = reflection_pb2_grpc.ServerReflectionStub(h.channel).ServerReflectionInfo(no_requests(), timeout=30)
     try:
+        yield pending
+    finally:
+        requests_done.set()
+        reflection.cancel()
+
+
+def test_a_shed_answer_needs_no_handler_thread(start: Callable[..., Harness]) -> None:
+    # Every handler thread busy (the only slot's search, and a reflection stream holding the spare one),
+    # room in gRPC's queue: a search arriving now is shed by gRPC's polling thread itself, at once. A
+    # shed handler run on a handler thread would wait in the queue until the stream ends.
+    h = start(max_inflight=1, spare_threads=1, max_queued_rpcs=4)
+    earlier = set(threading.enumerate())  # other tests' pools may still be winding down
+    with every_handler_busy(h) as pending:
         # the pool starts a thread per submission while none is idle: two threads = both calls hold one
         wait_until(lambda: sum(t.name.startswith("lenscope-grpc") for t in set(threading.enumerate()) - earlier) == 2)
         with pytest.raises(grpc.RpcError) as shed:
             h.search(text="dress", timeout=5)
         assert shed.value.code() == Code.RESOURCE_EXHAUSTED
         assert "1 searches in flight" in shed.value.details()
-    finally:
-        requests_done.set()
-        reflection.cancel()
     h.engine.release.set()
     assert pending.result().hits
 
@@ -458,18 +468,6 @@ def test_grpc_itself_rejects_rpcs_beyond_the_handler_threads(start: Callable[...
     # max_inflight 1 + spare 1 handler threads, no queue: a third concurrent call is refused by
     # gRPC on its polling thread (never reaching a handler), still as RESOURCE_EXHAUSTED.
     h = start(max_inflight=1, spare_threads=1, max_queued_rpcs=0)
-    h.engine.delay_s = 10.0
-    pending = h.stub.Search.future(search_pb2.SearchRequest(text="dress"), timeout=30)
-    wait_until(lambda: h.engine.running == 1)
-    # Hold the spare handler thread with a reflection stream whose requests never come.
-    requests_done = threading.Event()
-
-    def no_requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
-        requests_done.wait(30)
-        return
-        yield  # pragma: no cover
-
-    reflection = reflection_pb2_grpc.ServerReflectionStub(h.channel).ServerReflectionInfo(no_requests(), timeout=30)
     seen: list[tuple[grpc.StatusCode, str]] = []
 
     def refused_by_grpc() -> bool:  # polled until the stream holds its thread
@@ -480,11 +478,10 @@ def test_grpc_itself_rejects_rpcs_beyond_the_handler_threads(start: Callable[...
             seen.append((err.code(), err.details()))
         return "Concurrent RPC limit exceeded" in seen[-1][1]
 
-    wait_until(refused_by_grpc)
-    assert {code for code, _ in seen} == {Code.RESOURCE_EXHAUSTED}, seen
-    assert len(h.engine.queries) == 1  # only the first, slow search reached the engine
-    requests_done.set()
-    reflection.cancel()
+    with every_handler_busy(h) as pending:
+        wait_until(refused_by_grpc)
+        assert {code for code, _ in seen} == {Code.RESOURCE_EXHAUSTED}, seen
+        assert len(h.engine.queries) == 1  # only the first, slow search reached the engine
     h.engine.release.set()
     assert pending.result().hits
 
