@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 import typer
+from PIL import Image
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -424,7 +425,6 @@ def test_a_call_arriving_with_every_slot_taken_is_shed_without_its_message(start
     assert len(h.engine.queries) == 1
 
 
-
 @contextmanager
 def every_handler_busy(h: Harness) -> Iterator[grpc.Future]:
     """With max_inflight 1 + spare 1: a slow search holds the only slot (its future is yielded) and a
@@ -662,7 +662,9 @@ def _cli() -> typer.Typer:
 
 def test_cli_prints_hits_breakdown_facets_and_timings(svc: Harness, tmp_path: Path) -> None:
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(b"\xff\xd8 fake jpeg")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 40)).save(buf, format="JPEG")
+    photo.write_bytes(buf.getvalue())  # a real header: the CLI checks it before sending
     result = CliRunner().invoke(_cli(), [
         "search", "--image", str(photo), "--text", "red floral dress", "--filter", "color=red,burgundy",
         "--filter", "category=dress", "--facet", "color", "--top-k", "5", "--target", svc.target,
@@ -672,7 +674,7 @@ def test_cli_prints_hits_breakdown_facets_and_timings(svc: Harness, tmp_path: Pa
     for text in ("Red floral wrap dress", "p-17", "0.8100", "visual", "+0.5000", "red (12)", "total", "embed 4.0"):
         assert text in result.output
     (query,) = svc.engine.queries
-    assert query.image == b"\xff\xd8 fake jpeg"
+    assert query.image == buf.getvalue()
     assert query.filters == {"category": ("dress",), "color": ("burgundy", "red")}
 
 
