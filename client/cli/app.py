@@ -71,15 +71,17 @@ def model_export(
     onnx_dir: Optional[Path] = typer.Option(None, help="Keep the exported ONNX files here (for build-trt)."),
 ) -> None:
     """Export the spec's towers to ONNX, verify them against torch, write the repository."""
-    from lenscope.export.pipeline import DEFAULT_SPEC, export_model
-    from lenscope.export.repository import RepositorySettings
+    from lenscope.export.repository import RepositorySettings, check_repository_out
 
+    check_repository_out(out)  # before torch loads (~10-60 s): a folder we did not write is refused at once
     settings = RepositorySettings(
         profile=profile, gpu_backend=gpu_backend, gpu_preprocess=gpu_preprocess, max_batch_size=max_batch_size,
         encoder_instances=encoder_instances, intra_op_threads=intra_op_threads, cpu_embed=cpu_embed,
         embed_instances=embed_instances,
         **({} if queue_delay_us is None else {"max_queue_delay_microseconds": queue_delay_us}),
     )
+    from lenscope.export.pipeline import DEFAULT_SPEC, export_model
+
     export_model(spec or DEFAULT_SPEC, out, settings, onnx_dir=onnx_dir, log=log)
 
 
