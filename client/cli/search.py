@@ -2,7 +2,8 @@
 
 A thin client of the public API (``lenscope.client.api``), exactly what a frontend would send, so it
 doubles as a smoke test of a deployment. Exit codes: 0 hits printed, 1 the service answered with an
-error (its status and message are printed), 2 bad command-line input or no service at ``--target``.
+error (its status and message are printed), 2 bad input (refused here, or INVALID_ARGUMENT from the
+service) or no service at ``--target``.
 Everything the service returns (titles, ids, facet values) is printed literally, control characters
 escaped (:mod:`lenscope.client.cli.terminal`).
 """
@@ -183,7 +184,10 @@ def search_command(
                 fail(f"no search service answers at {target}: {err.details()}", 2,
                      "start one with 'lenscope serve search --index-root DIR' or pass --target HOST:PORT")
             request_id = dict(err.trailing_metadata() or ()).get(REQUEST_ID_KEY)
-            fail(f"{err.code().name}: {err.details()}" + (f" (request {request_id})" if request_id else ""), 1)
+            message = f"{err.code().name}: {err.details()}" + (f" (request {request_id})" if request_id else "")
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:  # the query itself cannot be used: bad input
+                fail(message, 2, "the service refused this query; change the option its message names")
+            fail(message, 1)
     if as_json:
         # JSON escapes control characters itself; print it as plain text so no markup is read
         console.print(literal(MessageToJson(response, preserving_proto_field_name=True)), soft_wrap=True)

@@ -679,8 +679,9 @@ def test_cli_prints_hits_breakdown_facets_and_timings(svc: Harness, tmp_path: Pa
 
 
 def test_cli_reports_the_status_and_exits_non_zero(svc: Harness) -> None:
+    # a query the service refuses as invalid is bad input: exit 2, the service's status and message shown
     result = CliRunner().invoke(_cli(), ["search", "--text", "dress", "--filter", "colour=red", "--target", svc.target])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "INVALID_ARGUMENT" in result.output and "unknown facet 'colour'" in result.output
     bad = CliRunner().invoke(_cli(), ["search", "--text", "dress", "--filter", "colour", "--target", svc.target])
     assert bad.exit_code == 2
