@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ import open_loop  # noqa: E402
 import reporting  # noqa: E402
 import shed_probe  # noqa: E402
 import stack  # noqa: E402
+
+from lenscope.client.service.settings import ServiceSettings  # noqa: E402
 
 OK_SHARE = 0.95
 MAX_ERROR_RATE = 0.01
@@ -58,6 +61,10 @@ def saturation(steps: list[dict[str, Any]], ok_share: float = OK_SHARE,
     """The highest offered rate that was still served: >= 95 % answered OK, <= 1 % errors."""
     good = [s for s in steps if s["ok_rps"] >= ok_share * s["offered_rps"] and (s["error_rate"] or 0) <= max_error_rate]
     return max(good, key=lambda s: s["offered_rps"]) if good else None
+
+
+PROBE_KIND = "probe:text"  # the probe client's calls among a step's outcomes
+FRONT_MARK = "(client/service/front.py)"  # the side-by-side row served through the admission front
 
 
 async def probed_step(driver: open_loop.Driver, args: argparse.Namespace, rate: float,
@@ -85,7 +92,7 @@ async def probed_step(driver: open_loop.Driver, args: argparse.Namespace, rate: 
     if proc.returncode != 0 or not out.is_file():
         raise RuntimeError(f"probe client failed (exit {proc.returncode}); see {out}")
     rows = json.loads(out.read_text())
-    outcomes += [open_loop.Outcome(r["due_s"], 0.0, r["latency_ms"], r["code"], "probe:text") for r in rows]
+    outcomes += [open_loop.Outcome(r["due_s"], 0.0, r["latency_ms"], r["code"], PROBE_KIND) for r in rows]
     return outcomes, {"rate": probe_rate, **shed_probe.summarise(rows)}
 
 
@@ -137,38 +144,20 @@ async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: repor
         # (a fresh process too, so the rows differ only in the setting), then each alternative.
         heavy_rate = overload[-1]["offered_rps"] if overload else None
         variants = [("shipped", args.max_inflight, {})]
-        if args.compare_inflight:
-            variants.append((f"max_inflight {args.compare_inflight}", args.compare_inflight, {}))
-        if args.compare_queued is not None:
+        for inflight in args.compare_inflight:
+            variants.append((f"max_inflight {inflight}", inflight, {}))
+        if args.compare_queued is not None and args.compare_queued >= 0:
             variants.append((f"max_queued_rpcs {args.compare_queued}", args.max_inflight,
                              {"LENSCOPE_MAX_QUEUED_RPCS": str(args.compare_queued)}))
         if args.compare_switch_ms:
             variants.append((f"gil_switch_interval_ms {args.compare_switch_ms:g}", args.max_inflight,
                              {"LENSCOPE_GIL_SWITCH_INTERVAL_MS": f"{args.compare_switch_ms:g}"}))
+        if args.compare_front:
+            variants.append((f"admission front {FRONT_MARK}", args.max_inflight, {}))
         if args.compare_triton_nice:  # last: raising niceness back may need privileges
             variants.append((f"tritonserver nice {args.compare_triton_nice}", args.max_inflight, {}))
         if heavy_rate and len(variants) > 1:
-            for name, inflight, env in variants:
-                log_path = Path(args.workdir) / f"search-service-{name.replace(' ', '-')}.log"
-                second = stack_.restart_service(inflight, log_path, env=env)
-                niced = name.startswith("tritonserver nice")
-                try:
-                    if niced:
-                        stack.renice_tree(stack_.triton.pid, args.compare_triton_nice)
-                    async with open_loop.Driver(second.address, queries, deadline_s=args.deadline_s) as driver:
-                        await driver.closed(2, min(args.warmup_seconds, 3.0))
-                        outcomes, probe = await probed_step(driver, args, heavy_rate, name.replace(" ", "-"))
-                finally:
-                    if niced:
-                        stack.renice_tree(stack_.triton.pid, args.triton_nice)
-                    second.stop()
-                row = {"variant": name, "max_inflight": inflight, "env": env,
-                       **open_loop.summarise(outcomes, heavy_rate, args.step_seconds), "probe": probe}
-                row["goodput_ratio"] = reporting.ratio(row["ok_rps"], sat_ok, 3)
-                compare.append(row)
-                print(f"compare {name} at {heavy_rate} rps: ok {row['ok_rps']}/s p99 {row['ok_latency_ms']['p99']} ms "
-                      f"shed p99 {row['shed_latency_ms']['p99']} ms codes {row['codes']}")
-                await asyncio.sleep(args.pause_seconds)
+            compare = await compare_variants(args, stack_, queries, variants, heavy_rate, sat_ok)
     max_ok = max(steps + overload, key=lambda s: s["ok_rps"])
     beyond = [s for s in steps if sat_rate is not None and s["offered_rps"] > sat_rate]
 
@@ -196,6 +185,52 @@ async def run(args: argparse.Namespace, stack_: stack.SearchStack, report: repor
         "overload": overload,
         "compare": compare,
     }
+
+
+async def compare_variants(args: argparse.Namespace, stack_: stack.SearchStack, queries, variants: list,
+                           rate: float, sat_ok: float | None) -> list[dict[str, Any]]:
+    """The same step at ``rate`` against a fresh service process per variant, ``--compare-rounds`` times,
+    each round in another order (round r starts at variant r), so that no variant always runs first or
+    after the same neighbour on this shared box; each row pools its variant's rounds."""
+    pooled: dict[str, list[open_loop.Outcome]] = {name: [] for name, _, _ in variants}
+    for r in range(args.compare_rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for name, inflight, env in order:
+            log_path = Path(args.workdir) / f"search-service-{_slug(name)}.log"
+            second = stack_.restart_service(inflight, log_path, env=env)
+            niced = name.startswith("tritonserver nice")
+            front = None
+            try:
+                if niced:
+                    stack.renice_tree(stack_.triton.pid, args.compare_triton_nice)
+                address = second.address
+                if FRONT_MARK in name:  # the same service, called through the front process
+                    front = stack.FrontProcess.start(second.address, inflight, log_path.with_suffix(".front.log"))
+                    address = front.address
+                async with open_loop.Driver(address, queries, deadline_s=args.deadline_s) as driver:
+                    await driver.closed(2, min(args.warmup_seconds, 3.0))
+                    outcomes, _ = await probed_step(driver, args, rate, f"{_slug(name)}-{r}")
+            finally:
+                if front is not None:
+                    front.stop()
+                if niced:
+                    stack.renice_tree(stack_.triton.pid, args.triton_nice)
+                second.stop()
+            pooled[name] += outcomes
+            one = open_loop.summarise(outcomes, rate, args.step_seconds)
+            print(f"compare {name} (round {r + 1}/{args.compare_rounds}) at {rate} rps: ok {one['ok_rps']}/s "
+                  f"p99 {one['ok_latency_ms']['p99']} ms shed p99 {one['shed_latency_ms']['p99']} ms codes {one['codes']}")
+            await asyncio.sleep(args.pause_seconds)
+    rows = []
+    for name, inflight, env in variants:
+        outcomes = pooled[name]
+        probe_rows = [{"latency_ms": o.latency_ms, "code": o.code} for o in outcomes if o.kind == PROBE_KIND]
+        row = {"variant": name, "max_inflight": inflight, "env": env, "rounds": args.compare_rounds,
+               **open_loop.summarise(outcomes, rate, args.step_seconds * args.compare_rounds),
+               "probe": shed_probe.summarise(probe_rows) if probe_rows else None}
+        row["goodput_ratio"] = reporting.ratio(row["ok_rps"], sat_ok, 3)
+        rows.append(row)
+    return rows
 
 
 def plot(data: dict[str, Any]):
@@ -263,8 +298,11 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
              for b in data["beyond_saturation"]]))
     compare = data.get("compare") or []
     if compare:
+        rounds = compare[0].get("rounds", 1)
+        pooled = (f"; {rounds} rounds, each in another order, each row pooling its {rounds} steps"
+                  if rounds > 1 else "")
         report.add(f"\n## Side by side at {compare[0]['offered_rps']} rps (the heaviest overload step, each a fresh "
-                   "service process on the same Triton and index, one after the other)\n")
+                   f"service process on the same Triton and index, one after the other{pooled})\n")
         report.add(reporting.table(
             ["service", "OK rps", "goodput / saturation", "OK p50 ms", "OK p99 ms", "shed share", "shed p50 ms",
              "shed p99 ms", "shed p99 ms after send", "probe client: shed p50 / p99 ms (calls)", "codes"],
@@ -301,6 +339,17 @@ def markdown(report: reporting.Report, data: dict[str, Any]) -> None:
                    "Kubernetes deployment Triton and the search service are separate pods with their own CPU "
                    "requests, which a lower CPU priority for Triton models (the service is scheduled first when "
                    "both are runnable). It is an explicit benchmark setting, not a service change.\n")
+    if s.get("compare_front"):
+        report.add(f"\n**Admission front**: the row `admission front {FRONT_MARK}` calls the shipped service "
+                   "through `python -m lenscope.client.service.front`, a second, light process in front of it that "
+                   "admits at most max_inflight searches and answers the rest with RESOURCE_EXHAUSTED on its own "
+                   "gRPC polling thread, whose GIL no engine thread holds; admitted calls are forwarded as bytes "
+                   "(one more local hop).\n")
+
+
+def _slug(name: str) -> str:
+    """A row's name as a file name part ("admission front (client/service/front.py)" has slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
 
 
 def _probe_cell(p99: float | None, calls: int | None, p50: float | None = None) -> str:
@@ -313,7 +362,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     floats = lambda s: [float(x) for x in s.split(",") if x.strip()]  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--products", type=int, default=600, help="catalog size (600 = the bundled demo catalog)")
-    p.add_argument("--max-inflight", type=int, default=8, help="service admission limit (LENSCOPE_MAX_INFLIGHT; 8 = shipped)")
+    shipped = ServiceSettings.model_fields["max_inflight"].default
+    p.add_argument("--max-inflight", type=int, default=shipped,
+                   help=f"service admission limit (LENSCOPE_MAX_INFLIGHT; {shipped} = shipped)")
     p.add_argument("--fractions", type=floats, default=[0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5],
                    help="step rates as fractions of the closed-loop capacity estimate")
     p.add_argument("--overload", type=floats, default=[1.6, 2.4],
@@ -325,9 +376,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calibrate-seconds", type=float, default=6.0)
     p.add_argument("--deadline-s", type=float, default=1.0, help="client deadline per request")
     p.add_argument("--mix", default="image=0.4,text=0.4,image+text=0.2")
-    p.add_argument("--compare-inflight", type=int, default=32, help="another admission limit, side by side (32: the old default); 0 = none")
+    ints = lambda s: [int(x) for x in s.split(",") if x.strip() and int(x)]  # noqa: E731
+    p.add_argument("--compare-inflight", type=ints, default=[8, 2],
+                   help="other admission limits, side by side, comma-separated (8: the old default); 0 = none")
     p.add_argument("--compare-queued", type=int, default=64,
-                   help="also run the heaviest step with LENSCOPE_MAX_QUEUED_RPCS=N (64 = the old default)")
+                   help="also run the heaviest step with LENSCOPE_MAX_QUEUED_RPCS=N (64 = the old default); -1 = not")
     p.add_argument("--compare-switch-ms", type=float, default=1.0,
                    help="also run the heaviest step with LENSCOPE_GIL_SWITCH_INTERVAL_MS=X (the shipped value is "
                         "Python's 5.0); 0 = not")
@@ -336,6 +389,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "Triton in its own pod: the service gets the CPU first); 0 = not")
     p.add_argument("--triton-nice", type=int, default=0,
                    help="nice value of tritonserver and its stubs for the whole run (0 = as started)")
+    p.add_argument("--compare-front", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the heaviest step through the admission front process (client/service/front.py) "
+                        "in front of the shipped service")
+    p.add_argument("--compare-rounds", type=int, default=1,
+                   help="side-by-side rounds; each variant's row pools its rounds, each round in another order")
     p.add_argument("--probe-rate", type=float, default=10.0,
                    help="calls/s of the light probe client (own process) beside each overload and side-by-side "
                         "step; 0 = no probe")
@@ -346,8 +404,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--from-json", type=Path, default=None, help="re-render an earlier run's JSON (no measuring)")
     args = p.parse_args(argv)
     if args.no_compare:
-        args.compare_inflight, args.compare_queued, args.compare_switch_ms = 0, None, 0.0
-        args.compare_triton_nice = 0
+        args.compare_inflight, args.compare_queued, args.compare_switch_ms = [], None, 0.0
+        args.compare_triton_nice, args.compare_front = 0, False
     args.out = reporting.output_dir(args.out, args.publish)
     return args
 

@@ -39,6 +39,8 @@ import open_loop  # noqa: E402
 import reporting  # noqa: E402
 import stack  # noqa: E402
 
+from lenscope.client.service.settings import ServiceSettings  # noqa: E402
+
 MiB = 1024 * 1024
 
 
@@ -281,7 +283,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-seconds", type=float, default=4.0)
     p.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling period")
     p.add_argument("--products", type=int, default=600)
-    p.add_argument("--max-inflight", type=int, default=8)
+    p.add_argument("--max-inflight", type=int, default=ServiceSettings.model_fields["max_inflight"].default,
+                   help="service admission limit (LENSCOPE_MAX_INFLIGHT; default: the shipped one)")
     p.add_argument("--deadline-s", type=float, default=1.0)
     p.add_argument("--mix", default="image=0.4,text=0.4,image+text=0.2")
     p.add_argument("--spec", type=Path, default=None)

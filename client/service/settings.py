@@ -69,10 +69,12 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 = any free port")
 
     max_inflight: int = Field(
-        8, ge=1, description="searches running in the engine at once; more are shed. Sizes every pool of a "
-        "request (service/servicer.py). 8 on 2 cores: side by side at 2.4x saturation it served 2x the "
-        "searches of 32, which let requests share the CPU until they missed their deadline "
-        "(benchmarks/reports/load.md); raise it with the cores"
+        4, ge=1, description="searches running in the engine at once; more are shed. Sizes every pool of a "
+        "request (service/servicer.py). 4 on 2 cores (the cpu profile's 2 embedding instances): side by side "
+        "at 2.4x saturation, four runs of 3 pooled rounds each (README, Benchmarks), 8 served 0-8 % "
+        "more searches with about twice the OK latency (more requests waiting in Triton's queue: Little's "
+        "law), 2 served 13-17 % fewer, and 32 let requests queue until they missed their deadline. Raise it "
+        "with the model server's capacity"
     )
     spare_threads: int = Field(
         8, ge=1, description="gRPC handler threads beyond max_inflight: they answer invalid and health calls, and calls shed by the servicer after gRPC's polling thread let them in"

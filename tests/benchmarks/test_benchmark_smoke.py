@@ -101,7 +101,7 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
     data = run_benchmark("load", [
         "--products", "60", "--fractions", "0.5,3", "--extra-steps", "0", "--step-seconds", "3",
         "--pause-seconds", "0.5", "--warmup-seconds", "1", "--calibrate-seconds", "2", "--max-inflight", "4",
-        "--compare-inflight", "16", "--overload", "2"], tmp_path, bench_work)
+        "--compare-inflight", "16", "--compare-rounds", "2", "--overload", "2"], tmp_path, bench_work)
     assert len(data["steps"]) == 2
     for step in data["steps"]:
         assert step["requests"] == sum(step["codes"].values()) > 0
@@ -115,7 +115,12 @@ def test_load_smoke(tmp_path: Path, bench_work: Path) -> None:
         assert [o["x_saturation"] for o in data["overload"]] == [2.0]
         assert {"goodput_ratio", "shed_latency_ms", "ok_rps"} <= set(data["overload"][0])
         assert [c["variant"] for c in data["compare"]] == ["shipped", "max_inflight 16", "max_queued_rpcs 64",
-                                                           "gil_switch_interval_ms 1", "tritonserver nice 10"]
+                                                           "gil_switch_interval_ms 1",
+                                                           "admission front (client/service/front.py)",
+                                                           "tritonserver nice 10"]
+        for row in data["compare"]:  # each row pools its variant's two rounds (steps of 3 s)
+            assert row["rounds"] == 2
+            assert row["ok_rps"] == pytest.approx(row["codes"].get("OK", 0) / 6, abs=0.01)
         for row in [*data["overload"], *data["compare"]]:
             shed = row["shed_latency_ms"]["p99"]  # from the due time; after send leaves the generator's lag out
             assert shed is None or row["shed_after_send_ms"]["p99"] <= shed
