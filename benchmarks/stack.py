@@ -213,14 +213,19 @@ class ServiceProcess:
                            + _tail(self.log_path))
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout_s)
+
+
+def terminate(process: subprocess.Popen, timeout_s: float) -> int | None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -377,16 +382,10 @@ class FrontProcess:
             raise RuntimeError(f"admission front did not start (exit {proc.returncode}); see {log_path}")
         return cls(proc, f"127.0.0.1:{int(line.split()[1])}")
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self) -> int | None:
+        code = terminate(self.process, 10.0)
         self.process.stdout.close()
-        return self.process.returncode
+        return code
 
 
 def start_search_stack(workdir: Path, n_products: int, max_inflight: int, spec: Path | None = None,
