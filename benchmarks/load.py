@@ -403,6 +403,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     reporting.add_output_options(p)
     p.add_argument("--from-json", type=Path, default=None, help="re-render an earlier run's JSON (no measuring)")
     args = p.parse_args(argv)
+    if args.compare_rounds < 1:
+        p.error(f"--compare-rounds must be >= 1, got {args.compare_rounds}")
     if args.no_compare:
         args.compare_inflight, args.compare_queued, args.compare_switch_ms = [], None, 0.0
         args.compare_triton_nice, args.compare_front = 0, False
