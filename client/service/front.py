@@ -54,11 +54,7 @@ class AdmissionFront(grpc.GenericRpcHandler):
         self.shed_count = 0
 
         def shed(request_iterator: Any, context: grpc.ServicerContext) -> bytes:
-            request_id = _request_id(context)
-            self._log.warning("search", code="RESOURCE_EXHAUSTED", request_id=request_id, message=self._busy,
-                              shed_by="admission_front")
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._busy)
+            self._shed_now(context)
 
         shed.experimental_thread_pool = _OnCallingThread()  # type: ignore[attr-defined]
         # request-streaming, so that gRPC hands the call over without first receiving its message
@@ -71,31 +67,40 @@ class AdmissionFront(grpc.GenericRpcHandler):
         return self._taken
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        """Only a look at the count: a slot is taken by the handler itself, since gRPC may still refuse
+        the call after this (its concurrent-RPC limit) or never run the handler (the caller left before
+        its message came), and a slot taken here would then never come back."""
         method = handler_call_details.method
         if method == SEARCH:
-            with self._lock:
-                if self._taken >= self._max:
-                    self.shed_count += 1
-                    return self._shed
-                self._taken += 1
-            return self._search
+            return self._shed if self._taken >= self._max else self._search
         handler = self._handlers.get(method)
         if handler is None:
             handler = self._handlers.setdefault(method, self._forwarding_handler(method))
         return handler
 
-    def _release(self) -> None:
+    def _shed_now(self, context: grpc.ServicerContext) -> None:
         with self._lock:
-            self._taken -= 1
+            self.shed_count += 1
+        request_id = _request_id(context)
+        self._log.warning("search", code="RESOURCE_EXHAUSTED", request_id=request_id, message=self._busy,
+                          shed_by="admission_front")
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._busy)
 
     def _search_handler(self) -> grpc.RpcMethodHandler:
         call = self._channel.unary_unary(SEARCH)  # bytes in, bytes out
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
-            try:  # the slot was taken on the polling thread: give it back however the call ends
+            with self._lock:  # the polling thread only looked; another call may have taken the last slot
+                admitted = self._taken < self._max
+                self._taken += admitted
+            if not admitted:
+                self._shed_now(context)
+            try:
                 return _unary(call, request, context)
             finally:
-                self._release()
+                with self._lock:
+                    self._taken -= 1
 
         return grpc.unary_unary_rpc_method_handler(forward)
 

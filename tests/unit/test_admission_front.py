@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent import futures
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -140,3 +141,13 @@ def test_a_taken_port_is_a_clear_error_not_a_traceback(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--backend", "127.0.0.1:1", "--max-inflight", "0"])
     assert exit_.value.code == 2
+
+
+def test_looking_a_call_up_takes_no_slot(stack) -> None:
+    """gRPC may refuse a call after the look-up (its concurrent-RPC limit) or never run its handler (the
+    caller left before its message came): a slot taken at look-up would never come back."""
+    _, channel, front = stack
+    details = SimpleNamespace(method=SEARCH, invocation_metadata=())  # what gRPC passes at look-up
+    handlers = {id(front.service(details)) for _ in range(10)}
+    assert front.inflight == 0 and len(handlers) == 1  # the forwarding handler every time, never the shed one
+    assert channel.unary_unary(SEARCH)(b"abc", timeout=5) == b"cba"
