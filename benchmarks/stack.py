@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -372,10 +373,8 @@ class FrontProcess:
                                  "--listen", "127.0.0.1:0", "--max-inflight", str(max_inflight)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file)
         log_file.close()
-        deadline = time.monotonic() + timeout_s
-        line = b""
-        while time.monotonic() < deadline and proc.poll() is None and not line:
-            line = proc.stdout.readline()
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)  # its "ready <port>" line, or a timeout
+        line = proc.stdout.readline() if ready else b""
         if not line.startswith(b"ready "):
             proc.kill()
             proc.wait()

@@ -30,7 +30,7 @@ import grpc
 
 from lenscope.client.service.observability import json_logger
 from lenscope.client.service.server import _address, _OnCallingThread
-from lenscope.client.service.servicer import REQUEST_ID_KEY, SERVICE_NAME, _request_id
+from lenscope.client.service.servicer import REQUEST_ID_KEY, SERVICE_NAME, _remaining_s, _request_id
 
 SEARCH = f"/{SERVICE_NAME}/Search"
 # Methods whose requests or responses stream; every other method is forwarded as unary-unary (an unknown
@@ -38,7 +38,6 @@ SEARCH = f"/{SERVICE_NAME}/Search"
 _SERVER_STREAMING = {"/grpc.health.v1.Health/Watch"}
 _BIDI_STREAMING = {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"}
-_NO_DEADLINE_S = 1e7  # gRPC reports "no deadline" as centuries
 
 
 class AdmissionFront(grpc.GenericRpcHandler):
@@ -116,10 +115,8 @@ class AdmissionFront(grpc.GenericRpcHandler):
 
 
 def _call_options(context: grpc.ServicerContext) -> dict[str, Any]:
-    remaining = context.time_remaining()
     metadata = tuple((k, v) for k, v in (context.invocation_metadata() or ()) if k.startswith("x-"))
-    return {"timeout": remaining if remaining is not None and remaining < _NO_DEADLINE_S else None,
-            "metadata": metadata}
+    return {"timeout": _remaining_s(context, None), "metadata": metadata}  # None: the caller sent no deadline
 
 
 def _unary(call: Callable, request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -259,7 +259,8 @@ _WARN_CODES = frozenset({
 })
 
 
-def _remaining_s(context: grpc.ServicerContext, default_s: float) -> float:
+def _remaining_s(context: grpc.ServicerContext, default_s: float | None) -> float | None:
+    """The caller's remaining time, or ``default_s`` when it sent no deadline."""
     remaining = context.time_remaining()
     if remaining is None or remaining > _NO_DEADLINE_S:
         return default_s
